@@ -1,0 +1,17 @@
+"""Shared test setup: no network, no keys, W&B offline, everything under a temp dir."""
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Set before any test imports datasets/transformers/wandb: a hub lookup would otherwise
+# retry for tens of seconds before failing, and W&B would try to reach its server.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.pop("WANDB_API_KEY", None)
+os.environ.pop("TINKER_API_KEY", None)
