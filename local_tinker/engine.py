@@ -1,0 +1,184 @@
+"""The compute behind the local backend: teacher-forced logprobs and batched sampling.
+
+Sampling runs every sequence of a batch of requests together with a KV cache (prompts are
+left-padded). Randomness comes from one `torch.Generator` per request, seeded by the request, and
+drawn for the whole request at once, so a seeded request gives the same samples whatever else is
+in the batch. Returned logprobs are the raw (temperature 1, unfiltered) logprobs of the sampled
+tokens, which is what the Tinker service returns; `compute_logprobs` agrees with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tinker import types
+
+# A bound on tokens per forward pass of forward_backward, so memory stays flat for big batches.
+MAX_TOKENS_PER_MICROBATCH = 32_768
+
+
+def token_logprobs(model: torch.nn.Module, inputs_B: Sequence[Sequence[int]],
+                   targets_B: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """log p(target_t | input_<=t) for each sequence, batched with right padding.
+
+    Right padding needs no attention mask in a causal model: real tokens never see the pads.
+    """
+    device = next(model.parameters()).device
+    lengths = [len(x) for x in inputs_B]
+    width = max(lengths)
+    ids = torch.zeros((len(inputs_B), width), dtype=torch.long, device=device)
+    tgt = torch.zeros_like(ids)
+    for row, (inp, out) in enumerate(zip(inputs_B, targets_B, strict=True)):
+        ids[row, : len(inp)] = torch.as_tensor(inp, device=device)
+        tgt[row, : len(out)] = torch.as_tensor(out, device=device)
+    logits = model(input_ids=ids, use_cache=False).logits.float()
+    picked = logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    return [picked[row, :n] for row, n in enumerate(lengths)]
+
+
+def microbatches(lengths: Sequence[int], budget: int = MAX_TOKENS_PER_MICROBATCH) -> list[range]:
+    """Consecutive index ranges whose padded size (rows x longest) stays within budget."""
+    batches, start, longest = [], 0, 0
+    for i, n in enumerate(lengths):
+        longest_if_added = max(longest, n)
+        if i > start and longest_if_added * (i - start + 1) > budget:
+            batches.append(range(start, i))
+            start, longest_if_added = i, n
+        longest = longest_if_added
+    batches.append(range(start, len(lengths)))
+    return batches
+
+
+@dataclass
+class SampleRequest:
+    prompt: list[int]
+    num_samples: int
+    params: types.SamplingParams
+    seed: int
+
+
+def _stop_ids_and_strings(params: types.SamplingParams) -> tuple[set[int], list[str]]:
+    stop = params.stop
+    if stop is None:
+        return set(), []
+    if isinstance(stop, str):
+        return set(), [stop]
+    items = list(stop)
+    return {s for s in items if isinstance(s, int)}, [s for s in items if isinstance(s, str)]
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    tokenizer,
+    requests: Sequence[SampleRequest],
+    default_stop_ids: Sequence[int],
+) -> list[types.SampleResponse]:
+    """Generate every sequence of every request in one batched KV-cache loop."""
+    device = next(model.parameters()).device
+    row_request = [r for r, req in enumerate(requests) for _ in range(req.num_samples)]
+    rows = len(row_request)
+    prompts = [requests[r].prompt for r in row_request]
+    width = max(len(p) for p in prompts)
+    ids = torch.full((rows, width), 0, dtype=torch.long, device=device)
+    mask = torch.zeros((rows, width), dtype=torch.long, device=device)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.as_tensor(p, device=device)
+        mask[row, width - len(p):] = 1
+
+    def per_row(values: list[float]) -> torch.Tensor:
+        return torch.tensor([values[r] for r in row_request], device=device)
+
+    temperature = per_row([req.params.temperature for req in requests])
+    top_p = per_row([req.params.top_p for req in requests])
+    top_k = per_row([req.params.top_k for req in requests]).long()
+    max_tokens = [req.params.max_tokens or 256 for req in requests]
+    limit = per_row(max_tokens).long()
+    stops = [_stop_ids_and_strings(req.params) for req in requests]
+    stop_ids_rows = [stops[r][0] | set(default_stop_ids) for r in row_request]
+    stop_strings_rows = [stops[r][1] for r in row_request]
+    stop_table = torch.zeros((rows, model.config.vocab_size), dtype=torch.bool, device=device)
+    for row, ids_set in enumerate(stop_ids_rows):
+        stop_table[row, list(ids_set)] = True
+    generators = [torch.Generator(device="cpu").manual_seed(req.seed) for req in requests]
+    vocab = model.config.vocab_size
+
+    out_tokens = torch.zeros((rows, max(max_tokens)), dtype=torch.long, device=device)
+    out_logprobs = torch.zeros((rows, max(max_tokens)), dtype=torch.float32, device=device)
+    lengths = torch.zeros(rows, dtype=torch.long, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    stopped = torch.zeros(rows, dtype=torch.bool, device=device)
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
+    cache, logits = out.cache, out.logits[:, -1, :].float()
+    next_position = position[:, -1:] + 1
+
+    for step in range(max(max_tokens)):
+        # One draw per request per step keeps a seeded request independent of its batch mates.
+        uniform = torch.cat([torch.rand((req.num_samples, vocab), generator=g)
+                             for req, g in zip(requests, generators, strict=True)]).to(device)
+        token, logprob = _pick(logits, temperature, top_k, top_p, uniform)
+        active = ~done
+        out_tokens[active, step] = token[active]
+        out_logprobs[active, step] = logprob[active]
+        lengths += active.long()
+        hit_stop = stop_table.gather(1, token.unsqueeze(1)).squeeze(1) & active
+        for row in torch.nonzero(active & ~hit_stop).flatten().tolist():
+            if stop_strings_rows[row] and _ends_with_stop(tokenizer, out_tokens[row, : step + 1],
+                                                          stop_strings_rows[row]):
+                hit_stop[row] = True
+        stopped |= hit_stop
+        done |= hit_stop | (lengths >= limit)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
+        out = model(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=next_position,
+                    cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1, :].float()
+        next_position = next_position + 1
+
+    tokens_np = out_tokens.cpu().numpy()
+    logprobs_np = out_logprobs.cpu().numpy()
+    responses, row = [], 0
+    for req in requests:
+        sequences = []
+        for k in range(req.num_samples):
+            n = int(lengths[row])
+            sequences.append(types.SampledSequence(
+                stop_reason="stop" if bool(stopped[row]) else "length",
+                sequence_id=f"local-{req.seed}-{k}",
+                tokens_np=tokens_np[row, :n].astype(np.int32),
+                logprobs_np=logprobs_np[row, :n].astype(np.float32),
+            ))
+            row += 1
+        responses.append(types.SampleResponse(sequences=sequences))
+    return responses
+
+
+def _pick(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+          top_p: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gumbel-max sampling from the temperature-scaled, top-k/top-p filtered distribution."""
+    raw_logprobs = torch.log_softmax(logits, dim=-1)
+    greedy = temperature <= 0
+    scaled = logits / temperature.clamp(min=1e-6).unsqueeze(1)
+    order = scaled.argsort(dim=-1, descending=True)
+    sorted_scaled = scaled.gather(-1, order)
+    rank = torch.arange(logits.shape[-1], device=logits.device).expand_as(scaled)
+    k = torch.where(top_k > 0, top_k, logits.shape[-1]).unsqueeze(1)
+    probs = torch.softmax(sorted_scaled, dim=-1)
+    mass_before = probs.cumsum(-1) - probs  # keep a token while the mass before it is < top_p
+    drop_sorted = (rank >= k) | (mass_before >= top_p.unsqueeze(1))
+    drop_sorted[:, 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    gumbel = -torch.log(-torch.log(uniform.clamp(1e-12, 1 - 1e-7)))
+    sampled = (scaled.masked_fill(drop, float("-inf")) + gumbel).argmax(-1)
+    token = torch.where(greedy, logits.argmax(-1), sampled)
+    return token, raw_logprobs.gather(-1, token.unsqueeze(1)).squeeze(1)
+
+
+def _ends_with_stop(tokenizer, tokens: torch.Tensor, stop_strings: list[str]) -> bool:
+    tail = tokenizer.decode(tokens[-64:].tolist(), skip_special_tokens=False)
+    return any(s in tail for s in stop_strings)

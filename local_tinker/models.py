@@ -1,0 +1,153 @@
+"""Base models the local backend serves: the built-in `tiny-chat` and offline Hugging Face models.
+
+`tiny-chat` exists so that every script and test runs in seconds with no download: a byte-level
+tokenizer (every UTF-8 byte is a token, plus Qwen's three chat special tokens and its chat
+template) and a ~0.85M-parameter Qwen3 decoder. Its base weights come from a fixed seed, so every
+process builds the identical base model; the `seed` of a training client only drives LoRA init.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+TINY_CHAT = "tiny-chat"
+TINY_CHAT_BASE_SEED = 0
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# Qwen's template, including the newline after <|im_end|> (the seed's datums train on it too).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+UNEMBED_MODULES = ("lm_head",)
+
+
+class UnknownModelError(ValueError):
+    """The backend cannot serve this model offline."""
+
+
+@dataclass
+class BaseModel:
+    """A loaded base model: pristine weights (never trained in place), tokenizer, stop tokens."""
+
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    stop_token_ids: tuple[int, ...]
+
+    def fresh_copy(self) -> PreTrainedModel:
+        """An independent copy to wrap with LoRA, so the cached base stays untouched."""
+        return copy.deepcopy(self.model)
+
+
+def build_tiny_chat_tokenizer() -> PreTrainedTokenizerBase:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_chat() -> BaseModel:
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = build_tiny_chat_tokenizer()
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_CHAT_BASE_SEED)
+        model = Qwen3ForCausalLM(config)
+    stop_ids = tuple(tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]))
+    return BaseModel(TINY_CHAT, model.eval(), tokenizer, stop_ids)
+
+
+def cached_hub_models() -> list[str]:
+    """Causal-LM repos present in the local Hugging Face cache (no network)."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        return sorted(r.repo_id for r in scan_cache_dir().repos if r.repo_type == "model")
+    except Exception:  # no cache dir yet, or an unreadable one: nothing is available
+        return []
+
+
+def available_models() -> list[str]:
+    return [TINY_CHAT, *cached_hub_models()]
+
+
+def load_hf_model(name: str) -> BaseModel:
+    """A causal LM from a local directory or the offline Hugging Face cache."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            name, local_files_only=True, dtype=torch.float32
+        )
+    except Exception as exc:
+        listing = ", ".join(available_models())
+        where = "directory" if Path(name).exists() else "name"
+        raise UnknownModelError(
+            f"the local backend cannot load model {name!r} ({where}): {type(exc).__name__}. "
+            f"Available offline: {listing}; or pass a path to a saved Hugging Face causal LM. "
+            "Models that need a download run on Tinker (set TINKER_API_KEY, --backend tinker)."
+        ) from None
+    eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
+    stop_ids = tuple(eos if isinstance(eos, list) else [eos])
+    return BaseModel(name, model.eval(), tokenizer, stop_ids)
+
+
+@functools.lru_cache(maxsize=4)
+def load_base_model(name: str) -> BaseModel:
+    """Load (once per process) the base model called `name`."""
+    if name == TINY_CHAT:
+        return build_tiny_chat()
+    return load_hf_model(name)
+
+
+def lora_target_modules(
+    model: torch.nn.Module, train_mlp: bool, train_attn: bool, train_unembed: bool
+) -> list[str]:
+    """Module names for peft. Named explicitly: peft's "all-linear" silently skips lm_head."""
+    wanted = (
+        (ATTN_MODULES if train_attn else ())
+        + (MLP_MODULES if train_mlp else ())
+        + (UNEMBED_MODULES if train_unembed else ())
+    )
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [m for m in wanted if m in present]
+    if not targets:
+        raise ValueError(
+            "no LoRA target modules: enable at least one of train_mlp, train_attn, train_unembed "
+            f"(this architecture has none of {list(wanted)})"
+        )
+    return targets
