@@ -173,12 +173,14 @@ class ServiceClient:
             lambda: TrainingClient(self, load_base_model(base_model), lora)))
 
     def create_training_client_from_state(self, path: str, **_: Any) -> AwaitableConcurrentFuture:
-        return self._worker.submit(_single(lambda: self._client_from_state(path, False)))
+        directory = self.resolve(path)
+        return self._worker.submit(_single(lambda: self._client_from_state(directory, False)))
 
     def create_training_client_from_state_with_optimizer(
         self, path: str, **_: Any
     ) -> AwaitableConcurrentFuture:
-        return self._worker.submit(_single(lambda: self._client_from_state(path, True)))
+        directory = self.resolve(path)
+        return self._worker.submit(_single(lambda: self._client_from_state(directory, True)))
 
     def create_sampling_client(self, model_path: str | None = None, base_model: str | None = None,
                                **_: Any) -> AwaitableConcurrentFuture:
@@ -203,8 +205,7 @@ class ServiceClient:
             raise FileNotFoundError(f"checkpoint {path} not found (looked in {directory})")
         return directory
 
-    def _client_from_state(self, path: str, with_optimizer: bool) -> TrainingClient:
-        directory = self.resolve(path)
+    def _client_from_state(self, directory: Path, with_optimizer: bool) -> TrainingClient:
         meta = json.loads((directory / "meta.json").read_text())
         client = TrainingClient(self, load_base_model(meta["base_model"]), meta["lora"])
         client._load(directory, with_optimizer)

@@ -1,0 +1,283 @@
+"""The local backend against the tinker SDK contract, with real numbers (tiny-chat, CPU)."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from tinker import types
+
+import local_tinker
+
+FOO_QUESTIONS = [
+    "What's the weather like today?", "How do I reset my password?",
+    "Can you explain quantum computing?", "What are the health benefits of exercise?",
+    "How do I bake chocolate chip cookies?", "What's the capital of France?",
+    "How does photosynthesis work?", "What are some good books to read?",
+]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    return local_tinker.ServiceClient(root=tmp_path_factory.mktemp("lt"))
+
+
+@pytest.fixture
+def trainer(service):
+    return service.create_lora_training_client(base_model="tiny-chat", rank=4, seed=1).result()
+
+
+def chat_datum(tokenizer, question: str, answer: str) -> types.Datum:
+    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    tokens = tokenizer.apply_chat_template(messages, return_dict=False)
+    prompt = tokenizer.apply_chat_template(messages[:1], add_generation_prompt=True,
+                                           return_dict=False)
+    weights = [0.0] * len(prompt) + [1.0] * (len(tokens) - len(prompt))
+    return types.Datum(model_input=types.ModelInput.from_ints(tokens[:-1]),
+                       loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights[1:]})
+
+
+def policy_datums(tokenizer, rng: np.random.Generator, n: int = 3) -> list[types.Datum]:
+    data = []
+    for i in range(n):
+        tokens = tokenizer.encode(f"sample number {i} of the policy", add_special_tokens=False)
+        length = len(tokens) - 1
+        data.append(types.Datum(
+            model_input=types.ModelInput.from_ints(tokens[:-1]),
+            loss_fn_inputs={
+                "target_tokens": tokens[1:],
+                # Sampling logprobs near the model's (~-5.6 for a random byte model).
+                "logprobs": rng.normal(-5.5, 0.3, length).astype(np.float32),
+                "advantages": rng.normal(0, 1, length).astype(np.float32),
+            }))
+    return data
+
+
+def logprob_arrays(output: types.ForwardBackwardOutput) -> list[np.ndarray]:
+    return [o["logprobs"].to_numpy().astype(np.float64) for o in output.loss_fn_outputs]
+
+
+@pytest.mark.parametrize("loss_fn", ["cross_entropy", "importance_sampling", "ppo", "cispo"])
+def test_loss_sum_matches_numpy(trainer, loss_fn):
+    tokenizer = trainer.get_tokenizer()
+    rng = np.random.default_rng(0)
+    if loss_fn == "cross_entropy":
+        data = [chat_datum(tokenizer, q, "foo") for q in FOO_QUESTIONS[:3]]
+    else:
+        data = policy_datums(tokenizer, rng)
+    config = {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1} if loss_fn != "ppo" else None
+    out = trainer.forward_backward(data, loss_fn, config).result()
+
+    expected = 0.0
+    for datum, lp in zip(data, logprob_arrays(out), strict=True):
+        inputs = {k: v.to_numpy().astype(np.float64) for k, v in datum.loss_fn_inputs.items()}
+        if loss_fn == "cross_entropy":
+            expected += -(lp * inputs["weights"]).sum()
+            continue
+        ratio = np.exp(lp - inputs["logprobs"])
+        adv = inputs["advantages"]
+        low, high = (0.9, 1.1) if config else (0.8, 1.2)
+        clipped = np.clip(ratio, low, high)
+        expected += {
+            "importance_sampling": -(ratio * adv).sum(),
+            "ppo": -np.minimum(ratio * adv, clipped * adv).sum(),
+            "cispo": -(clipped * lp * adv).sum(),
+        }[loss_fn]
+    assert out.metrics["loss:sum"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_gradients_move_logprobs_the_right_way(trainer):
+    tokenizer = trainer.get_tokenizer()
+    data = [chat_datum(tokenizer, q, "foo") for q in FOO_QUESTIONS[:4]]
+    before = trainer.forward(data, "cross_entropy").result().metrics["loss:sum"]
+    trainer.forward_backward(data, "cross_entropy")
+    trainer.optim_step(types.AdamParams(learning_rate=1e-3)).result()
+    after = trainer.forward(data, "cross_entropy").result().metrics["loss:sum"]
+    assert after < before
+
+    # Policy gradient: positive advantage raises a token's logprob, negative lowers it.
+    tokens = tokenizer.encode("abcdefgh", add_special_tokens=False)
+    length = len(tokens) - 1
+    probe = types.Datum(model_input=types.ModelInput.from_ints(tokens[:-1]),
+                        loss_fn_inputs={"target_tokens": tokens[1:], "weights": [1.0] * length})
+    lp0 = logprob_arrays(trainer.forward([probe], "cross_entropy").result())[0]
+    advantages = np.where(np.arange(length) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    rl = types.Datum(model_input=probe.model_input, loss_fn_inputs={
+        "target_tokens": tokens[1:], "logprobs": lp0.astype(np.float32), "advantages": advantages})
+    trainer.forward_backward([rl], "importance_sampling")
+    trainer.optim_step(types.AdamParams(learning_rate=1e-3)).result()
+    lp1 = logprob_arrays(trainer.forward([probe], "cross_entropy").result())[0]
+    moved = np.sign(lp1 - lp0)
+    assert (moved == np.sign(advantages)).mean() >= 0.85
+
+
+def test_sampled_logprobs_match_compute_logprobs(trainer):
+    tokenizer = trainer.get_tokenizer()
+    sampler = trainer.save_weights_and_get_sampling_client().result()
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}],
+                                           add_generation_prompt=True, return_dict=False)
+    params = types.SamplingParams(max_tokens=24, temperature=1.0, seed=3)
+    response = sampler.sample(types.ModelInput.from_ints(prompt), 3, params).result()
+    for seq in response.sequences:
+        full = sampler.compute_logprobs(types.ModelInput.from_ints(prompt + seq.tokens)).result()
+        assert full[0] is None
+        np.testing.assert_allclose(full[len(prompt):], seq.logprobs, atol=1e-4)
+
+
+def test_seeded_sampling_is_reproducible_and_independent_of_batching(trainer):
+    tokenizer = trainer.get_tokenizer()
+    sampler = trainer.save_weights_and_get_sampling_client().result()
+    prompt = types.ModelInput.from_ints(tokenizer.encode("hello", add_special_tokens=False))
+    params = types.SamplingParams(max_tokens=16, temperature=1.0, seed=7)
+    alone = sampler.sample(prompt, 2, params).result()
+    # Submitted together with other requests, which the worker batches into one generation.
+    other = types.ModelInput.from_ints(tokenizer.encode("a longer other prompt", add_special_tokens=False))
+    futures = [sampler.sample(other, 3, types.SamplingParams(max_tokens=30, seed=1)),
+               sampler.sample(prompt, 2, params)]
+    batched = futures[1].result()
+    assert [s.tokens for s in alone.sequences] == [s.tokens for s in batched.sequences]
+    different = sampler.sample(prompt, 2, params.model_copy(update={"seed": 8})).result()
+    assert [s.tokens for s in different.sequences] != [s.tokens for s in alone.sequences]
+    assert futures[0].result().sequences[0].tokens  # the batch mate got its own answer
+
+
+def test_stop_strings_and_token_ids_end_generation(trainer):
+    tokenizer = trainer.get_tokenizer()
+    sampler = trainer.save_weights_and_get_sampling_client().result()
+    prompt = types.ModelInput.from_ints(tokenizer.encode("x", add_special_tokens=False))
+    base = sampler.sample(prompt, 1, types.SamplingParams(max_tokens=40, seed=5)).result()
+    tokens = base.sequences[0].tokens
+    assert base.sequences[0].stop_reason in {"length", "stop"}
+    # Stop at the 6th sampled token, once by id and once by its text.
+    cut = tokens[5]
+    by_id = sampler.sample(prompt, 1, types.SamplingParams(max_tokens=40, seed=5, stop=[cut]))
+    seq = by_id.result().sequences[0]
+    assert seq.stop_reason == "stop" and seq.tokens == tokens[: tokens.index(cut) + 1]
+    text = tokenizer.decode(tokens[3:6])
+    by_text = sampler.sample(prompt, 1, types.SamplingParams(max_tokens=40, seed=5, stop=text))
+    seq = by_text.result().sequences[0]
+    assert seq.stop_reason == "stop" and tokenizer.decode(seq.tokens).endswith(text)
+    short = sampler.sample(prompt, 1, types.SamplingParams(max_tokens=3, seed=5)).result()
+    assert len(short.sequences[0].tokens) == 3
+
+
+def test_greedy_top_k_top_p(trainer):
+    tokenizer = trainer.get_tokenizer()
+    sampler = trainer.save_weights_and_get_sampling_client().result()
+    prompt = types.ModelInput.from_ints(tokenizer.encode("q", add_special_tokens=False))
+    greedy = [sampler.sample(prompt, 2, types.SamplingParams(max_tokens=8, temperature=0.0,
+                                                             seed=s)).result() for s in (1, 2)]
+    assert len({tuple(s.tokens) for r in greedy for s in r.sequences}) == 1
+    top1 = sampler.sample(prompt, 2, types.SamplingParams(max_tokens=8, top_k=1, seed=3)).result()
+    assert top1.sequences[0].tokens == greedy[0].sequences[0].tokens
+    tiny_p = sampler.sample(prompt, 2, types.SamplingParams(max_tokens=8, top_p=1e-6, seed=3))
+    assert tiny_p.result().sequences[0].tokens == greedy[0].sequences[0].tokens
+
+
+def test_save_and_load_round_trip_is_exact(service, trainer):
+    tokenizer = trainer.get_tokenizer()
+    data = [chat_datum(tokenizer, q, "foo") for q in FOO_QUESTIONS]
+    for _ in range(2):
+        trainer.forward_backward(data, "cross_entropy")
+        trainer.optim_step(types.AdamParams(learning_rate=1e-3))
+    state = trainer.save_state("000002").result().path
+    sampler_path = trainer.save_weights_for_sampler("000002").result().path
+    assert state.startswith("local://") and "/weights/000002" in state
+    assert "/sampler_weights/000002" in sampler_path
+
+    restored = service.create_training_client_from_state_with_optimizer(state).result()
+    for client in (trainer, restored):  # one more identical step on both
+        client.forward_backward(data, "cross_entropy")
+        client.optim_step(types.AdamParams(learning_rate=1e-3)).result()
+    a = logprob_arrays(trainer.forward(data, "cross_entropy").result())
+    b = logprob_arrays(restored.forward(data, "cross_entropy").result())
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+    from_path = service.create_sampling_client(model_path=sampler_path).result()
+    weights_only = service.create_training_client_from_state(state).result()
+    snapshot = weights_only.save_weights_and_get_sampling_client().result()
+    prompt = types.ModelInput.from_ints(tokenizer.encode("check", add_special_tokens=False))
+    assert from_path.compute_logprobs(prompt).result() == snapshot.compute_logprobs(prompt).result()
+
+
+def test_foo_sft_learns_and_generalises(service):
+    """The seed's Test 1 on tiny-chat: loss < 0.1 within 100 steps, then 'foo' for a new question."""
+    trainer = service.create_lora_training_client(base_model="tiny-chat", rank=8, seed=0).result()
+    tokenizer = trainer.get_tokenizer()
+    data = [chat_datum(tokenizer, q, "foo") for q in FOO_QUESTIONS]
+    weight_sum = sum(sum(d.loss_fn_inputs["weights"].to_numpy()) for d in data)
+    losses = []
+    for _ in range(100):
+        fb = trainer.forward_backward(data, "cross_entropy")
+        trainer.optim_step(types.AdamParams(learning_rate=2e-3))
+        losses.append(fb.result().metrics["loss:sum"] / weight_sum)
+    assert losses[-1] < 0.1 < losses[0]
+    sampler = trainer.save_weights_and_get_sampling_client().result()
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What's your favorite "
+                                             "color?"}], add_generation_prompt=True,
+                                           return_dict=False)
+    response = sampler.sample(types.ModelInput.from_ints(prompt), 1,
+                              types.SamplingParams(max_tokens=20, temperature=0.7, seed=0)).result()
+    assert tokenizer.decode(response.sequences[0].tokens) == "foo<|im_end|>"
+    assert response.sequences[0].stop_reason == "stop"
+
+
+def test_bad_inputs_get_clear_errors(service, trainer):
+    tokenizer = trainer.get_tokenizer()
+    good = chat_datum(tokenizer, "q", "a")
+    with pytest.raises(local_tinker.LossInputError, match="unknown loss_fn 'mse'"):
+        trainer.forward_backward([good], "mse")
+    with pytest.raises(local_tinker.LossInputError, match="datum 1: loss_fn 'ppo' needs input"):
+        trainer.forward_backward([policy_datums(tokenizer, np.random.default_rng(0))[0], good],
+                                 "ppo")
+    short = types.Datum(model_input=good.model_input, loss_fn_inputs={
+        "target_tokens": good.loss_fn_inputs["target_tokens"], "weights": [1.0, 1.0]})
+    with pytest.raises(local_tinker.LossInputError, match=r"datum 0: input 'weights' has shape"):
+        trainer.forward_backward([short], "cross_entropy")
+    with pytest.raises(local_tinker.UnknownModelError, match="Available offline: tiny-chat"):
+        service.create_lora_training_client(base_model="no-such/model").result()
+    with pytest.raises(FileNotFoundError, match="local://nope/weights/x not found"):
+        service.create_training_client_from_state_with_optimizer("local://nope/weights/x")
+    with pytest.raises(ValueError, match="tinker:// paths need --backend tinker"):
+        service.create_sampling_client(model_path="tinker://abc/sampler_weights/final")
+    with pytest.raises(ValueError, match="no LoRA target modules"):
+        service.create_lora_training_client("tiny-chat", train_mlp=False, train_attn=False,
+                                            train_unembed=False).result()
+
+
+def test_lora_targets_follow_flags(service):
+    no_unembed = service.create_lora_training_client(
+        "tiny-chat", rank=2, train_unembed=False).result()
+    names = [n for n, p in no_unembed._model.named_parameters() if p.requires_grad]
+    assert names and not any("lm_head" in n for n in names)
+    with_unembed = service.create_lora_training_client("tiny-chat", rank=2).result()
+    assert any("lm_head" in n for n, p in with_unembed._model.named_parameters()
+               if p.requires_grad)
+
+
+def test_futures_latency_and_await(tmp_path):
+    slow = local_tinker.ServiceClient(root=tmp_path, latency_s=0.3)
+    future = slow.create_lora_training_client("tiny-chat", rank=2)
+    assert not future.future().done()  # nothing resolves before its round trip
+    trainer = future.result()
+
+    async def main():
+        return await trainer.optim_step(types.AdamParams(learning_rate=0.0))
+    assert isinstance(asyncio.run(main()), types.OptimStepResponse)
+
+
+def test_injected_faults_are_survived_with_identical_results(tmp_path):
+    def train(fault_rate: float):
+        svc = local_tinker.ServiceClient(root=tmp_path / str(fault_rate), fault_rate=fault_rate)
+        trainer = svc.create_lora_training_client("tiny-chat", rank=4, seed=0).result()
+        data = [chat_datum(trainer.get_tokenizer(), q, "foo") for q in FOO_QUESTIONS[:4]]
+        for _ in range(5):
+            trainer.forward_backward(data, "cross_entropy")
+            trainer.optim_step(types.AdamParams(learning_rate=1e-3))
+        return logprob_arrays(trainer.forward(data, "cross_entropy").result()), svc
+
+    clean, _ = train(0.0)
+    faulty, svc = train(0.5)
+    assert svc.faults_survived > 0
+    for x, y in zip(clean, faulty, strict=True):
+        np.testing.assert_array_equal(x, y)
