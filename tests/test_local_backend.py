@@ -130,7 +130,8 @@ def test_seeded_sampling_is_reproducible_and_independent_of_batching(trainer):
     params = types.SamplingParams(max_tokens=16, temperature=1.0, seed=7)
     alone = sampler.sample(prompt, 2, params).result()
     # Submitted together with other requests, which the worker batches into one generation.
-    other = types.ModelInput.from_ints(tokenizer.encode("a longer other prompt", add_special_tokens=False))
+    other_ids = tokenizer.encode("a longer other prompt", add_special_tokens=False)
+    other = types.ModelInput.from_ints(other_ids)
     futures = [sampler.sample(other, 3, types.SamplingParams(max_tokens=30, seed=1)),
                sampler.sample(prompt, 2, params)]
     batched = futures[1].result()
@@ -201,7 +202,7 @@ def test_save_and_load_round_trip_is_exact(service, trainer):
 
 
 def test_foo_sft_learns_and_generalises(service):
-    """The seed's Test 1 on tiny-chat: loss < 0.1 within 100 steps, then 'foo' for a new question."""
+    """The seed's Test 1 on tiny-chat: loss < 0.1 in 100 steps, then "foo" for a new question."""
     trainer = service.create_lora_training_client(base_model="tiny-chat", rank=8, seed=0).result()
     tokenizer = trainer.get_tokenizer()
     data = [chat_datum(tokenizer, q, "foo") for q in FOO_QUESTIONS]

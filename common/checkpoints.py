@@ -1,0 +1,58 @@
+"""Checkpoint names, saving both kinds at once, and where a run starts (fresh, warm, resumed).
+
+A checkpoint after step S is named f"{S:06d}" (the last one "final") and saved twice: the full
+training state (weights + optimizer, for resume) and sampler weights (for evaluate.py). Every
+script derives its data position and RNG streams from the step number, so the step in
+checkpoints.jsonl is the whole resume state beside the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from common.config import ConfigError
+from common.tracking import Tracker, read_checkpoints
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{step:06d}"
+
+
+def save_checkpoint(training_client: Any, tracker: Tracker, step: int, name: str) -> str:
+    """Save state and sampler weights (both submitted before waiting); returns the state path."""
+    state = training_client.save_state(name)
+    sampler = training_client.save_weights_for_sampler(name)
+    state_path, sampler_path = state.result().path, sampler.result().path
+    tracker.log_checkpoint(step, name, state_path, "state")
+    tracker.log_checkpoint(step, name, sampler_path, "sampler")
+    return sampler_path
+
+
+def last_state(run_dir: Path) -> dict[str, Any] | None:
+    states = [c for c in read_checkpoints(run_dir) if c["kind"] == "state"]
+    return max(states, key=lambda c: c["step"]) if states else None
+
+
+def final_sampler_path(run_dir: Path) -> str:
+    """The sampler weights of a run's last checkpoint (what evaluate.py scores for a run dir)."""
+    samplers = [c for c in read_checkpoints(run_dir) if c["kind"] == "sampler"]
+    if not samplers:
+        raise FileNotFoundError(f"{run_dir}: no sampler checkpoints in checkpoints.jsonl")
+    return max(samplers, key=lambda c: c["step"])["path"]
+
+
+def start_training_client(service: Any, cfg: Any, run_dir: Path) -> tuple[Any, int]:
+    """(training client, steps already done): resumed, warm-started, or fresh LoRA."""
+    if cfg.resume:
+        record = last_state(run_dir)
+        if record is None:
+            raise ConfigError(f"--resume: no checkpoint in {run_dir}/checkpoints.jsonl to resume "
+                              "from; run without --resume to start over")
+        client = service.create_training_client_from_state_with_optimizer(record["path"])
+        return client.result(), int(record["step"])
+    if cfg.load_checkpoint:
+        return service.create_training_client_from_state(cfg.load_checkpoint).result(), 0
+    client = service.create_lora_training_client(
+        base_model=cfg.model, rank=cfg.lora_rank, seed=cfg.seed)
+    return client.result(), 0

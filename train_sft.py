@@ -1,0 +1,195 @@
+"""Supervised fine-tuning with a LoRA adapter on Tinker or the embedded local backend.
+
+Each conversation becomes one datum whose loss weights are 0 on the prompt and 1 on the final
+assistant turn (the seed's make_datum). Mini-batches come from a seeded shuffle per epoch; the
+ragged last batch of an epoch is dropped so every step averages over the same number of
+conversations (the next epoch reshuffles, so no row is left out for good). Each step submits
+forward_backward and optim_step together, then waits once; held-out loss, samples from the current
+weights and checkpoints follow on their own schedules. Loss is reported per completion token.
+
+Differences from the seed's notebook: mini-batches instead of one full batch, a held-out split,
+a learning-rate schedule, resumable checkpoints, and every step tracked in W&B and metrics.jsonl.
+
+    python train_sft.py                       # the seed's "foo" run (local backend without a key)
+    python train_sft.py --dataset my_chats.jsonl --lr 1e-4 --epochs 3 --wandb_project my-sft
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from tinker import types
+from tqdm import tqdm
+
+from common.backend import connect
+from common.checkpoints import checkpoint_name, save_checkpoint, start_training_client
+from common.config import (
+    CheckpointConfig,
+    ServiceConfig,
+    TrackingConfig,
+    check_common,
+    lr_field,
+    parse_config,
+    require,
+    resolved,
+)
+from common.data import load_chat_data
+from common.datums import DatumError, chat_tokens, conversation_datum, weighted_nll
+from common.runs import check_finite, due, open_tracker
+from common.schedule import lr_at
+
+
+@dataclass
+class Config(ServiceConfig, TrackingConfig, CheckpointConfig):
+    # --- data
+    dataset: str = "foo"
+    """Shipped name (foo, arithmetic-solutions), a .jsonl/.json/.parquet/.csv file, or org/name."""
+    dataset_split: str = "train"
+    """Split of a hub dataset."""
+    dataset_size: int = 2000
+    """Rows to generate for generated datasets (arithmetic-solutions)."""
+    eval_fraction: float = 0.1
+    """Share of rows held out for eval/loss (0 disables)."""
+    skip_invalid: bool = False
+    """Drop invalid or over-long rows (and log how many) instead of stopping."""
+    max_length: int = 2048
+    """Longest conversation in tokens."""
+    # --- optimisation
+    lr: float | None = lr_field()
+    """Peak learning rate. Default: the seed's 5e-4; 2e-3 for tiny-chat."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Decay after warmup."""
+    warmup_steps: int = 0
+    """Linear warmup steps."""
+    batch_size: int = 8
+    """Conversations per step."""
+    epochs: int = 25
+    """Passes over the training rows (the shipped foo set: 2 steps per epoch)."""
+    max_steps: int | None = None
+    """Stop after this many steps (default: epochs x steps per epoch)."""
+    eval_every: int = 10
+    """Held-out loss every N steps (and at the end)."""
+    # --- samples table
+    sample_prompts: int = 4
+    """Held-out prompts answered from the current weights at each sample step."""
+    max_tokens: int = 64
+    """Longest sampled answer."""
+    temperature: float = 0.7
+    """Sampling temperature for the samples table."""
+
+
+def validate(cfg: Config) -> None:
+    check_common(cfg)
+    require(0 <= cfg.eval_fraction < 1, "eval_fraction",
+            f"must be in [0, 1), got {cfg.eval_fraction}")
+    require(cfg.epochs >= 1, "epochs", f"must be >= 1, got {cfg.epochs}")
+    require(cfg.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {cfg.warmup_steps}")
+    require(cfg.max_length >= 2, "max_length", f"must be >= 2, got {cfg.max_length}")
+    require(cfg.max_tokens >= 1, "max_tokens", f"must be >= 1, got {cfg.max_tokens}")
+    require(cfg.eval_every >= 0, "eval_every", f"must be >= 0, got {cfg.eval_every}")
+
+
+def epoch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(n_rows))
+    random.Random(f"sft:{seed}:{epoch}").shuffle(order)
+    return order
+
+
+def main(cfg: Config) -> dict[str, float]:
+    cfg = resolved(cfg, os.environ, lr=5e-4, tiny_lr=2e-3)
+    validate(cfg)
+    data = load_chat_data(cfg.dataset, cfg.dataset_split, cfg.skip_invalid, cfg.seed,
+                          cfg.dataset_size)
+    service = connect(cfg.backend, cfg.base_url)
+    tracker = open_tracker(cfg, "train_sft", job_type="sft")
+    with tracker:
+        training_client, done_steps = start_training_client(service, cfg, tracker.run_dir)
+        tokenizer = training_client.get_tokenizer()
+        datums, rows, skipped = [], [], data.skipped
+        for row, conversation in enumerate(data.conversations, start=1):
+            try:
+                datums.append(conversation_datum(tokenizer, conversation, cfg.max_length))
+                rows.append(conversation)
+            except DatumError as exc:
+                if not cfg.skip_invalid:
+                    raise DatumError(f"{cfg.dataset} row {row}: {exc}") from None
+                skipped += 1
+        n_eval = int(len(datums) * cfg.eval_fraction)
+        order = epoch_order(len(datums), cfg.seed, epoch=-1)
+        eval_idx, train_idx = order[:n_eval], order[n_eval:]
+        eval_data = [datums[i] for i in eval_idx]
+        require(len(train_idx) >= cfg.batch_size, "batch_size",
+                f"{cfg.batch_size} is more than the {len(train_idx)} training rows")
+        steps_per_epoch = len(train_idx) // cfg.batch_size
+        total_steps = min(cfg.max_steps or 10**12, cfg.epochs * steps_per_epoch)
+        examples = [rows[i] for i in (eval_idx or train_idx)[: cfg.sample_prompts]]
+        tracker.summary(**{"data/train_rows": len(train_idx), "data/eval_rows": n_eval,
+                           "data/skipped_rows": skipped})
+        if done_steps:
+            tracker.truncate_after(done_steps)
+
+        metrics: dict[str, float] = {}
+        bar = tqdm(range(done_steps + 1, total_steps + 1), initial=done_steps, total=total_steps,
+                   desc="sft", dynamic_ncols=True)
+        for step in bar:
+            t0 = time.perf_counter()
+            epoch, slot = divmod(step - 1, steps_per_epoch)
+            order = epoch_order(len(train_idx), cfg.seed, epoch)
+            batch = [datums[train_idx[i]] for i in
+                     order[slot * cfg.batch_size:(slot + 1) * cfg.batch_size]]
+            lr = lr_at(step, total_steps, cfg.lr, cfg.lr_schedule, cfg.warmup_steps)
+            fwd_bwd = training_client.forward_backward(batch, "cross_entropy")
+            optim = training_client.optim_step(types.AdamParams(learning_rate=lr))
+            evaluating = bool(eval_data) and due(step, cfg.eval_every, total_steps)
+            eval_future = (training_client.forward(eval_data, "cross_entropy")
+                           if evaluating else None)
+            nll, n_weighted = weighted_nll(fwd_bwd.result(), batch)
+            optim_metrics = optim.result().metrics or {}
+            tokens = sum(d.model_input.length for d in batch)
+            metrics = {"train/loss": nll / n_weighted, "train/lr": lr, "train/tokens": tokens,
+                       "tokens/trained": tokens, "progress/step": step,
+                       "progress/epoch": (step - 1) / steps_per_epoch,
+                       "progress/done_frac": step / total_steps}
+            if "grad_norm" in optim_metrics:
+                metrics["train/grad_norm"] = optim_metrics["grad_norm"]
+            check_finite(metrics["train/loss"], "train/loss", step)
+            if eval_future is not None:
+                eval_nll, eval_weighted = weighted_nll(eval_future.result(), eval_data)
+                metrics["eval/loss"] = eval_nll / eval_weighted
+            if examples and due(step, cfg.sample_every, total_steps):
+                log_samples(training_client, tokenizer, examples, cfg, tracker, step)
+            if due(step, cfg.save_every, total_steps):
+                name = "final" if step == total_steps else checkpoint_name(step)
+                final_path = save_checkpoint(training_client, tracker, step, name)
+                if step == total_steps:
+                    tracker.log_final_checkpoint(final_path)
+            metrics["time/step"] = time.perf_counter() - t0
+            tracker.log(metrics, step)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{lr:.2e}")
+        tracker.summary(**metrics)
+    return metrics
+
+
+def log_samples(training_client, tokenizer, examples, cfg: Config, tracker, step: int) -> None:
+    """Answer a few held-out prompts with the current weights into the `samples` table."""
+    sampler = training_client.save_weights_and_get_sampling_client().result()
+    params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature,
+                                  seed=cfg.seed + step)
+    prompt_tokens = [chat_tokens(tokenizer, c[:-1], add_generation_prompt=True) for c in examples]
+    futures = [sampler.sample(types.ModelInput.from_ints(t), 1, params) for t in prompt_tokens]
+    rows = []
+    for conversation, future in zip(examples, futures, strict=True):
+        messages, reference = conversation[:-1], conversation[-1]["content"]
+        seq = future.result().sequences[0]
+        rows.append([step, messages[-1]["content"], tokenizer.decode(seq.tokens), reference,
+                     len(seq.tokens), seq.stop_reason])
+    tracker.log_table("samples", ["step", "prompt", "completion", "reference",
+                                  "completion_tokens", "stop_reason"], rows, step)
+
+
+if __name__ == "__main__":
+    main(parse_config(Config))
