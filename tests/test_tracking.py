@@ -1,0 +1,313 @@
+"""Tracker: files and a real offline W&B run agree; modes, fallbacks, resume, secrets."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from common.secrets import MASK, is_secret_key, redact, secret_values
+from common.tracking import (
+    Tracker,
+    has_wandb_credentials,
+    read_checkpoints,
+    resolve_wandb_mode,
+    run_name,
+)
+from tests.wandb_records import read_offline_run
+
+SAMPLE_COLUMNS = ["step", "prompt", "completion", "reward"]
+
+
+@pytest.fixture(autouse=True)
+def no_wandb_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No key and no netrc entry unless a test adds one."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+
+
+def make_tracker(run_dir: Path, mode: str = "offline", **kwargs) -> Tracker:
+    config = kwargs.pop("config", {"model": "tiny", "lr": 1.0e-4, "nested": {"rank": 8}})
+    return Tracker(
+        run_dir,
+        project="tracking-test",
+        mode=mode,  # type: ignore[arg-type]
+        run_name="test-run",
+        group="tests",
+        job_type="sft",
+        config=config,
+        **kwargs,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_offline_run_round_trip(tmp_path: Path) -> None:
+    tracker = make_tracker(tmp_path)
+    for step in range(5):
+        metrics = {"train/loss": 1.0 / (step + 1), "train/lr": np.float32(1e-4), "train/tokens": 10}
+        tracker.log(metrics, step=step)
+        if step in (1, 3):
+            rows = [[step, "1+1=", f"answer {step}", 1.0], [step, "2+2=", "4", np.float64(0.5)]]
+            tracker.log_table("samples", SAMPLE_COLUMNS, rows, step=step)
+        if step in (2, 4):
+            tracker.log_checkpoint(step, f"{step:06d}", f"local://run/weights/{step:06d}", "state")
+    tracker.log_final_checkpoint("local://run/sampler_weights/final")
+    tracker.summary(**{"eval/accuracy": 0.75})
+    tracker.finish()
+    tracker.finish()  # idempotent
+
+    wb = read_offline_run(tmp_path)
+    assert wb.run_ids == [(tmp_path / "wandb_run_id").read_text()]
+    assert wb.config == {"model": "tiny", "lr": 1.0e-4, "nested": {"rank": 8}}
+    assert [row["_step"] for row in wb.history] == [0, 1, 2, 3, 4]
+    # metrics.jsonl and W&B history hold exactly the same values for every step.
+    metrics = read_jsonl(tmp_path / "metrics.jsonl")
+    for file_row, wb_row in zip(metrics, wb.history, strict=True):
+        assert file_row.pop("step") == wb_row["_step"]
+        assert isinstance(file_row.pop("_time"), float)
+        assert file_row == {k: v for k, v in wb_row.items() if not k.startswith("_")}
+    assert metrics[4]["train/loss"] == 0.2 and metrics[0]["train/tokens"] == 10
+    # Each step's samples are a table of their own; the files hold the same rows.
+    assert wb.table("samples/step_000001").rows[0] == dict(
+        step=1, prompt="1+1=", completion="answer 1", reward=1.0
+    )
+    assert [r["completion"] for r in wb.table("samples/step_000003").rows] == ["answer 3", "4"]
+    samples = read_jsonl(tmp_path / "samples.jsonl")
+    assert [(s["table"], s["step"], s["completion"]) for s in samples] == [
+        ("samples", 1, "answer 1"),
+        ("samples", 1, "4"),
+        ("samples", 3, "answer 3"),
+        ("samples", 3, "4"),
+    ]
+    # The checkpoints table is logged whole each time: its latest version has every row.
+    assert len(wb.tables["checkpoints"]) == 2
+    assert [r["name"] for r in wb.table("checkpoints").rows] == ["000002", "000004"]
+    assert [c["name"] for c in read_checkpoints(tmp_path)] == ["000002", "000004"]
+    assert wb.summary["checkpoint/final"] == "local://run/sampler_weights/final"
+    assert wb.summary["checkpoint/last"] == "local://run/weights/000004"
+    assert wb.summary["eval/accuracy"] == 0.75 and wb.summary["status"] == "finished"
+    assert wb.exit_codes == [0]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["checkpoint/final"] == "local://run/sampler_weights/final"
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["nested"] == {"rank": 8}
+
+
+def test_auto_mode_without_credentials_is_offline_and_says_how_to_sync(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert not has_wandb_credentials()
+    assert resolve_wandb_mode("auto") == "offline"
+    tracker = make_tracker(tmp_path / "run", mode="auto")
+    tracker.finish()
+    out = capsys.readouterr().out
+    assert tracker.wandb_mode == "offline"
+    assert f"wandb sync {tmp_path / 'run' / 'wandb'}/offline-run-" in out
+    assert f"wandb leet {tmp_path / 'run' / 'wandb'}" in out
+    assert out.count("wandb sync") == 1
+
+
+def test_auto_mode_with_credentials_is_online(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc123\n")
+    assert resolve_wandb_mode("auto") == "online"
+    (tmp_path / "netrc").write_text("machine example.com login u password p\n")
+    assert resolve_wandb_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert resolve_wandb_mode("auto") == "online"
+    assert resolve_wandb_mode("offline") == "offline"
+    with pytest.raises(ValueError):
+        resolve_wandb_mode("sometimes")
+
+
+def test_failed_online_init_falls_back_to_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import wandb
+
+    real_init, modes = wandb.init, []
+
+    def init(*args, **kwargs):
+        modes.append(kwargs["mode"])
+        if kwargs["mode"] == "online":
+            raise RuntimeError("no route to api.wandb.ai")
+        return real_init(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    tracker = make_tracker(tmp_path, mode="online")
+    assert modes == ["online", "offline"] and tracker.wandb_mode == "offline"
+    assert "W&B online init failed (RuntimeError: no route" in capsys.readouterr().out
+
+    # A W&B error later turns W&B off once; the files keep going.
+    run = tracker._run
+    tracker.log({"train/loss": 1.0}, step=0)
+    monkeypatch.setattr(run, "log", lambda *a, **k: 1 / 0)
+    tracker.log({"train/loss": 0.5}, step=1)
+    tracker.log({"train/loss": 0.25}, step=2)
+    tracker.finish()
+    run.finish()
+    assert capsys.readouterr().out.count("W&B log failed (ZeroDivisionError") == 1
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2]
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_failed_offline_init_continues_with_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import wandb
+
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: 1 / 0)
+    with make_tracker(tmp_path, mode="online") as tracker:
+        tracker.log({"train/loss": 1.0}, step=0)
+    assert tracker.wandb_mode == "disabled"
+    assert "files only" in capsys.readouterr().out
+    assert read_jsonl(tmp_path / "metrics.jsonl")[0]["train/loss"] == 1.0
+
+
+def test_disabled_mode_writes_files_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)  # any `import wandb` would now fail
+    tracker = make_tracker(tmp_path, mode="disabled")
+    tracker.log({"train/loss": float("nan"), "train/grad_norm": float("inf")}, step=0)
+    tracker.log_table("samples", ["prompt"], [["1+1="]], step=0)
+    tracker.log_checkpoint(0, "000000", "local://run/weights/000000", "state")
+    tracker.finish()
+    assert capsys.readouterr().out == ""
+    assert not (tmp_path / "wandb").exists()
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "checkpoints.jsonl", "samples.jsonl"} <= names
+    row = read_jsonl(tmp_path / "metrics.jsonl")[0]  # NaN/Infinity: Python's json reads them
+    assert math.isnan(row["train/loss"]) and row["train/grad_norm"] == math.inf
+
+
+def test_resume_continues_the_same_run_without_duplicate_steps(tmp_path: Path) -> None:
+    with make_tracker(tmp_path) as tracker:
+        for step in range(5):
+            tracker.log({"train/loss": float(step)}, step=step)
+            if step in (2, 4):
+                tracker.log_checkpoint(
+                    step, f"{step:06d}", f"local://r/weights/{step:06d}", "state"
+                )
+    run_id = (tmp_path / "wandb_run_id").read_text()
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "train/lo')  # the crash cut a line short
+
+    with make_tracker(tmp_path, resume=True) as tracker:
+        tracker.truncate_after(2)  # resumed from the checkpoint saved at step 2
+        for step in range(3, 6):
+            tracker.log({"train/loss": float(step) + 0.5}, step=step)
+    assert (tmp_path / "wandb_run_id").read_text() == run_id
+    steps = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")]
+    assert steps == [0, 1, 2, 3, 4, 5]
+    assert [c["name"] for c in read_checkpoints(tmp_path)] == ["000002"]
+    wb = read_offline_run(tmp_path)
+    assert wb.run_ids == [run_id, run_id]
+    assert wb.history[-1]["_step"] == 5 and wb.history[-1]["train/loss"] == 5.5
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_new_run_in_an_old_directory_starts_over(tmp_path: Path) -> None:
+    make_tracker(tmp_path, mode="disabled").log({"a": 1}, step=0)
+    first_id = (tmp_path / "wandb_run_id").read_text()
+    make_tracker(tmp_path, mode="disabled").log({"a": 2}, step=0)
+    assert read_jsonl(tmp_path / "metrics.jsonl")[0]["a"] == 2
+    assert (tmp_path / "wandb_run_id").read_text() != first_id
+
+
+def test_secrets_never_reach_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tinker_key, wandb_key = "tml-SECRETSECRET123", "wandb-0123456789abcdef0123456789"
+    monkeypatch.setenv("TINKER_API_KEY", tinker_key)
+    monkeypatch.setenv("WANDB_API_KEY", wandb_key)
+    config = {
+        "backend": {"api_key": tinker_key, "base_url": f"https://x.dev/?key={tinker_key}"},
+        "note": f"key is {wandb_key}",
+        "args": ["--tinker_api_key", tinker_key],
+    }
+    with make_tracker(tmp_path, mode="offline", config=config) as tracker:
+        tracker.log({"train/loss": 1.0}, step=0)
+        tracker.log_table("samples", ["prompt", "completion"], [[f"say {tinker_key}", "ok"]], 0)
+        tracker.log_checkpoint(0, "000000", f"local://{tinker_key}/weights/000000", "state")
+        tracker.summary(note=f"done with {wandb_key}")
+    assert tracker.wandb_mode == "offline"
+    assert tinker_key not in capsys.readouterr().out
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files)
+    for path in files:
+        assert tinker_key.encode() not in path.read_bytes(), path
+        assert wandb_key.encode() not in path.read_bytes(), path
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["backend"] == {"api_key": MASK, "base_url": f"https://x.dev/?key={MASK}"}
+    assert saved["args"] == ["--tinker_api_key", MASK]
+    assert read_jsonl(tmp_path / "samples.jsonl")[0]["prompt"] == f"say {MASK}"
+
+
+def test_context_manager_records_failure(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="boom"), make_tracker(tmp_path) as tracker:
+        tracker.log({"train/loss": 1.0}, step=0)
+        raise ValueError("boom")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == "ValueError: boom"
+    wb = read_offline_run(tmp_path)
+    assert wb.summary["status"] == "failed" and wb.summary["error"] == "ValueError: boom"
+    assert wb.exit_codes == [1]
+
+    with pytest.raises(KeyboardInterrupt), make_tracker(tmp_path / "b", mode="disabled"):
+        raise KeyboardInterrupt
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["status"] == "crashed"
+
+
+def test_run_name() -> None:
+    when = datetime(2026, 1, 2, 3, 4, 5)
+    name = run_name("train_sft.py", "Qwen/Qwen3-4B-Instruct-2507", 5e-4, 32, 0, when)
+    assert name == "train_sft-Qwen3-4B-Instruct-2507-lr5e-04-bs32-s0-20260102-030405"
+    assert run_name("rl", "/models/my model/", 2.5e-4, 8, 1, when).startswith(
+        "rl-my-model-lr2.5e-04-bs8-s1-"
+    )
+    assert run_name("rl", "tiny", 1.0, 8, 1, when) == "rl-tiny-lr1e+00-bs8-s1-20260102-030405"
+
+
+def test_redact(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijkl")
+    monkeypatch.setenv("MY_SERVICE_API_KEY", "svc-0123456789")
+    monkeypatch.setenv("TINKER_API_KEY", "short")  # too short to mask inside text
+    assert {"hf_abcdefghijkl", "svc-0123456789"} <= set(secret_values())
+    assert "short" not in secret_values()
+    config = {
+        "hf_token": "anything",
+        "WANDB_API_KEY": None,
+        "apiKey": 123,
+        "max_tokens": 512,
+        "pad_token_id": 0,
+        "eos_token": "<|im_end|>",
+        "rows": [("x hf_abcdefghijkl y", 1)],
+        "url": "https://svc/?k=svc-0123456789",
+        "note": "short",
+    }
+    redacted = redact(config)
+    assert redacted == {
+        "hf_token": MASK,
+        "WANDB_API_KEY": None,
+        "apiKey": MASK,
+        "max_tokens": 512,
+        "pad_token_id": 0,
+        "eos_token": "<|im_end|>",
+        "rows": [("x *** y", 1)],
+        "url": "https://svc/?k=***",
+        "note": "short",
+    }
+    assert config["hf_token"] == "anything"  # the input is left alone
+    assert redact("a secret b", secrets=["secret"]) == "a *** b"
+    assert is_secret_key("db_password") and not is_secret_key("tokens/trained")

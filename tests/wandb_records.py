@@ -1,0 +1,106 @@
+"""Read an offline W&B run back, for tests: what would W&B show after `wandb sync`?
+
+Records come from W&B's own reader, `wandb leet inspect --json <file>` (wandb >= 0.31 has no
+Python-level reader any more), one JSON object per record of `run-<id>.wandb`. Tables are
+stored by W&B as files under `files/media/table/...table.json`; history rows only point at
+them, so they are returned parsed. A resumed run writes one more `offline-run-*` directory
+for the same id (W&B adds `-1`, `-2` when two start in the same second): all are read, in
+order, and merged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TABLE_TYPES = ("table-file", "incremental-table-file")
+
+
+@dataclass
+class Table:
+    key: str
+    step: int
+    columns: list[str]
+    data: list[list[Any]]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.data]
+
+
+@dataclass
+class OfflineRun:
+    run_ids: list[str] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """One dict per committed step ("_step" plus the logged keys; table references removed)."""
+    summary: dict[str, Any] = field(default_factory=dict)
+    """Merged summary updates; nested values appear flattened ("checkpoints.path")."""
+    config: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, list[Table]] = field(default_factory=dict)
+    """Every logged version of every table key, in logging order."""
+    exit_codes: list[int] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def table(self, key: str) -> Table:
+        """The latest version of a table."""
+        return self.tables[key][-1]
+
+
+def offline_run_dirs(run_dir: Path) -> list[Path]:
+    """`run_dir/wandb/offline-run-<YYYYmmdd_HHMMSS>-<id>[-N]` directories, oldest first."""
+
+    def order(path: Path) -> tuple[str, int]:
+        match = re.match(r"offline-run-(\d{8}_\d{6})-.+?(?:-(\d+))?$", path.name)
+        assert match, path
+        return match.group(1), int(match.group(2) or 0)
+
+    return sorted(Path(run_dir).glob("wandb/offline-run-*"), key=order)
+
+
+def read_records(wandb_file: Path) -> list[dict[str, Any]]:
+    """Every record of one .wandb file, as W&B's inspector prints it."""
+    cmd = [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(wandb_file)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def read_offline_run(run_dir: Path) -> OfflineRun:
+    """Everything the offline W&B run(s) in `run_dir/wandb` recorded, merged in order."""
+    run = OfflineRun()
+    dirs = offline_run_dirs(run_dir)
+    assert dirs, f"no offline W&B run under {run_dir}/wandb"
+    for offline_dir in dirs:
+        (wandb_file,) = offline_dir.glob("run-*.wandb")
+        for record in read_records(wandb_file):
+            run.records.append(record)
+            kind = record["type"]
+            if kind == "run":
+                run.run_ids.append(record["run"]["run_id"])
+                run.config.update(record["run"].get("config", {}).get("update", {}))
+            elif kind == "config":
+                run.config.update(record["config"].get("update", {}))
+            elif kind == "summary":
+                run.summary.update(record["summary"].get("update", {}))
+            elif kind == "history":
+                run.history.append(_split_tables(record["history"]["item"], offline_dir, run))
+            elif kind == "exit":
+                run.exit_codes.append(record["exit"].get("exit_code", 0))
+    run.config.pop("_wandb", None)
+    return run
+
+
+def _split_tables(item: dict[str, Any], offline_dir: Path, run: OfflineRun) -> dict[str, Any]:
+    """Move table references out of a history row into `run.tables`, reading their files."""
+    keys = [k.removesuffix("._type") for k, v in item.items() if k.endswith("._type")]
+    tables = [k for k in keys if item[f"{k}._type"] in TABLE_TYPES]
+    for key in tables:
+        content = json.loads((offline_dir / "files" / item[f"{key}.path"]).read_text())
+        table = Table(key, item["_step"], content["columns"], content["data"])
+        run.tables.setdefault(key, []).append(table)
+    prefixes = tuple(f"{key}." for key in tables)
+    return {k: v for k, v in item.items() if not k.startswith(prefixes)}
