@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,3 +16,5 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("WANDB_API_KEY", None)
 os.environ.pop("TINKER_API_KEY", None)
+# Local-backend checkpoints of the whole session go to a throwaway root, not ~/.cache.
+os.environ["LOCAL_TINKER_ROOT"] = tempfile.mkdtemp(prefix="local_tinker_tests_")

@@ -7,8 +7,7 @@ import pytest
 
 from common.config import ConfigError, parse_config, resolved
 from common.data import DatasetError, load_chat_data, row_to_conversation
-from common.datums import (DatumError, chat_tokens, conversation_datum, rollout_datum,
-                           weighted_nll)
+from common.datums import DatumError, chat_tokens, conversation_datum, rollout_datum, weighted_nll
 from common.schedule import lr_at
 from local_tinker.models import build_tiny_chat_tokenizer
 from train_sft import Config as SFTConfig

@@ -1,0 +1,101 @@
+"""train_sft.py end to end on the local backend, checked from the files the run leaves behind."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import train_sft
+from common.config import ConfigError
+from common.data import DatasetError
+from tests.wandb_records import read_offline_run
+
+SECRETS = {"TINKER_API_KEY": "tml-PLANTED-tinker-secret-123", "WANDB_API_KEY": "planted0wandb0key0"}
+STEP_KEYS = {"train/loss", "train/lr", "train/tokens", "train/grad_norm", "tokens/trained",
+             "time/step", "progress/step", "progress/epoch", "progress/done_frac"}
+
+
+def sft_config(tmp_path: Path, **overrides) -> train_sft.Config:
+    values = dict(backend="local", log_dir=tmp_path / "run", wandb_mode="offline", max_steps=40,
+                  save_every=20, sample_every=10, eval_every=10)
+    return train_sft.Config(**{**values, **overrides})
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def files_containing(root: Path, needle: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
+
+
+def test_sft_run_learns_and_is_tracked(tmp_path, monkeypatch):
+    for key, value in SECRETS.items():  # planted: must never reach a file of the run
+        monkeypatch.setenv(key, value)
+    final = train_sft.main(sft_config(tmp_path))
+    run_dir = tmp_path / "run"
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(1, 41))
+    assert metrics[-1]["train/loss"] < metrics[0]["train/loss"] / 10
+    assert final["eval/loss"] < 0.5  # held-out questions, never trained on
+
+    wandb_run = read_offline_run(run_dir)
+    history = {row["_step"]: row for row in wandb_run.history if "train/loss" in row}
+    assert sorted(history) == list(range(1, 41))
+    for row in metrics:  # metrics.jsonl and the W&B history agree value for value
+        assert STEP_KEYS <= set(history[row["step"]])
+        for key in STEP_KEYS:
+            assert history[row["step"]][key] == pytest.approx(row[key])
+    assert sorted(s for s, r in history.items() if "eval/loss" in r) == [10, 20, 30, 40]
+
+    for step in (10, 20, 30, 40):
+        table = wandb_run.table(f"samples/step_{step:06d}")
+        assert len(table.rows) == 2 and table.rows[0]["step"] == step
+    assert wandb_run.table("samples/step_000040").rows[0]["completion"] == "foo<|im_end|>"
+    names = [row["name"] for row in wandb_run.table("checkpoints").rows]
+    assert names == ["000020", "000020", "final", "final"]
+    checkpoints = read_jsonl(run_dir / "checkpoints.jsonl")
+    assert wandb_run.summary["checkpoint/final"] == checkpoints[-1]["path"]
+    assert checkpoints[-1]["path"].endswith("/sampler_weights/final")
+    assert wandb_run.config["lr"] == 2e-3 and wandb_run.config["model"] == "tiny-chat"
+
+    checkpoint_root = Path(os.environ["LOCAL_TINKER_ROOT"])
+    for secret in SECRETS.values():
+        assert files_containing(run_dir, secret) == []
+        assert files_containing(checkpoint_root, secret) == []
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    straight = train_sft.main(sft_config(tmp_path, log_dir=tmp_path / "a", max_steps=12,
+                                         sample_every=0, save_every=6))
+    # The same run, stopped after its step-6 checkpoint and continued with --resume.
+    train_sft.main(sft_config(tmp_path, log_dir=tmp_path / "b", max_steps=6, save_every=6,
+                              sample_every=0))
+    resumed = train_sft.main(sft_config(tmp_path, log_dir=tmp_path / "b", max_steps=12,
+                                        save_every=6, sample_every=0, resume=True))
+    assert resumed["train/loss"] == straight["train/loss"]
+    assert resumed["eval/loss"] == straight["eval/loss"]
+    steps = [m["step"] for m in read_jsonl(tmp_path / "b" / "metrics.jsonl")]
+    assert steps == list(range(1, 13))
+    assert (tmp_path / "b" / "wandb_run_id").read_text() == read_offline_run(
+        tmp_path / "b").run_ids[0]
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    ({"lr": -1.0}, ConfigError, "--lr: must be a positive number"),
+    ({"batch_size": 0}, ConfigError, "--batch_size: must be >= 1"),
+    ({"batch_size": 30}, ConfigError, "--batch_size: 30 is more than the 18 training rows"),
+    ({"eval_fraction": 1.0}, ConfigError, "--eval_fraction: must be in"),
+    ({"max_steps": 0}, ConfigError, "--max_steps: must be >= 1"),
+    ({"lora_rank": 0}, ConfigError, "--lora_rank: must be >= 1"),
+    ({"max_length": 20}, Exception, "foo row 1: .* over --max_length 20"),
+    ({"dataset": "missing.jsonl"}, DatasetError, "no such file"),
+    ({"resume": True, "log_dir": None}, ConfigError, "--resume: needs --log_dir"),
+    ({"resume": True}, ConfigError, "--resume: no checkpoint in"),
+    ({"load_checkpoint": "local://nope/weights/1"}, FileNotFoundError, "not found"),
+    ({"model": "org/not-cached"}, ValueError, "Available offline: tiny-chat"),
+])
+def test_bad_flags_fail_clearly(tmp_path, overrides, error, message):
+    with pytest.raises(error, match=message):
+        train_sft.main(sft_config(tmp_path, **overrides))
