@@ -52,7 +52,13 @@ def start_training_client(service: Any, cfg: Any, run_dir: Path) -> tuple[Any, i
         client = service.create_training_client_from_state_with_optimizer(record["path"])
         return client.result(), int(record["step"])
     if cfg.load_checkpoint:
-        return service.create_training_client_from_state(cfg.load_checkpoint).result(), 0
+        path = cfg.load_checkpoint
+        if Path(path).is_dir():  # a run directory: its last saved training state
+            record = last_state(Path(path))
+            if record is None:
+                raise ConfigError(f"--load_checkpoint {path}: the run has no saved state")
+            path = record["path"]
+        return service.create_training_client_from_state(path).result(), 0
     client = service.create_lora_training_client(
         base_model=cfg.model, rank=cfg.lora_rank, seed=cfg.seed)
     return client.result(), 0

@@ -129,7 +129,8 @@ def resolved(cfg: C, environ: Mapping[str, str], lr: float, tiny_lr: float) -> C
     backend = resolve_backend(cfg.backend, environ)
     model = cfg.model or (TINKER_DEFAULT_MODEL if backend == "tinker" else LOCAL_DEFAULT_MODEL)
     default_lr = tiny_lr if model == LOCAL_DEFAULT_MODEL else lr
-    return dataclasses.replace(cfg, backend=backend, model=model, lr=cfg.lr or default_lr)
+    run_lr = default_lr if cfg.lr is None else cfg.lr
+    return dataclasses.replace(cfg, backend=backend, model=model, lr=run_lr)
 
 
 def require(condition: bool, flag: str, message: str) -> None:
