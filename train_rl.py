@@ -43,7 +43,7 @@ from common.config import (
 )
 from common.datums import chat_tokens, rollout_datum
 from common.evaluation import score_arithmetic, summarize
-from common.runs import check_finite, due, open_tracker
+from common.runs import GracefulStop, check_finite, due, open_tracker, stop_here
 from common.tasks import Difficulty, arithmetic_task
 
 
@@ -110,7 +110,7 @@ def main(cfg: Config) -> dict[str, float]:
     task = make_task(cfg)
     service = connect(cfg.backend, cfg.base_url)
     tracker = open_tracker(cfg, "train_rl", job_type="rl")
-    with tracker:
+    with tracker, GracefulStop() as stop:
         training_client, done_steps = start_training_client(service, cfg, tracker.run_dir)
         tokenizer = training_client.get_tokenizer()
         heldout = task.load_heldout()[: cfg.eval_problems]
@@ -169,7 +169,12 @@ def main(cfg: Config) -> dict[str, float]:
             tracker.log(metrics, step)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}",
                             acc=f"{metrics['rl/accuracy']:.0%}")
+            if stop.requested and step < cfg.max_steps:
+                stop_here(training_client, tracker, step)
+                break
         tracker.summary(**metrics)
+    if stop.requested and step < cfg.max_steps:
+        raise SystemExit(130)  # stopped by Ctrl-C, cleanly: the checkpoint is saved
     return metrics
 
 

@@ -39,7 +39,7 @@ from common.config import (
 )
 from common.data import load_chat_data
 from common.datums import DatumError, chat_tokens, conversation_datum, weighted_nll
-from common.runs import check_finite, due, open_tracker
+from common.runs import GracefulStop, check_finite, due, open_tracker, stop_here
 from common.schedule import lr_at
 
 
@@ -106,7 +106,7 @@ def main(cfg: Config) -> dict[str, float]:
                           cfg.dataset_size)
     service = connect(cfg.backend, cfg.base_url)
     tracker = open_tracker(cfg, "train_sft", job_type="sft")
-    with tracker:
+    with tracker, GracefulStop() as stop:
         training_client, done_steps = start_training_client(service, cfg, tracker.run_dir)
         tokenizer = training_client.get_tokenizer()
         datums, rows, skipped = [], [], data.skipped
@@ -170,7 +170,12 @@ def main(cfg: Config) -> dict[str, float]:
             metrics["time/step"] = time.perf_counter() - t0
             tracker.log(metrics, step)
             bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{lr:.2e}")
+            if stop.requested and step < total_steps:
+                stop_here(training_client, tracker, step)
+                break
         tracker.summary(**metrics)
+    if stop.requested and step < total_steps:
+        raise SystemExit(130)  # stopped by Ctrl-C, cleanly: the checkpoint is saved
     return metrics
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+from common.checkpoints import checkpoint_name, last_state, save_checkpoint
 from common.config import as_dict
 from common.tracking import Tracker, run_name
 
@@ -34,3 +37,35 @@ def check_finite(value: float, name: str, step: int) -> None:
 def due(step: int, every: int, last_step: int) -> bool:
     """True every `every` steps (never when 0) and always at the last step."""
     return step == last_step or (every > 0 and step % every == 0)
+
+
+class GracefulStop:
+    """Ctrl-C finishes the current step, saves a checkpoint and ends the run cleanly (W&B run
+    finished, status "interrupted"); a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self) -> GracefulStop:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: finishing this step, then saving a checkpoint "
+              "(Ctrl-C again to stop at once)", flush=True)
+
+
+def stop_here(training_client: Any, tracker: Tracker, step: int) -> None:
+    """After an interrupted step: save it (unless just saved) and mark the run interrupted."""
+    saved = last_state(tracker.run_dir)
+    if not saved or saved["step"] != step:
+        save_checkpoint(training_client, tracker, step, checkpoint_name(step))
+    tracker.set_status("interrupted")
+    tracker.summary(interrupted_at_step=step)
+    print(f"stopped after step {step}; continue with: --resume --log_dir {tracker.run_dir}")

@@ -222,6 +222,10 @@ class Tracker:
     def truncate_after(self, step: int) -> None:
         """Drop records with step > `step` (metrics, checkpoints, samples): a resumed run redoes
         them. Call it right after resuming from the checkpoint saved at `step`."""
+        # W&B already holds every step this run logged before it stopped, and cannot take a
+        # step twice: send it only the steps after those (metrics.jsonl gets every row).
+        logged = [row.get("step", -1) for _, row in _read_jsonl(self.run_dir / METRICS)]
+        self._wandb_step = max([self._wandb_step, *(s + 1 for s in logged if s > step)])
         self._keep_rows(lambda row: row.get("step", -1) <= step)
         last = (
             self._checkpoints[-1][CHECKPOINT_COLUMNS.index("path")] if self._checkpoints else None
@@ -235,6 +239,10 @@ class Tracker:
         self._checkpoints = [
             [r.get(c) for c in CHECKPOINT_COLUMNS] for r in read_checkpoints(self.run_dir)
         ]
+
+    def set_status(self, status: str) -> None:
+        """The status `finish` records instead of "finished" (e.g. "interrupted")."""
+        self._status = status
 
     def finish(self, exit_code: int = 0) -> None:
         """Record the final status and close the W&B run; later calls do nothing."""
@@ -257,7 +265,8 @@ class Tracker:
             self.finish(0)
             return
         # An Exception is the run failing; KeyboardInterrupt / SystemExit(1) is it being stopped.
-        self._status = "failed" if isinstance(exc, Exception) else "crashed"
+        stopped = "interrupted" if isinstance(exc, KeyboardInterrupt) else "crashed"
+        self._status = "failed" if isinstance(exc, Exception) else stopped
         self._error = _error(exc)[:500]
         self.finish(1)
 

@@ -1,0 +1,150 @@
+"""evaluate.py on the local backend: a tiny SFT checkpoint scored against the base model, checked
+from the files and the offline W&B run it leaves behind; --compare; and clear errors."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+import evaluate
+import train_sft
+from common.config import ConfigError, parse_config
+from common.evaluation import wilson_interval
+from tests.wandb_records import read_offline_run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def sft_runs(tmp_path_factory) -> list[Path]:
+    """A tiny SFT run on arithmetic solutions, and one on foo with another lr (for --compare)."""
+    root = tmp_path_factory.mktemp("sft")
+    train_sft.main(train_sft.Config(
+        backend="local", dataset="arithmetic-solutions", dataset_size=16, max_steps=2,
+        batch_size=4, log_dir=root / "sft-a", wandb_mode="offline", sample_every=0,
+        eval_fraction=0.0))
+    train_sft.main(train_sft.Config(
+        backend="local", dataset="foo", max_steps=2, batch_size=4, lr=1e-3,
+        log_dir=root / "sft-b", wandb_mode="disabled", sample_every=0, eval_every=1))
+    return [root / "sft-a", root / "sft-b"]
+
+
+@pytest.fixture(scope="module")
+def arithmetic_eval(sft_runs, tmp_path_factory) -> tuple[dict, Path]:
+    run_dir = tmp_path_factory.mktemp("eval") / "run"
+    report = evaluate.main(evaluate.Config(
+        backend="local", checkpoint=[str(sft_runs[0])], num_problems=12, max_tokens=32,
+        wandb_mode="offline", log_dir=run_dir))
+    return report, run_dir
+
+
+def test_eval_json_agrees_with_every_sampled_row(arithmetic_eval, sft_runs):
+    report, run_dir = arithmetic_eval
+    saved = json.loads((run_dir / "eval.json").read_text())
+    assert saved["models"] == json.loads(json.dumps(report["models"]))
+    assert [m["label"] for m in saved["models"]] == ["base:tiny-chat", "sft-a"]
+    final = read_jsonl(sft_runs[0] / "checkpoints.jsonl")[-1]["path"]
+    assert [m["path"] for m in saved["models"]] == [None, final]
+    samples = read_jsonl(run_dir / "samples.jsonl")
+    for model in saved["models"]:
+        rows = [r for r in samples if r["model"] == model["label"]]
+        correct = sum(r["correct"] for r in rows)
+        assert model["n"] == len(rows) == 12
+        assert model["accuracy"] == correct / 12
+        assert (model["accuracy_low"], model["accuracy_high"]) == pytest.approx(
+            wilson_interval(correct, 12))
+        assert model["reward"] == pytest.approx(sum(r["reward"] for r in rows) / 12)
+        assert model["tokens"] == pytest.approx(sum(r["tokens"] for r in rows) / 12)
+        assert all(r["tokens"] <= 32 for r in rows)
+        # num_problems spreads over the file, which is sorted by pair count.
+        assert {k: v["n"] for k, v in model["by_pair_count"].items()} == {"1": 4, "2": 4, "3": 4}
+        for k, part in model["by_pair_count"].items():
+            hits = sum(r["correct"] for r in rows if r["pair_count"] == int(k))
+            assert (part["low"], part["high"]) == pytest.approx(wilson_interval(hits, 4))
+    # The same seeds give the same problems and answers to both models' samplers in turn.
+    assert [r["numbers"] for r in samples[:12]] == [r["numbers"] for r in samples[12:]]
+    markdown = (run_dir / "eval.md").read_text()
+    assert "| base:tiny-chat" in markdown and "| sft-a" in markdown and "3 pairs" in markdown
+    assert (run_dir / "accuracy.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_eval_is_a_wandb_run_in_the_training_runs_group(arithmetic_eval):
+    report, run_dir = arithmetic_eval
+    wandb_run = read_offline_run(run_dir)
+    (run_record,) = [r["run"] for r in wandb_run.records if r["type"] == "run"]
+    assert run_record["job_type"] == "eval"
+    assert run_record["run_group"] == "sft-a"  # no wandb_group in its config: its name
+    base, trained = report["models"]
+    for model in (base, trained):
+        for key in ("accuracy", "accuracy_low", "accuracy_high", "reward", "reward_format"):
+            assert wandb_run.summary[f"eval/{model['label']}/{key}"] == pytest.approx(model[key])
+    assert wandb_run.summary["eval/accuracy"] == pytest.approx(trained["accuracy"])
+    assert wandb_run.summary["eval/sft-a/path"] == trained["path"]
+    table = wandb_run.table("samples/step_000000")
+    assert len(table.rows) == 2 * 12
+    assert {r["model"] for r in table.rows} == {"base:tiny-chat", "sft-a"}
+    assert {"completion", "answer", "reward", "correct"} <= set(table.columns)
+    assert any(row.get("eval/accuracy_plot._type") == "image-file" for row in wandb_run.history)
+
+
+def test_compare_reports_finals_bests_and_config_differences(sft_runs, tmp_path):
+    report = evaluate.main(evaluate.Config(compare=[str(d) for d in sft_runs],
+                                           log_dir=tmp_path / "cmp"))
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| lr " in text and "0.002" in text and "0.001" in text
+    assert "log_dir" not in text and "| seed" not in text  # only keys that differ
+    # The default keys that exist in either run; sft-a logged no eval/loss.
+    assert list(report["values"]["sft-a"]) == ["train/loss", "eval/loss"]
+    assert math.isnan(report["values"]["sft-a"]["eval/loss"]["final"])
+    losses = [m["train/loss"] for m in read_jsonl(sft_runs[1] / "metrics.jsonl")]
+    assert report["values"]["sft-b"]["train/loss"] == {"final": losses[-1], "best": min(losses)}
+    assert (tmp_path / "cmp" / "compare.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_chat_eval_gives_a_finite_nll(sft_runs, tmp_path):
+    final = read_jsonl(sft_runs[0] / "checkpoints.jsonl")[-1]["path"]
+    report = evaluate.main(evaluate.Config(
+        backend="local", task="chat", dataset="foo", checkpoint=[final], num_problems=4,
+        max_tokens=8, wandb_mode="disabled", log_dir=tmp_path / "chat"))
+    run_id = final.removeprefix("local://").split("/")[0]
+    assert [m["label"] for m in report["models"]] == ["base:tiny-chat", f"{run_id}/final"]
+    for model in report["models"]:
+        assert math.isfinite(model["nll"]) and model["nll"] > 0
+        assert model["n"] == 4 and 0.0 <= model["exact_match"] <= 1.0
+    assert "nll/token" in (tmp_path / "chat" / "eval.md").read_text()
+
+
+def test_list_flags_parse():
+    cfg = parse_config(evaluate.Config, ["--checkpoint", "runs/a", "local://r/sampler_weights/x",
+                                         "--nobase_model", "--num_problems", "5"])
+    assert cfg.checkpoint == ["runs/a", "local://r/sampler_weights/x"]
+    assert cfg.base_model is False and cfg.num_problems == 5 and cfg.compare == []
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    ({"checkpoint": ["local://nope/sampler_weights/final"]}, FileNotFoundError,
+     "checkpoint local://nope/sampler_weights/final not found"),
+    ({"checkpoint": ["tinker://abc/sampler_weights/final"]}, ValueError,
+     "tinker:// paths need --backend tinker"),
+    ({"checkpoint": ["no/such/run"]}, FileNotFoundError, "--checkpoint no/such/run: neither"),
+    ({"checkpoint": ["EMPTY"]}, FileNotFoundError, "no checkpoints.jsonl in .*empty"),
+    ({"compare": ["EMPTY"]}, FileNotFoundError, "empty: no metrics.jsonl"),
+    ({"compare": ["EMPTY"], "checkpoint": ["x"]}, ConfigError, "--compare: .* drop --checkpoint"),
+    ({"base_model": False}, ConfigError, "--base_model: nothing to score"),
+    ({"num_problems": 0}, ConfigError, "--num_problems: must be >= 1"),
+    ({"heldout": "missing.jsonl"}, FileNotFoundError, "held-out file not found: missing.jsonl"),
+])
+def test_bad_inputs_fail_clearly_before_any_run_starts(tmp_path, overrides, error, message):
+    (tmp_path / "empty").mkdir()
+    overrides = {k: [str(tmp_path / "empty") if v == "EMPTY" else v for v in vs]
+                 if isinstance(vs, list) else vs for k, vs in overrides.items()}
+    cfg = evaluate.Config(backend="local", wandb_mode="offline", log_dir=tmp_path / "eval",
+                          **overrides)
+    with pytest.raises(error, match=message):
+        evaluate.main(cfg)
+    assert not (tmp_path / "eval").exists()

@@ -1,0 +1,164 @@
+"""common/evaluation.py: intervals, scoring with a scripted sampler, summaries, run comparison."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from tinker import types
+
+from common.evaluation import (
+    config_differences,
+    final_and_best,
+    markdown_table,
+    problem_params,
+    run_curves,
+    score_arithmetic,
+    score_chat,
+    summarize,
+    summarize_chat,
+    wilson_interval,
+)
+from common.tasks import Problem
+from local_tinker.models import build_tiny_chat_tokenizer
+
+TOKENIZER = build_tiny_chat_tokenizer()
+END = TOKENIZER.eos_token_id
+
+
+@pytest.mark.parametrize("successes, n, expected", [
+    (8, 10, (0.490, 0.943)),
+    (0, 10, (0.0, 0.278)),
+    (10, 10, (0.722, 1.0)),
+    (5, 10, (0.237, 0.763)),
+    (0, 0, (0.0, 1.0)),
+])
+def test_wilson_interval_known_values(successes, n, expected):
+    low, high = wilson_interval(successes, n)
+    assert (round(low, 3), round(high, 3)) == expected
+    assert 0.0 <= low <= high <= 1.0
+
+
+def test_wilson_interval_approaches_the_normal_one_for_large_n():
+    low, high = wilson_interval(3000, 10000)
+    half = 1.96 * math.sqrt(0.3 * 0.7 / 10000)
+    assert low == pytest.approx(0.3 - half, abs=1e-4)
+    assert high == pytest.approx(0.3 + half, abs=1e-4)
+
+
+def test_wilson_interval_rejects_impossible_counts():
+    with pytest.raises(ValueError, match="successes must be in"):
+        wilson_interval(11, 10)
+
+
+class ScriptedSampler:
+    """Answers from a script; records every submit and every wait, in order."""
+
+    def __init__(self, answers: list[str], logprob: float = -1.0):
+        self.answers = answers
+        self.logprob = logprob
+        self.events: list[tuple[str, int]] = []
+        self.seeds: list[int | None] = []
+
+    def sample(self, prompt, num_samples, sampling_params):
+        index = len(self.seeds)
+        self.seeds.append(sampling_params.seed)
+        self.events.append(("submit", index))
+        tokens = TOKENIZER.encode(self.answers[index], add_special_tokens=False) + [END]
+        sequence = types.SampledSequence(stop_reason="stop", sequence_id=str(index),
+                                         tokens_np=np.asarray(tokens, np.int32))
+        return Waited(self.events, index, types.SampleResponse(sequences=[sequence]))
+
+    def compute_logprobs(self, prompt):
+        return Waited(self.events, -1, [None] + [self.logprob] * (prompt.length - 1))
+
+
+class Waited:
+    def __init__(self, events, index, value):
+        self.events, self.index, self.value = events, index, value
+
+    def result(self):
+        self.events.append(("wait", self.index))
+        return self.value
+
+
+PROBLEMS = [Problem((3, 5)), Problem((1, 2, 3, 4)), Problem((2, 2, 1, 1, 1, 1)), Problem((9, 9))]
+PARAMS = types.SamplingParams(max_tokens=32, temperature=0.3, seed=7)
+
+
+def test_score_arithmetic_submits_everything_first_and_scores_each_answer():
+    answers = ["<answer>8</answer>", "Add pairs: 3, 7\n<answer>20</answer>", "no tag",
+               "<answer>18</answer>"]
+    sampler = ScriptedSampler(answers)
+    rows = score_arithmetic(sampler, TOKENIZER, PROBLEMS, PARAMS)
+    kinds = [kind for kind, _ in sampler.events]
+    assert kinds == ["submit"] * 4 + ["wait"] * 4
+    assert [r["correct"] for r in rows] == [True, False, False, True]
+    assert [r["parsed"] for r in rows] == [8, 20, None, 18]
+    assert rows[0]["completion"] == "<answer>8</answer><|im_end|>"  # special tokens kept
+    assert rows[1] | {"completion": None} == {
+        "numbers": "1, 2, 3, 4", "pair_count": 2, "answer": 21, "completion": None, "parsed": 20,
+        "reward_format": 0.1, "reward_correct": 0.0, "reward_concise": 0.0, "reward": 0.1,
+        "correct": False, "words": 5, "tokens": len(answers[1]) + 1, "stop_reason": "stop"}
+    assert rows[0]["reward"] == pytest.approx(1.1)
+    # One seed per problem, all different, the same on every call.
+    assert len(set(sampler.seeds)) == 4
+    assert sampler.seeds == [problem_params(PARAMS, i).seed for i in range(4)]
+    assert problem_params(PARAMS.model_copy(update={"seed": None}), 3).seed is None
+
+
+def test_concise_bonus_is_optional():
+    rows = score_arithmetic(ScriptedSampler(["<answer>8</answer>"]), TOKENIZER, PROBLEMS[:1],
+                            PARAMS, concise_bonus=True)
+    assert rows[0]["reward_concise"] > 0
+    assert rows[0]["reward"] == pytest.approx(1.1 + rows[0]["reward_concise"])
+
+
+def test_summarize_counts_and_intervals():
+    rows = [{"pair_count": k, "correct": c, "reward": 1.1 if c else 0.1, "reward_format": 0.1,
+             "reward_correct": 1.0 if c else 0.0, "reward_concise": 0.0, "words": 4, "tokens": 9}
+            for k, c in [(1, True)] * 8 + [(1, False)] * 2 + [(2, False)] * 10]
+    summary = summarize(rows)
+    assert summary["n"] == 20 and summary["accuracy"] == 0.4
+    assert (summary["accuracy_low"], summary["accuracy_high"]) == wilson_interval(8, 20)
+    assert summary["reward"] == pytest.approx(0.5) and summary["reward_correct"] == 0.4
+    assert summary["by_pair_count"][1] == {"accuracy": 0.8, "low": wilson_interval(8, 10)[0],
+                                           "high": wilson_interval(8, 10)[1], "n": 10}
+    assert summary["by_pair_count"][2]["accuracy"] == 0.0
+
+
+def test_score_chat_nll_per_reference_token_and_exact_match():
+    conversations = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "foo"}],
+                     [{"role": "user", "content": "yo"}, {"role": "assistant", "content": "foo"}]]
+    sampler = ScriptedSampler(["foo", " bar"], logprob=-0.5)
+    rows = score_chat(sampler, TOKENIZER, conversations, PARAMS)
+    assert [r["exact_match"] for r in rows] == [True, False]
+    # "foo" + <|im_end|> + "\n": five weighted targets, each at -0.5.
+    assert [r["reference_tokens"] for r in rows] == [5, 5]
+    assert rows[0]["nll"] == pytest.approx(2.5)
+    summary = summarize_chat(rows)
+    assert summary["nll"] == pytest.approx(0.5) and summary["exact_match"] == 0.5
+    assert summary["n"] == 2
+
+
+def test_run_curves_final_and_best(tmp_path):
+    rows = [{"step": 1, "train/loss": 2.0, "_time": 0}, {"step": 2, "train/loss": 1.0},
+            {"step": 3, "train/loss": 1.5, "eval/accuracy": 0.25, "note": "text"}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "{cut")
+    curves = run_curves(tmp_path)
+    assert curves == {"train/loss": [(1, 2.0), (2, 1.0), (3, 1.5)], "eval/accuracy": [(3, 0.25)]}
+    assert final_and_best(curves["train/loss"], "train/loss") == (1.5, 1.0)
+    assert final_and_best([(1, 0.5), (2, 0.25)], "eval/accuracy") == (0.25, 0.5)
+    assert all(math.isnan(v) for v in final_and_best([], "eval/accuracy"))
+    with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
+        run_curves(tmp_path / "elsewhere")
+
+
+def test_config_differences_and_markdown_table():
+    configs = {"a": {"lr": 1e-3, "seed": 0, "log_dir": "x"}, "b": {"lr": 2e-3, "seed": 0}}
+    assert config_differences(configs, ignore=["log_dir"]) == {"lr": {"a": 1e-3, "b": 2e-3}}
+    assert config_differences(configs) == {"log_dir": {"a": "x", "b": None},
+                                           "lr": {"a": 1e-3, "b": 2e-3}}
+    table = markdown_table(["run", "value"], [["a|b", 0.123456], ["c", None]])
+    assert table.splitlines() == ["| run  | value  |", "|------|--------|",
+                                  "| a\\|b | 0.1235 |", "| c    |        |"]
