@@ -114,8 +114,7 @@ def main(cfg: Config) -> dict[str, float]:
         training_client, done_steps = start_training_client(service, cfg, tracker.run_dir)
         tokenizer = training_client.get_tokenizer()
         heldout = task.load_heldout()[: cfg.eval_problems]
-        if done_steps:
-            tracker.truncate_after(done_steps)
+        tracker.truncate_after(done_steps)  # a continued run redoes what came after its checkpoint
         metrics: dict[str, float] = {}
         bar = tqdm(range(done_steps + 1, cfg.max_steps + 1), initial=done_steps,
                    total=cfg.max_steps, desc="rl", dynamic_ncols=True)

@@ -129,8 +129,7 @@ def main(cfg: Config) -> dict[str, float]:
         examples = [rows[i] for i in (eval_idx or train_idx)[: cfg.sample_prompts]]
         tracker.summary(**{"data/train_rows": len(train_idx), "data/eval_rows": n_eval,
                            "data/skipped_rows": skipped})
-        if done_steps:
-            tracker.truncate_after(done_steps)
+        tracker.truncate_after(done_steps)  # a continued run redoes what came after its checkpoint
 
         metrics: dict[str, float] = {}
         bar = tqdm(range(done_steps + 1, total_steps + 1), initial=done_steps, total=total_steps,

@@ -43,21 +43,19 @@ def final_sampler_path(run_dir: Path) -> str:
 
 
 def start_training_client(service: Any, cfg: Any, run_dir: Path) -> tuple[Any, int]:
-    """(training client, steps already done): resumed, warm-started, or fresh LoRA."""
-    if cfg.resume:
-        record = last_state(run_dir)
-        if record is None:
-            raise ConfigError(f"--resume: no checkpoint in {run_dir}/checkpoints.jsonl to resume "
-                              "from; run without --resume to start over")
+    """(training client, steps already done): continued from the run's last saved state,
+    warm-started from --load_checkpoint, or a fresh LoRA."""
+    record = last_state(run_dir)
+    if record is not None:
         client = service.create_training_client_from_state_with_optimizer(record["path"])
         return client.result(), int(record["step"])
     if cfg.load_checkpoint:
         path = cfg.load_checkpoint
         if Path(path).is_dir():  # a run directory: its last saved training state
-            record = last_state(Path(path))
-            if record is None:
+            saved = last_state(Path(path))
+            if saved is None:
                 raise ConfigError(f"--load_checkpoint {path}: the run has no saved state")
-            path = record["path"]
+            path = saved["path"]
         return service.create_training_client_from_state(path).result(), 0
     client = service.create_lora_training_client(
         base_model=cfg.model, rank=cfg.lora_rank, seed=cfg.seed)

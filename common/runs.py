@@ -9,8 +9,8 @@ from types import FrameType
 from typing import Any
 
 from common.checkpoints import checkpoint_name, last_state, save_checkpoint
-from common.config import as_dict
-from common.tracking import Tracker, run_name
+from common.config import ConfigError, as_dict
+from common.tracking import CONFIG, Tracker, run_name
 
 RUNS_DIR = Path("runs")
 
@@ -20,12 +20,20 @@ class TrainingDiverged(RuntimeError):
 
 
 def open_tracker(cfg: Any, script: str, job_type: str) -> Tracker:
-    """The run's Tracker; `--resume` reopens the run in `--log_dir` (same W&B run)."""
+    """The run's Tracker. A run directory that holds a saved state is continued (same W&B run):
+    `--resume`, or rerunning the same command with the same `--log_dir`, picks up where it was."""
     name = cfg.run_name or run_name(script, cfg.model, cfg.lr, cfg.batch_size, cfg.seed)
     run_dir = Path(cfg.log_dir) if cfg.log_dir else RUNS_DIR / name
+    if cfg.resume and not (run_dir / CONFIG).exists():
+        raise ConfigError(f"--resume: no run in {run_dir} to continue")
+    saved = last_state(run_dir)
+    if saved:
+        print(f"continuing the run in {run_dir} after step {saved['step']} "
+              "(use a new --log_dir to start over)")
     return Tracker(run_dir, project=cfg.wandb_project, mode=cfg.wandb_mode, run_name=name,
-                   group=cfg.wandb_group, job_type=job_type, config=as_dict(cfg),
-                   resume=cfg.resume)
+                   # Without --wandb_group the run is its own group, so evaluations join it.
+                   group=cfg.wandb_group or name, job_type=job_type, config=as_dict(cfg),
+                   resume=cfg.resume or saved is not None)
 
 
 def check_finite(value: float, name: str, step: int) -> None:

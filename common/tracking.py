@@ -222,11 +222,15 @@ class Tracker:
     def truncate_after(self, step: int) -> None:
         """Drop records with step > `step` (metrics, checkpoints, samples): a resumed run redoes
         them. Call it right after resuming from the checkpoint saved at `step`."""
-        # W&B already holds every step this run logged before it stopped, and cannot take a
-        # step twice: send it only the steps after those (metrics.jsonl gets every row).
-        logged = [row.get("step", -1) for _, row in _read_jsonl(self.run_dir / METRICS)]
-        self._wandb_step = max([self._wandb_step, *(s + 1 for s in logged if s > step)])
         self._keep_rows(lambda row: row.get("step", -1) <= step)
+        # A killed process loses what W&B still buffered, so W&B may lack kept rows: replay
+        # those it may not have. W&B keeps the first copy of a step (a resumed online run
+        # starts at `starting_step`; an offline one is de-duplicated by `wandb sync`).
+        for _, row in _read_jsonl(self.run_dir / METRICS):
+            if self._run is not None and row["step"] >= self._wandb_step:
+                values = {k: v for k, v in row.items() if k not in ("step", "_time")}
+                self._wandb("log", lambda run, v=values, s=row["step"]: run.log(v, step=s))
+                self._wandb_step = row["step"]
         last = (
             self._checkpoints[-1][CHECKPOINT_COLUMNS.index("path")] if self._checkpoints else None
         )

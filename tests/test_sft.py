@@ -92,7 +92,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
     ({"max_length": 20}, Exception, "foo row 1: .* over --max_length 20"),
     ({"dataset": "missing.jsonl"}, DatasetError, "no such file"),
     ({"resume": True, "log_dir": None}, ConfigError, "--resume: needs --log_dir"),
-    ({"resume": True}, ConfigError, "--resume: no checkpoint in"),
+    ({"resume": True}, ConfigError, "--resume: no run in"),
     ({"load_checkpoint": "local://nope/weights/1"}, FileNotFoundError, "not found"),
     ({"model": "org/not-cached"}, ValueError, "Available offline: tiny-chat"),
 ])

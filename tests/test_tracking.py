@@ -266,7 +266,7 @@ def test_context_manager_records_failure(tmp_path: Path) -> None:
 
     with pytest.raises(KeyboardInterrupt), make_tracker(tmp_path / "b", mode="disabled"):
         raise KeyboardInterrupt
-    assert json.loads((tmp_path / "b" / "summary.json").read_text())["status"] == "crashed"
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["status"] == "interrupted"
 
 
 def test_run_name() -> None:

@@ -87,7 +87,11 @@ def read_offline_run(run_dir: Path) -> OfflineRun:
             elif kind == "summary":
                 run.summary.update(record["summary"].get("update", {}))
             elif kind == "history":
-                run.history.append(_split_tables(record["history"]["item"], offline_dir, run))
+                row = _split_tables(record["history"]["item"], offline_dir, run)
+                # As W&B applies a resumed run on sync: a step at or below the run's last
+                # step is dropped (the interrupted attempt's rows stand).
+                if not run.history or row["_step"] > run.history[-1]["_step"]:
+                    run.history.append(row)
             elif kind == "exit":
                 run.exit_codes.append(record["exit"].get("exit_code", 0))
     run.config.pop("_wandb", None)

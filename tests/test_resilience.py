@@ -1,0 +1,152 @@
+"""Crashes, interrupts, faults, unreachable services, divergence: real runs, real processes."""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import train_rl
+import train_sft
+from common.backend import BackendError
+from common.runs import TrainingDiverged
+from tests.wandb_records import read_offline_run
+
+ROOT = Path(__file__).resolve().parent.parent
+SFT_FLAGS = ["--backend", "local", "--wandb_mode", "offline", "--max_steps", "24",
+             "--save_every", "4", "--sample_every", "0", "--eval_every", "6"]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def start_sft(log_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train_sft.py"), "--log_dir", str(log_dir),
+                             *SFT_FLAGS, *extra], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_steps(log_dir: Path, steps: int, process: subprocess.Popen) -> None:
+    metrics = log_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.exists() and len(read_jsonl(metrics)) >= steps:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"run did not reach step {steps}: {process.poll()}")
+
+
+@pytest.mark.e2e
+def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path):
+    straight = start_sft(tmp_path / "straight")
+    assert straight.wait(timeout=300) == 0
+    kill_at = random.Random().randint(3, 20)  # any step, between or on checkpoints
+    victim = start_sft(tmp_path / "killed")
+    wait_for_steps(tmp_path / "killed", kill_at, victim)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    resumed = start_sft(tmp_path / "killed", "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+
+    expected = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    got = read_jsonl(tmp_path / "killed" / "metrics.jsonl")
+    assert [m["step"] for m in got] == list(range(1, 25)), f"killed at step {kill_at}"
+    for a, b in zip(expected, got, strict=True):
+        assert a["train/loss"] == b["train/loss"] and a.get("eval/loss") == b.get("eval/loss")
+    run = read_offline_run(tmp_path / "killed")
+    run_id = (tmp_path / "killed" / "wandb_run_id").read_text()
+    assert set(run.run_ids) == {run_id}  # the resumed attempt continued the same W&B run
+    steps = [row["_step"] for row in run.history if "train/loss" in row]
+    assert sorted(steps) == list(range(1, 25))  # nothing missing, nothing twice
+    assert read_jsonl(tmp_path / "killed" / "checkpoints.jsonl")[-1]["name"] == "final"
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
+    log_dir = tmp_path / "run"
+    process = start_sft(log_dir)
+    wait_for_steps(log_dir, 5, process)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "saving a checkpoint" in output
+    summary = json.loads((log_dir / "summary.json").read_text())
+    stopped = summary["interrupted_at_step"]
+    assert summary["status"] == "interrupted"
+    states = [c for c in read_jsonl(log_dir / "checkpoints.jsonl") if c["kind"] == "state"]
+    assert states[-1]["step"] == stopped == len(read_jsonl(log_dir / "metrics.jsonl"))
+    assert read_offline_run(log_dir).exit_codes == [0]  # the W&B run was finished, not killed
+
+    resumed = start_sft(log_dir, "--resume")
+    assert resumed.wait(timeout=300) == 0
+    assert [m["step"] for m in read_jsonl(log_dir / "metrics.jsonl")] == list(range(1, 25))
+    assert json.loads((log_dir / "summary.json").read_text())["status"] == "finished"
+
+
+def test_injected_faults_do_not_change_the_result(tmp_path, monkeypatch):
+    def run(name: str) -> dict:
+        return train_sft.main(train_sft.Config(backend="local", log_dir=tmp_path / name,
+                                               wandb_mode="disabled", max_steps=8, save_every=4,
+                                               sample_every=4, eval_every=4))
+    clean = run("clean")
+    monkeypatch.setenv("LOCAL_TINKER_FAULT_RATE", "0.2")  # a fifth of all calls fail first
+    faulty = run("faulty")
+    for key in ("train/loss", "eval/loss"):
+        assert faulty[key] == clean[key]
+
+
+def test_unreachable_tinker_endpoint_fails_fast(monkeypatch, tmp_path):
+    monkeypatch.setenv("TINKER_API_KEY", "tml-not-a-real-key-000")
+    # A server that accepts connections and never answers: the SDK would wait for a long time.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    held = []
+    threading.Thread(target=lambda: held.append(silent.accept()), daemon=True).start()
+    port = silent.getsockname()[1]
+    for url in (f"http://127.0.0.1:{port}", "http://127.0.0.1:9"):  # silent; refused
+        started = time.monotonic()
+        unreachable = "cannot reach the Tinker service at .* Check --base_url"
+        with pytest.raises(BackendError, match=unreachable):
+            train_sft.main(train_sft.Config(base_url=url, log_dir=tmp_path / "x",
+                                            wandb_mode="disabled"))
+        assert time.monotonic() - started < 30
+    with pytest.raises(BackendError, match="not an http"):
+        train_sft.main(train_sft.Config(base_url="tinker.example", wandb_mode="disabled"))
+    monkeypatch.delenv("TINKER_API_KEY")
+    with pytest.raises(BackendError, match="needs TINKER_API_KEY"):
+        train_sft.main(train_sft.Config(backend="tinker", wandb_mode="disabled"))
+    silent.close()
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    log_dir = tmp_path / "nan"
+    with pytest.raises(TrainingDiverged, match="train/loss is (nan|inf)"):
+        train_sft.main(train_sft.Config(backend="local", log_dir=log_dir, wandb_mode="offline",
+                                        lr=1e12, max_steps=30, save_every=1, sample_every=0))
+    summary = json.loads((log_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "TrainingDiverged" in summary["error"]
+    metrics = read_jsonl(log_dir / "metrics.jsonl")
+    checkpoints = read_jsonl(log_dir / "checkpoints.jsonl")
+    assert checkpoints[-1]["step"] == metrics[-1]["step"]  # last logged step = last good one
+    assert read_offline_run(log_dir).summary["status"] == "failed"
+
+
+def test_secrets_never_reach_rl_run_files(tmp_path, monkeypatch):
+    secret = "tml-PLANTED-secret-for-rl-run"
+    monkeypatch.setenv("TINKER_API_KEY", secret)
+    monkeypatch.setenv("WANDB_API_KEY", "planted-wandb-key-123456")
+    train_rl.main(train_rl.Config(backend="local", log_dir=tmp_path / "rl", wandb_mode="offline",
+                                  batch_size=2, group_size=2, max_tokens=8, max_steps=2,
+                                  concise_bonus_after=0, eval_problems=2, sample_every=1))
+    for path in [*(tmp_path / "rl").rglob("*"), *Path(os.environ["LOCAL_TINKER_ROOT"]).rglob("*")]:
+        if path.is_file():
+            data = path.read_bytes()
+            assert secret.encode() not in data and b"planted-wandb-key" not in data, path
