@@ -41,6 +41,15 @@ from common.config import (
     require,
     resolved,
 )
+from common.costs import (
+    CostMeter,
+    Estimate,
+    estimate_rl,
+    last_logged_metrics,
+    price_for,
+    prompt_token_counts,
+    tokenizer_for,
+)
 from common.datums import chat_tokens, rollout_datum
 from common.evaluation import score_arithmetic, summarize
 from common.runs import GracefulStop, check_finite, due, open_tracker, stop_here
@@ -79,6 +88,9 @@ class Config(ServiceConfig, TrackingConfig, CheckpointConfig):
     """Score held-out problems every N steps and at the end (0: only at the end)."""
     eval_problems: int = 100
     """Held-out problems per evaluation (greedy decoding)."""
+    # --- run economics
+    dry_run: bool = False
+    """Print the run's token and cost upper bounds, then exit without calling the backend."""
 
 
 def validate(cfg: Config) -> None:
@@ -108,13 +120,20 @@ def main(cfg: Config) -> dict[str, float]:
     cfg = resolved(cfg, os.environ, lr=2e-4, tiny_lr=1e-3)
     validate(cfg)
     task = make_task(cfg)
+    if cfg.dry_run:
+        print(dry_run(cfg, task).format(f"dry run: train_rl on {cfg.model} ({cfg.backend})"))
+        return {}
+    meter = CostMeter(cfg.model, cfg.backend)  # a bad price file fails here, before spending
     service = connect(cfg.backend, cfg.base_url)
     tracker = open_tracker(cfg, "train_rl", job_type="rl")
     with tracker, GracefulStop() as stop:
         training_client, done_steps = start_training_client(service, cfg, tracker.run_dir)
         tokenizer = training_client.get_tokenizer()
         heldout = task.load_heldout()[: cfg.eval_problems]
+        heldout_prompt_tokens = sum(
+            prompt_token_counts([task.messages(p) for p in heldout], tokenizer)[0])
         tracker.truncate_after(done_steps)  # a continued run redoes what came after its checkpoint
+        meter.restore(last_logged_metrics(tracker.run_dir))
         metrics: dict[str, float] = {}
         bar = tqdm(range(done_steps + 1, cfg.max_steps + 1), initial=done_steps,
                    total=cfg.max_steps, desc="rl", dynamic_ncols=True)
@@ -152,8 +171,12 @@ def main(cfg: Config) -> dict[str, float]:
                 "progress/done_frac": step / cfg.max_steps,
                 "time/sample": t_sampled - t0, "time/train": time.perf_counter() - t_sampled,
             }
+            eval_prompt = eval_sampled = 0
             if due(step, cfg.eval_every, cfg.max_steps) and heldout:
-                metrics.update(evaluate_heldout(training_client, tokenizer, heldout, cfg))
+                eval_metrics, eval_sampled = evaluate_heldout(training_client, tokenizer, heldout,
+                                                              cfg)
+                metrics.update(eval_metrics)
+                eval_prompt = heldout_prompt_tokens
             if due(step, cfg.sample_every, cfg.max_steps):
                 log_samples(tracker, step, problems, groups, texts, rewards, adv.advantages_P_G,
                             task)
@@ -162,6 +185,9 @@ def main(cfg: Config) -> dict[str, float]:
                 path = save_checkpoint(training_client, tracker, step, name)
                 if step == cfg.max_steps:
                     tracker.log_final_checkpoint(path)
+            metrics.update(meter.step(prompt=metrics["tokens/prompt"] + eval_prompt,
+                                      sampled=metrics["tokens/sampled"] + eval_sampled,
+                                      trained=metrics["tokens/trained"]))
             metrics["time/step"] = time.perf_counter() - t0
             metrics["throughput/tokens_per_s"] = (
                 metrics["tokens/sampled"] + metrics["tokens/trained"]) / metrics["time/step"]
@@ -171,7 +197,8 @@ def main(cfg: Config) -> dict[str, float]:
             if stop.requested and step < cfg.max_steps:
                 stop_here(training_client, tracker, step)
                 break
-        tracker.summary(**metrics)
+        tracker.set_summary({**metrics, **meter.totals()})
+        print(meter.summary_line())
     if stop.requested and step < cfg.max_steps:
         raise SystemExit(130)  # stopped by Ctrl-C, cleanly: the checkpoint is saved
     return metrics
@@ -221,12 +248,16 @@ def rollout_metrics(groups, texts, rewards, prompts, cfg: Config) -> dict[str, f
     }
 
 
-def evaluate_heldout(training_client, tokenizer, heldout, cfg: Config) -> dict[str, float]:
-    """Greedy accuracy on held-out problems (the same scoring code as evaluate.py)."""
+def evaluate_heldout(training_client, tokenizer, heldout, cfg: Config
+                     ) -> tuple[dict[str, float], int]:
+    """Greedy accuracy on held-out problems (the same scoring code as evaluate.py), and the
+    number of tokens sampled for it (billed)."""
     sampler = training_client.save_weights_and_get_sampling_client().result()
     params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=0.0, seed=cfg.seed)
-    summary = summarize(score_arithmetic(sampler, tokenizer, heldout, params))
-    return {"eval/accuracy": summary["accuracy"], "eval/reward": summary["reward"]}
+    rows = score_arithmetic(sampler, tokenizer, heldout, params)
+    summary = summarize(rows)
+    return ({"eval/accuracy": summary["accuracy"], "eval/reward": summary["reward"]},
+            sum(row["tokens"] for row in rows))
 
 
 def log_samples(tracker, step, problems, groups, texts, rewards, advantages_P_G, task) -> None:
@@ -238,6 +269,26 @@ def log_samples(tracker, step, problems, groups, texts, rewards, advantages_P_G,
     tracker.log_table("samples", ["step", "group", "sample", "prompt", "completion", "answer",
                                   "format", "correct", "concise", "reward", "advantage",
                                   "completion_tokens"], rows, step)
+
+
+def dry_run(cfg: Config, task) -> Estimate:
+    """Upper bounds on this run's tokens and dollars from the config alone (no backend call)."""
+    tokenizer = tokenizer_for(cfg.model)  # None: not available offline, so chars/4
+    # Every problem the run will see (problems are addressed by seed and index), so the
+    # longest prompt among them bounds every prompt.
+    problems = [task.sample(cfg.seed, i) for i in range(cfg.batch_size * cfg.max_steps)]
+    prompts, exact = prompt_token_counts([task.messages(p) for p in problems], tokenizer)
+    estimate = estimate_rl(max(prompts), cfg.batch_size, cfg.group_size, cfg.max_tokens,
+                           cfg.max_steps, price_for(cfg.model, cfg.backend), exact=exact)
+    heldout = task.load_heldout()[: cfg.eval_problems]
+    evals = sum(due(s, cfg.eval_every, cfg.max_steps) for s in range(1, cfg.max_steps + 1))
+    if not heldout:
+        return estimate
+    heldout_prompts = sum(prompt_token_counts([task.messages(p) for p in heldout], tokenizer)[0])
+    return estimate.extra(prompt=evals * heldout_prompts,
+                          sampled=evals * len(heldout) * cfg.max_tokens,
+                          note=f"plus {evals} held-out evaluation(s) of {len(heldout)} problems "
+                               f"(at most {cfg.max_tokens} tokens each)")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,16 @@ from common.config import (
     require,
     resolved,
 )
+from common.costs import (
+    CostMeter,
+    Estimate,
+    datum_token_counts,
+    estimate_sft,
+    last_logged_metrics,
+    price_for,
+    prompt_token_counts,
+    tokenizer_for,
+)
 from common.data import load_chat_data
 from common.datums import DatumError, chat_tokens, conversation_datum, weighted_nll
 from common.runs import GracefulStop, check_finite, due, open_tracker, stop_here
@@ -80,6 +90,9 @@ class Config(ServiceConfig, TrackingConfig, CheckpointConfig):
     """Longest sampled answer."""
     temperature: float = 0.7
     """Sampling temperature for the samples table."""
+    # --- run economics
+    dry_run: bool = False
+    """Print the run's estimated tokens and cost, then exit without calling the backend."""
 
 
 def validate(cfg: Config) -> None:
@@ -104,6 +117,11 @@ def main(cfg: Config) -> dict[str, float]:
     validate(cfg)
     data = load_chat_data(cfg.dataset, cfg.dataset_split, cfg.skip_invalid, cfg.seed,
                           cfg.dataset_size)
+    if cfg.dry_run:
+        print(dry_run(cfg, data.conversations).format(
+            f"dry run: train_sft on {cfg.model} ({cfg.backend})"))
+        return {}
+    meter = CostMeter(cfg.model, cfg.backend)  # a bad price file fails here, before spending
     service = connect(cfg.backend, cfg.base_url)
     tracker = open_tracker(cfg, "train_sft", job_type="sft")
     with tracker, GracefulStop() as stop:
@@ -122,6 +140,7 @@ def main(cfg: Config) -> dict[str, float]:
         order = epoch_order(len(datums), cfg.seed, epoch=-1)
         eval_idx, train_idx = order[:n_eval], order[n_eval:]
         eval_data = [datums[i] for i in eval_idx]
+        eval_tokens = sum(d.model_input.length for d in eval_data)  # one forward: prefill
         require(len(train_idx) >= cfg.batch_size, "batch_size",
                 f"{cfg.batch_size} is more than the {len(train_idx)} training rows")
         steps_per_epoch = len(train_idx) // cfg.batch_size
@@ -130,6 +149,7 @@ def main(cfg: Config) -> dict[str, float]:
         tracker.summary(**{"data/train_rows": len(train_idx), "data/eval_rows": n_eval,
                            "data/skipped_rows": skipped})
         tracker.truncate_after(done_steps)  # a continued run redoes what came after its checkpoint
+        meter.restore(last_logged_metrics(tracker.run_dir))
 
         metrics: dict[str, float] = {}
         bar = tqdm(range(done_steps + 1, total_steps + 1), initial=done_steps, total=total_steps,
@@ -150,35 +170,43 @@ def main(cfg: Config) -> dict[str, float]:
             optim_metrics = optim.result().metrics or {}
             tokens = sum(d.model_input.length for d in batch)
             metrics = {"train/loss": nll / n_weighted, "train/lr": lr, "train/tokens": tokens,
-                       "tokens/trained": tokens, "progress/step": step,
+                       "progress/step": step,
                        "progress/epoch": (step - 1) / steps_per_epoch,
                        "progress/done_frac": step / total_steps}
             if "grad_norm" in optim_metrics:
                 metrics["train/grad_norm"] = optim_metrics["grad_norm"]
             check_finite(metrics["train/loss"], "train/loss", step)
+            prompt_tokens = sampled_tokens = 0
             if eval_future is not None:
                 eval_nll, eval_weighted = weighted_nll(eval_future.result(), eval_data)
                 metrics["eval/loss"] = eval_nll / eval_weighted
+                prompt_tokens += eval_tokens
             if examples and due(step, cfg.sample_every, total_steps):
-                log_samples(training_client, tokenizer, examples, cfg, tracker, step)
+                asked, answered = log_samples(training_client, tokenizer, examples, cfg, tracker,
+                                              step)
+                prompt_tokens, sampled_tokens = prompt_tokens + asked, sampled_tokens + answered
             if due(step, cfg.save_every, total_steps):
                 name = "final" if step == total_steps else checkpoint_name(step)
                 final_path = save_checkpoint(training_client, tracker, step, name)
                 if step == total_steps:
                     tracker.log_final_checkpoint(final_path)
+            metrics.update(meter.step(prompt=prompt_tokens, sampled=sampled_tokens,
+                                      trained=tokens))
             metrics["time/step"] = time.perf_counter() - t0
             tracker.log(metrics, step)
             bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{lr:.2e}")
             if stop.requested and step < total_steps:
                 stop_here(training_client, tracker, step)
                 break
-        tracker.summary(**metrics)
+        tracker.set_summary({**metrics, **meter.totals()})
+        print(meter.summary_line())
     if stop.requested and step < total_steps:
         raise SystemExit(130)  # stopped by Ctrl-C, cleanly: the checkpoint is saved
     return metrics
 
 
-def log_samples(training_client, tokenizer, examples, cfg: Config, tracker, step: int) -> None:
+def log_samples(training_client, tokenizer, examples, cfg: Config, tracker, step: int
+                ) -> tuple[int, int]:
     """Answer a few held-out prompts with the current weights into the `samples` table."""
     sampler = training_client.save_weights_and_get_sampling_client().result()
     params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature,
@@ -193,6 +221,32 @@ def log_samples(training_client, tokenizer, examples, cfg: Config, tracker, step
                      len(seq.tokens), seq.stop_reason])
     tracker.log_table("samples", ["step", "prompt", "completion", "reference",
                                   "completion_tokens", "stop_reason"], rows, step)
+    return sum(map(len, prompt_tokens)), sum(row[4] for row in rows)  # billed: prefill, sample
+
+
+def dry_run(cfg: Config, conversations) -> Estimate:
+    """Tokens and dollars of this run from the data and config alone (no backend call)."""
+    tokenizer = tokenizer_for(cfg.model)  # None: not available offline, so chars/4
+    counts, exact = datum_token_counts(conversations, tokenizer)
+    kept = [i for i, c in enumerate(counts) if c < cfg.max_length]  # longer: stop or skipped
+    order = [kept[i] for i in epoch_order(len(kept), cfg.seed, epoch=-1)]
+    n_eval = int(len(kept) * cfg.eval_fraction)
+    train = [counts[i] for i in order[n_eval:]]
+    require(len(train) >= cfg.batch_size, "batch_size",
+            f"{cfg.batch_size} is more than the {len(train)} training rows")
+    total_steps = min(cfg.max_steps or 10**12, cfg.epochs * (len(train) // cfg.batch_size))
+    evals = sum(due(s, cfg.eval_every, total_steps) for s in range(1, total_steps + 1))
+    estimate = estimate_sft(train, cfg.batch_size, total_steps,
+                            sum(counts[i] for i in order[:n_eval]), evals if n_eval else 0,
+                            price_for(cfg.model, cfg.backend), exact=exact)
+    rounds = sum(due(s, cfg.sample_every, total_steps) for s in range(1, total_steps + 1))
+    examples = [conversations[i][:-1]
+                for i in (order[:n_eval] or order[n_eval:])[: cfg.sample_prompts]]
+    prompts = sum(prompt_token_counts(examples, tokenizer)[0])
+    return estimate.extra(prompt=rounds * prompts,
+                          sampled=rounds * len(examples) * cfg.max_tokens,
+                          note=f"plus {rounds} samples table(s) of {len(examples)} prompts "
+                               f"(at most {cfg.max_tokens} tokens each)")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ def test_rl_resume_continues_exactly(tmp_path):
                             eval_problems=0))
     resumed = train_rl.main(rl_config(tmp_path, log_dir=tmp_path / "b", max_steps=4,
                                       sample_every=0, eval_problems=0, resume=True))
-    for key in ("reward/mean", "train/loss", "completions/mean_tokens"):
+    for key in ("reward/mean", "train/loss", "completions/mean_tokens",
+                "tokens/cumulative/sampled", "tokens/cumulative/trained"):
         assert resumed[key] == straight[key]
 
 
@@ -80,3 +81,13 @@ def test_rl_resume_continues_exactly(tmp_path):
 def test_bad_rl_flags(tmp_path, overrides, message):
     with pytest.raises((ConfigError, ValueError), match=message):
         train_rl.main(rl_config(tmp_path, **overrides))
+
+
+def test_rl_dry_run_bounds_without_backend(tmp_path, monkeypatch, capsys):
+    def no_backend(*args, **kwargs):
+        raise AssertionError("--dry_run must not connect to a backend")
+    monkeypatch.setattr(train_rl, "connect", no_backend)
+    assert train_rl.main(rl_config(tmp_path, dry_run=True, max_steps=5)) == {}
+    out = capsys.readouterr().out
+    # 2 problems x 4 samples x 24 tokens per step is the sampling bound.
+    assert "upper bound" in out and "192" in out and "whole run (5 steps)" in out

@@ -75,6 +75,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
     resumed = train_sft.main(sft_config(tmp_path, log_dir=tmp_path / "b", max_steps=12,
                                         save_every=6, sample_every=0, resume=True))
     assert resumed["train/loss"] == straight["train/loss"]
+    assert resumed["tokens/cumulative/trained"] == straight["tokens/cumulative/trained"]
     assert resumed["eval/loss"] == straight["eval/loss"]
     steps = [m["step"] for m in read_jsonl(tmp_path / "b" / "metrics.jsonl")]
     assert steps == list(range(1, 13))
@@ -99,3 +100,41 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
 def test_bad_flags_fail_clearly(tmp_path, overrides, error, message):
     with pytest.raises(error, match=message):
         train_sft.main(sft_config(tmp_path, **overrides))
+
+
+def test_token_counts_and_costs_match_hand_counted_datums(tmp_path):
+    from common.data import load_chat_data
+    from common.datums import conversation_datum
+    from local_tinker.models import build_tiny_chat_tokenizer
+
+    train_sft.main(sft_config(tmp_path, max_steps=3, sample_every=0, eval_every=0))
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    tokenizer = build_tiny_chat_tokenizer()
+    lengths = [conversation_datum(tokenizer, c, 2048).model_input.length
+               for c in load_chat_data("foo").conversations]
+    order = train_sft.epoch_order(20, 0, epoch=-1)
+    train_idx = order[2:]  # 10% held out
+    cumulative = 0
+    for m in metrics:
+        slot = m["step"] - 1  # 2 steps per epoch: step 1 and 2 are epoch 0, step 3 epoch 1
+        epoch, slot = divmod(slot, 2)
+        batch = train_sft.epoch_order(18, 0, epoch)[slot * 8:(slot + 1) * 8]
+        expected = sum(lengths[train_idx[i]] for i in batch)
+        cumulative += expected
+        assert m["tokens/trained"] == m["train/tokens"] == expected
+        assert m["tokens/cumulative/trained"] == cumulative
+        assert m["cost/step_usd"] == 0.0  # the local backend is free
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["tokens/cumulative/trained"] == cumulative
+
+
+def test_dry_run_makes_no_backend_call(tmp_path, monkeypatch, capsys):
+    def no_backend(*args, **kwargs):
+        raise AssertionError("--dry_run must not connect to a backend")
+    monkeypatch.setattr(train_sft, "connect", no_backend)
+    monkeypatch.setenv("TINKER_API_KEY", "tml-dry-run-key-000")  # Tinker prices, no Tinker call
+    assert train_sft.main(train_sft.Config(dry_run=True, log_dir=tmp_path / "dry")) == {}
+    out = capsys.readouterr().out
+    assert "dry run: train_sft on Qwen/Qwen3-4B-Instruct-2507 (tinker)" in out
+    assert "whole run (50 steps)" in out and "$" in out
+    assert not (tmp_path / "dry").exists()
