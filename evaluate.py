@@ -56,6 +56,7 @@ from common.evaluation import (
     run_curves,
     score_arithmetic,
     score_chat,
+    spread,
     summarize,
     summarize_chat,
 )
@@ -185,16 +186,12 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
 
 
 def load_items(cfg: Config) -> list[Any]:
-    """Held-out problems or chat conversations, `num_problems` of them spread over the file.
-
-    Spread rather than the first N: the shipped held-out file is sorted by pair count.
-    """
+    """Held-out problems or chat conversations, `num_problems` of them spread over the file."""
     if cfg.task == "arithmetic":
         items: list[Any] = load_heldout(cfg.heldout)
     else:
         items = load_chat_data(cfg.dataset, cfg.dataset_split, seed=cfg.seed).conversations
-    n = min(cfg.num_problems or len(items), len(items))
-    return [items[i * len(items) // n] for i in range(n)]
+    return spread(items, cfg.num_problems or len(items))
 
 
 def open_tracker(cfg: Config, targets: list[Target]) -> Tracker:
@@ -249,7 +246,7 @@ def write_report(cfg: Config, results: list[dict[str, Any]], tracker: Tracker) -
     columns = ["model", *results[0]["rows"][0]]
     table = [[r["target"].label, *row.values()] for r in results for row in r["rows"]]
     tracker.log_table("samples", columns, table, step=0)
-    log_image(tracker, "eval/accuracy_plot", run_dir / "accuracy.png")
+    tracker.log_image("eval/accuracy_plot", run_dir / "accuracy.png", step=0)
     return report
 
 
@@ -329,20 +326,6 @@ def plot_accuracy(task: str, models: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def log_image(tracker: Tracker, key: str, path: Path) -> None:
-    """Log a PNG to the tracker's W&B run (Tracker has tables and scalars but no images yet)."""
-    if tracker.wandb_mode == "disabled":
-        return  # "disabled" never imports wandb
-    import wandb
-
-    if wandb.run is None:
-        return
-    try:
-        wandb.run.log({key: wandb.Image(str(path))}, step=0)
-    except Exception as exc:  # tracking never fails an evaluation; the PNG is on disk
-        print(f"tracking: W&B image failed ({type(exc).__name__}: {exc})")
 
 
 # ---------------------------------------------------------------------------------------

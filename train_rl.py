@@ -51,7 +51,7 @@ from common.costs import (
     tokenizer_for,
 )
 from common.datums import chat_tokens, rollout_datum
-from common.evaluation import score_arithmetic, summarize
+from common.evaluation import score_arithmetic, spread, summarize
 from common.runs import GracefulStop, check_finite, due, open_tracker, stop_here
 from common.tasks import Difficulty, arithmetic_task
 
@@ -86,8 +86,8 @@ class Config(ServiceConfig, TrackingConfig, CheckpointConfig):
     # --- held-out evaluation
     eval_every: int = 0
     """Score held-out problems every N steps and at the end (0: only at the end)."""
-    eval_problems: int = 100
-    """Held-out problems per evaluation (greedy decoding)."""
+    eval_problems: int = 99
+    """Held-out problems per evaluation, spread over the pair counts (greedy decoding)."""
     # --- run economics
     dry_run: bool = False
     """Print the run's token and cost upper bounds, then exit without calling the backend."""
@@ -129,7 +129,7 @@ def main(cfg: Config) -> dict[str, float]:
     with tracker, GracefulStop() as stop:
         training_client, done_steps = start_training_client(service, cfg, tracker.run_dir)
         tokenizer = training_client.get_tokenizer()
-        heldout = task.load_heldout()[: cfg.eval_problems]
+        heldout = spread(task.load_heldout(), cfg.eval_problems)
         heldout_prompt_tokens = sum(
             prompt_token_counts([task.messages(p) for p in heldout], tokenizer)[0])
         tracker.truncate_after(done_steps)  # a continued run redoes what came after its checkpoint
@@ -280,7 +280,7 @@ def dry_run(cfg: Config, task) -> Estimate:
     prompts, exact = prompt_token_counts([task.messages(p) for p in problems], tokenizer)
     estimate = estimate_rl(max(prompts), cfg.batch_size, cfg.group_size, cfg.max_tokens,
                            cfg.max_steps, price_for(cfg.model, cfg.backend), exact=exact)
-    heldout = task.load_heldout()[: cfg.eval_problems]
+    heldout = spread(task.load_heldout(), cfg.eval_problems)
     evals = sum(due(s, cfg.eval_every, cfg.max_steps) for s in range(1, cfg.max_steps + 1))
     if not heldout:
         return estimate

@@ -19,7 +19,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tinker import types
 from tqdm import tqdm
@@ -30,6 +30,16 @@ from common.tasks import Problem, build_messages
 
 REWARD_PARTS = ("format", "correct", "concise")
 """compute_reward's parts; rows and summaries carry them as reward_<part>."""
+
+
+T = TypeVar("T")
+
+
+def spread(items: Sequence[T], n: int) -> list[T]:
+    """`n` items spread evenly over `items`: the shipped held-out file is sorted by pair count,
+    so its first N would all be one difficulty."""
+    n = min(n, len(items))
+    return [items[i * len(items) // n] for i in range(n)]
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

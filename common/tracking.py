@@ -197,6 +197,16 @@ class Tracker:
         _append_jsonl(self.run_dir / SAMPLES, records)
         self._wandb_table(f"{key}/step_{step:06d}", columns, rows, step)
 
+    def log_image(self, key: str, path: Path, step: int) -> None:
+        """Mirror an image the run already wrote to its directory (a plot) to W&B."""
+
+        def log(run: Any) -> None:
+            import wandb
+
+            run.log({key: wandb.Image(str(path))}, step=max(step, self._wandb_step))
+
+        self._wandb("image", log)
+
     def log_checkpoint(self, step: int, name: str, path: str, kind: str) -> None:
         """Record a saved checkpoint: checkpoints.jsonl, the W&B `checkpoints` table, summary."""
         record = redact({"step": step, "name": name, "path": str(path), "kind": kind})
