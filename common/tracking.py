@@ -163,6 +163,9 @@ class Tracker:
                 continue
             self.wandb_mode = attempt
             self._wandb_step = int(getattr(run, "starting_step", 0) or 0)
+            if run.id != self.run_id:  # a sweep agent assigns the id: resume must use that one
+                self.run_id = run.id
+                _write_atomic(self.run_dir / RUN_ID, run.id)
             if attempt == "offline":
                 wandb_dir = self.run_dir / "wandb"
                 self._say(

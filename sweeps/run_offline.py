@@ -10,14 +10,17 @@
 `early_terminate: hyperband`), feeding it each run's metrics.jsonl as its history. A run is the
 YAML's `command` with the agent's macros expanded (`${env}`, `${interpreter}` = this Python,
 `${program}` relative to the repo root, `${args}` = `--name=value`), plus `--wandb_mode`,
-`--wandb_group` (one group for the whole sweep), `--log_dir <out>/<run>` and `--run_name <run>`.
+`--wandb_group` (one group for the whole sweep), `--log_dir <out>/<run>`, `--run_name <run>` and,
+when the YAML names a `project`, `--wandb_project`.
 Runs start in the repo root; each one's output goes to `<out>/<run>/stdout.log`.
 
 It stops after --count runs, or when a grid is exhausted. Failed runs are listed as failed and
 the sweep goes on; runs that hyperband stopped are listed as stopped. The leaderboard ranks
 finished runs by the metric's final value, i.e. the last logged one (what W&B's run summary and
 sweep table show); `best` is the run's extremum, which is what bayes itself optimises.
-It is printed and written to `<out>/leaderboard.md` and `<out>/leaderboard.json`.
+It is printed and written to `<out>/leaderboard.md` and `<out>/leaderboard.json`, also after
+Ctrl-C (which stops the running runs: SIGINT, SIGKILL after a grace period or a second Ctrl-C).
+The exit status is 1 when no run finished.
 Offline W&B runs upload later with `wandb sync <out>/*/wandb/offline-run-*` (as grouped runs;
 W&B only attaches runs to a sweep when a server-side sweep started them).
 """
@@ -25,6 +28,7 @@ W&B only attaches runs to a sweep when a server-side sweep started them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -146,7 +150,9 @@ def swept_names(config: SweepConfig) -> list[str]:
 
 
 def state_of(run: SweepRun) -> str:
-    return RunState(run.state).value  # pydantic keeps the enum or its value, depending on path
+    """finished, failed, running, or stopped (what the engine calls killed)."""
+    state = RunState(run.state).value  # pydantic keeps the enum or its value, depending on path
+    return "stopped" if state == "killed" else state
 
 
 def start(config: SweepConfig, suggestion: SweepRun, index: int, args: argparse.Namespace,
@@ -162,6 +168,8 @@ def start(config: SweepConfig, suggestion: SweepRun, index: int, args: argparse.
                          params)
     cmd += [f"--wandb_mode={args.wandb_mode}", f"--wandb_group={args.group}",
             f"--log_dir={log_dir}", f"--run_name={log_dir.name}"]
+    if config.get("project"):  # where `wandb sweep` would put the runs
+        cmd.append(f"--wandb_project={config['project']}")
     print(f"[sweep] start {log_dir.name}: {shlex.join(cmd)}", flush=True)
     with (log_dir / "stdout.log").open("w") as log:  # the child keeps its own descriptor
         log.write(f"$ {shlex.join(cmd)}\n")
@@ -179,7 +187,12 @@ def stop(trial: Trial) -> None:
         trial.stop_sent = time.time()
         trial.proc.send_signal(signal.SIGINT)
     elif time.time() - trial.stop_sent > STOP_GRACE_S:
-        os.killpg(trial.proc.pid, signal.SIGKILL)
+        kill(trial)
+
+
+def kill(trial: Trial) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it may have exited just now
+        os.killpg(trial.proc.pid, signal.SIGKILL)  # its whole session (W&B's service too)
 
 
 def update(trials: list[Trial], config: SweepConfig, hyperband: bool) -> None:
@@ -196,8 +209,7 @@ def update(trials: list[Trial], config: SweepConfig, hyperband: bool) -> None:
         trial.exit_code, trial.seconds = code, time.time() - trial.started
         trial.run.state = (RunState.killed if trial.stop_sent is not None
                            else RunState.finished if code == 0 else RunState.failed)
-        state = {"killed": "stopped"}.get(state_of(trial.run), state_of(trial.run))
-        print(f"[sweep] {state} {trial.run.name} (exit {code}, "
+        print(f"[sweep] {state_of(trial.run)} {trial.run.name} (exit {code}, "
               f"{trial.seconds:.0f}s)", flush=True)
     if hyperband:
         by_name = {t.run.name: t for t in trials}
@@ -239,7 +251,7 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, trials: list[Trial]
                 trial.proc.wait(max(0.0, deadline - time.time()))
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
             for trial in (t for t in alive if t.proc.poll() is None):
-                os.killpg(trial.proc.pid, signal.SIGKILL)
+                kill(trial)
                 trial.proc.wait()
         update(trials, config, hyperband=False)
 
@@ -255,7 +267,7 @@ def leaderboard(trials: list[Trial], metric: dict[str, str] | None) -> list[dict
             best = float(t.run.metric_extremum(name, "max" if goal == "maximize" else "min"))
         except (ValueError, TypeError):  # no metric set, or no finite value logged
             best = None
-        state = {"killed": "stopped"}.get(state_of(t.run), state_of(t.run))
+        state = state_of(t.run)
         rows.append({"rank": None, "name": t.run.name, "state": state, "exit_code": t.exit_code,
                      "params": t.params, "metric": final, "best": best,
                      "seconds": round(t.seconds, 1), "log_dir": str(t.log_dir)})

@@ -9,6 +9,7 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -189,6 +190,23 @@ def test_hyperband_stops_runs_that_fall_behind(tmp_path):
     states = {r["params"]["lr"]: r["state"] for r in read_board(tmp_path / "out")}
     assert states[1.0] == "finished" and states[4.0] == "stopped", result.stdout
     assert "hyperband stops" in result.stdout
+
+
+def test_ctrl_c_stops_the_runs_and_still_writes_the_leaderboard(tmp_path):
+    path = fake_sweep(tmp_path, method="grid", parameters={
+        "lr": {"values": [1.0, 2.0]}, "steps": {"value": 600}, "delay": {"value": 0.1}})
+    runner = subprocess.Popen([sys.executable, str(RUNNER), str(path), "--out",
+                               str(tmp_path / "out"), "--poll", "0.1"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert any("[sweep] start" in line for line in runner.stdout)  # stops at the first
+    while not (tmp_path / "out" / "fake-01-lr1" / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    runner.send_signal(signal.SIGINT)
+    output, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 1, output  # no run finished
+    (run,) = read_board(tmp_path / "out")  # the second grid point never started
+    assert run["state"] == "stopped" and run["exit_code"] is not None, output
+    assert "interrupted" in output
 
 
 # --- a real grid: train_sft.py, two LRs, two steps each
