@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from common.advantages import compute_advantages
 from common.backend import connect
-from common.checkpoints import checkpoint_name, save_checkpoint, start_training_client
+from common.checkpoints import start_training_client
 from common.config import (
     CheckpointConfig,
     ServiceConfig,
@@ -52,7 +52,7 @@ from common.costs import (
 )
 from common.datums import chat_tokens, rollout_datum
 from common.evaluation import score_arithmetic, spread, summarize
-from common.runs import GracefulStop, check_finite, due, open_tracker, stop_here
+from common.runs import GracefulStop, check_finite, due, open_tracker, save_if_due, stop_here
 from common.tasks import Difficulty, arithmetic_task
 
 
@@ -180,11 +180,7 @@ def main(cfg: Config) -> dict[str, float]:
             if due(step, cfg.sample_every, cfg.max_steps):
                 log_samples(tracker, step, problems, groups, texts, rewards, adv.advantages_P_G,
                             task)
-            if due(step, cfg.save_every, cfg.max_steps):
-                name = "final" if step == cfg.max_steps else checkpoint_name(step)
-                path = save_checkpoint(training_client, tracker, step, name)
-                if step == cfg.max_steps:
-                    tracker.log_final_checkpoint(path)
+            save_if_due(training_client, tracker, step, cfg.save_every, cfg.max_steps)
             metrics.update(meter.step(prompt=metrics["tokens/prompt"] + eval_prompt,
                                       sampled=metrics["tokens/sampled"] + eval_sampled,
                                       trained=metrics["tokens/trained"]))

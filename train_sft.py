@@ -26,7 +26,7 @@ from tinker import types
 from tqdm import tqdm
 
 from common.backend import connect
-from common.checkpoints import checkpoint_name, save_checkpoint, start_training_client
+from common.checkpoints import start_training_client
 from common.config import (
     CheckpointConfig,
     ServiceConfig,
@@ -49,7 +49,7 @@ from common.costs import (
 )
 from common.data import load_chat_data
 from common.datums import DatumError, chat_tokens, conversation_datum, weighted_nll
-from common.runs import GracefulStop, check_finite, due, open_tracker, stop_here
+from common.runs import GracefulStop, check_finite, due, open_tracker, save_if_due, stop_here
 from common.schedule import lr_at
 
 
@@ -127,27 +127,13 @@ def main(cfg: Config) -> dict[str, float]:
     with tracker, GracefulStop() as stop:
         training_client, done_steps = start_training_client(service, cfg, tracker.run_dir)
         tokenizer = training_client.get_tokenizer()
-        datums, rows, skipped = [], [], data.skipped
-        for row, conversation in enumerate(data.conversations, start=1):
-            try:
-                datums.append(conversation_datum(tokenizer, conversation, cfg.max_length))
-                rows.append(conversation)
-            except DatumError as exc:
-                if not cfg.skip_invalid:
-                    raise DatumError(f"{cfg.dataset} row {row}: {exc}") from None
-                skipped += 1
-        n_eval = int(len(datums) * cfg.eval_fraction)
-        order = epoch_order(len(datums), cfg.seed, epoch=-1)
-        eval_idx, train_idx = order[:n_eval], order[n_eval:]
-        eval_data = [datums[i] for i in eval_idx]
+        split = split_data(data, tokenizer, cfg)
+        datums, train_idx, eval_data = split.datums, split.train_idx, split.eval_data
         eval_tokens = sum(d.model_input.length for d in eval_data)  # one forward: prefill
-        require(len(train_idx) >= cfg.batch_size, "batch_size",
-                f"{cfg.batch_size} is more than the {len(train_idx)} training rows")
         steps_per_epoch = len(train_idx) // cfg.batch_size
         total_steps = min(cfg.max_steps or 10**12, cfg.epochs * steps_per_epoch)
-        examples = [rows[i] for i in (eval_idx or train_idx)[: cfg.sample_prompts]]
-        tracker.summary(**{"data/train_rows": len(train_idx), "data/eval_rows": n_eval,
-                           "data/skipped_rows": skipped})
+        tracker.summary(**{"data/train_rows": len(train_idx), "data/eval_rows": len(eval_data),
+                           "data/skipped_rows": split.skipped})
         tracker.truncate_after(done_steps)  # a continued run redoes what came after its checkpoint
         meter.restore(last_logged_metrics(tracker.run_dir))
 
@@ -181,15 +167,11 @@ def main(cfg: Config) -> dict[str, float]:
                 eval_nll, eval_weighted = weighted_nll(eval_future.result(), eval_data)
                 metrics["eval/loss"] = eval_nll / eval_weighted
                 prompt_tokens += eval_tokens
-            if examples and due(step, cfg.sample_every, total_steps):
-                asked, answered = log_samples(training_client, tokenizer, examples, cfg, tracker,
-                                              step)
+            if split.examples and due(step, cfg.sample_every, total_steps):
+                asked, answered = log_samples(training_client, tokenizer, split.examples, cfg,
+                                              tracker, step)
                 prompt_tokens, sampled_tokens = prompt_tokens + asked, sampled_tokens + answered
-            if due(step, cfg.save_every, total_steps):
-                name = "final" if step == total_steps else checkpoint_name(step)
-                final_path = save_checkpoint(training_client, tracker, step, name)
-                if step == total_steps:
-                    tracker.log_final_checkpoint(final_path)
+            save_if_due(training_client, tracker, step, cfg.save_every, total_steps)
             metrics.update(meter.step(prompt=prompt_tokens, sampled=sampled_tokens,
                                       trained=tokens))
             metrics["time/step"] = time.perf_counter() - t0
@@ -205,14 +187,43 @@ def main(cfg: Config) -> dict[str, float]:
     return metrics
 
 
+@dataclass
+class Split:
+    datums: list[types.Datum]
+    train_idx: list[int]  # into datums
+    eval_data: list[types.Datum]
+    examples: list[list[dict]]  # conversations whose prompts fill the samples table
+    skipped: int
+
+
+def split_data(data, tokenizer, cfg: Config) -> Split:
+    """Datums for every valid row, a seeded held-out split, and the sample-table examples."""
+    datums, rows, skipped = [], [], data.skipped
+    for row, conversation in enumerate(data.conversations, start=1):
+        try:
+            datums.append(conversation_datum(tokenizer, conversation, cfg.max_length))
+            rows.append(conversation)
+        except DatumError as exc:
+            if not cfg.skip_invalid:
+                raise DatumError(f"{cfg.dataset} row {row}: {exc}") from None
+            skipped += 1
+    n_eval = int(len(datums) * cfg.eval_fraction)
+    order = epoch_order(len(datums), cfg.seed, epoch=-1)
+    eval_idx, train_idx = order[:n_eval], order[n_eval:]
+    require(len(train_idx) >= cfg.batch_size, "batch_size",
+            f"{cfg.batch_size} is more than the {len(train_idx)} training rows")
+    examples = [rows[i] for i in (eval_idx or train_idx)[: cfg.sample_prompts]]
+    return Split(datums, train_idx, [datums[i] for i in eval_idx], examples, skipped)
+
+
 def log_samples(training_client, tokenizer, examples, cfg: Config, tracker, step: int
                 ) -> tuple[int, int]:
     """Answer a few held-out prompts with the current weights into the `samples` table."""
     sampler = training_client.save_weights_and_get_sampling_client().result()
-    params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature,
-                                  seed=cfg.seed + step)
     prompt_tokens = [chat_tokens(tokenizer, c[:-1], add_generation_prompt=True) for c in examples]
-    futures = [sampler.sample(types.ModelInput.from_ints(t), 1, params) for t in prompt_tokens]
+    futures = [sampler.sample(types.ModelInput.from_ints(t), 1, types.SamplingParams(
+        max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed + 1000 * step + i))
+        for i, t in enumerate(prompt_tokens)]
     rows = []
     for conversation, future in zip(examples, futures, strict=True):
         messages, reference = conversation[:-1], conversation[-1]["content"]

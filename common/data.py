@@ -2,7 +2,8 @@
 
 `--dataset` accepts:
 - a shipped name: `foo` (the seed's 20 questions answered "foo", data/foo.jsonl) or
-  `arithmetic-solutions` (worked solutions of the RL task, generated, deliberately imperfect);
+  `arithmetic-solutions[:PAIR_COUNTS]` (worked solutions of the RL task, generated, deliberately
+  imperfect; e.g. `arithmetic-solutions:1,2` for one- and two-pair problems only);
 - a local .jsonl / .json / .parquet / .csv file;
 - a Hugging Face hub dataset `org/name` or `org/name:config` (cached or downloadable).
 Rows hold a `messages` list of {role, content}, or `prompt` and `completion` columns (the prompt a
@@ -37,11 +38,16 @@ class ChatData:
 def load_chat_data(spec: str, split: str = "train", skip_invalid: bool = False,
                    seed: int = 0, size: int = 2000) -> ChatData:
     """Load and validate conversations. `seed`/`size` only shape generated datasets."""
-    if spec in GENERATED:
-        from common.tasks import DEFAULT_DIFFICULTY, solutions_dataset
+    name, _, pair_counts = spec.partition(":")
+    if name in GENERATED:
+        from common.tasks import Difficulty, solutions_dataset
 
-        rows = solutions_dataset(size, seed, DEFAULT_DIFFICULTY)
-        return _validated(spec, rows, skip_invalid)
+        try:  # `arithmetic-solutions:1,2` restricts the pair counts (default: the task's 1,2,3)
+            difficulty = Difficulty(pair_counts=tuple(int(p) for p in pair_counts.split(",")
+                                                      if pair_counts) or (1, 2, 3))
+        except ValueError as exc:
+            raise DatasetError(f"--dataset {spec}: {exc}") from None
+        return _validated(spec, solutions_dataset(size, seed, difficulty), skip_invalid)
     rows = _load_rows(spec, split)
     return _validated(spec, rows, skip_invalid)
 

@@ -77,3 +77,14 @@ def stop_here(training_client: Any, tracker: Tracker, step: int) -> None:
     tracker.set_status("interrupted")
     tracker.summary(interrupted_at_step=step)
     print(f"stopped after step {step}; continue with: --resume --log_dir {tracker.run_dir}")
+
+
+def save_if_due(training_client: Any, tracker: Tracker, step: int, every: int,
+                last_step: int) -> None:
+    """The step's checkpoint when one is due: `every` steps, and `final` at the last step."""
+    if not due(step, every, last_step):
+        return
+    name = "final" if step == last_step else checkpoint_name(step)
+    path = save_checkpoint(training_client, tracker, step, name)
+    if step == last_step:
+        tracker.log_final_checkpoint(path)
