@@ -4,8 +4,9 @@ Each step samples `group_size` completions for each of `batch_size` fresh proble
 weights, scores them with the task's reward (format 0.1 + correct 1.0, plus a conciseness bonus
 after `--concise_bonus_after`), turns rewards into advantages, and takes one optimizer step on
 the completions with the chosen policy loss. Every sampling call is submitted before any result
-is awaited, and forward_backward goes out together with optim_step: on Tinker each call is a
-round trip, so a step costs about three round trips instead of `batch_size` + 2.
+is awaited, forward_backward goes out together with optim_step, and the next step's sampling
+client is requested before this step's results are awaited: on Tinker every call is a round
+trip, so a step costs about two round trips instead of the seed's `batch_size` + 2.
 
 Deviations from the seed's notebook (and the textbook):
 - advantages are normalised per problem (GRPO) by default; `--advantage batch` is the seed's
@@ -22,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from tinker import types
@@ -134,12 +135,13 @@ def main(cfg: Config) -> dict[str, float]:
             prompt_token_counts([task.messages(p) for p in heldout], tokenizer)[0])
         tracker.truncate_after(done_steps)  # a continued run redoes what came after its checkpoint
         meter.restore(last_logged_metrics(tracker.run_dir))
+        next_sampler = training_client.save_weights_and_get_sampling_client()
         metrics: dict[str, float] = {}
         bar = tqdm(range(done_steps + 1, cfg.max_steps + 1), initial=done_steps,
                    total=cfg.max_steps, desc="rl", dynamic_ncols=True)
         for step in bar:
             t0 = time.perf_counter()
-            sampler = training_client.save_weights_and_get_sampling_client().result()
+            sampler = next_sampler.result()
             problems = [task.sample(cfg.seed, (step - 1) * cfg.batch_size + i)
                         for i in range(cfg.batch_size)]
             prompts = [chat_tokens(tokenizer, task.messages(p), add_generation_prompt=True)
@@ -162,7 +164,7 @@ def main(cfg: Config) -> dict[str, float]:
             datums = [rollout_datum(prompts[p], seq.tokens, seq.logprobs, adv.advantages_P_G[p, g])
                       for p in np.flatnonzero(adv.keep_P) for g, seq in enumerate(groups[p])]
 
-            train_metrics = train_on(training_client, datums, cfg, step)
+            train_metrics, next_sampler = train_on(training_client, datums, cfg, step)
             metrics = {
                 **rollout_metrics(groups, texts, rewards, prompts, cfg),
                 **train_metrics,
@@ -173,8 +175,8 @@ def main(cfg: Config) -> dict[str, float]:
             }
             eval_prompt = eval_sampled = 0
             if due(step, cfg.eval_every, cfg.max_steps) and heldout:
-                eval_metrics, eval_sampled = evaluate_heldout(training_client, tokenizer, heldout,
-                                                              cfg)
+                eval_metrics, eval_sampled = evaluate_heldout(next_sampler.result(), tokenizer,
+                                                              heldout, cfg)
                 metrics.update(eval_metrics)
                 eval_prompt = heldout_prompt_tokens
             if due(step, cfg.sample_every, cfg.max_steps):
@@ -201,13 +203,20 @@ def main(cfg: Config) -> dict[str, float]:
 
 
 def train_on(training_client, datums: list[types.Datum], cfg: Config, step: int
-             ) -> dict[str, float]:
-    """One optimizer step on the kept rollouts; KL between sampler and learner logprobs."""
+             ) -> tuple[dict[str, float], Any]:
+    """One optimizer step on the kept rollouts, and the next step's sampling client (a future).
+
+    The sampling client is requested before waiting on the step: calls run in order, so it
+    snapshots the updated weights, and its round trip overlaps the training round trip.
+    Also measures the KL between sampler and learner logprobs.
+    """
     tokens = sum(d.model_input.length for d in datums)
     if not datums:  # every group had equal rewards: nothing to learn from this batch
-        return {"tokens/trained": 0, "train/loss": 0.0}
+        next_sampler = training_client.save_weights_and_get_sampling_client()
+        return {"tokens/trained": 0, "train/loss": 0.0}, next_sampler
     fwd_bwd = training_client.forward_backward(datums, cfg.loss_fn)
     optim = training_client.optim_step(types.AdamParams(learning_rate=cfg.lr))
+    next_sampler = training_client.save_weights_and_get_sampling_client()
     output = fwd_bwd.result()
     optim_metrics = optim.result().metrics or {}
     diffs = []
@@ -221,7 +230,7 @@ def train_on(training_client, datums: list[types.Datum], cfg: Config, step: int
     check_finite(metrics["train/loss"], "train/loss", step)
     if "grad_norm" in optim_metrics:
         metrics["train/grad_norm"] = optim_metrics["grad_norm"]
-    return metrics
+    return metrics, next_sampler
 
 
 def rollout_metrics(groups, texts, rewards, prompts, cfg: Config) -> dict[str, float]:
@@ -244,11 +253,9 @@ def rollout_metrics(groups, texts, rewards, prompts, cfg: Config) -> dict[str, f
     }
 
 
-def evaluate_heldout(training_client, tokenizer, heldout, cfg: Config
-                     ) -> tuple[dict[str, float], int]:
-    """Greedy accuracy on held-out problems (the same scoring code as evaluate.py), and the
-    number of tokens sampled for it (billed)."""
-    sampler = training_client.save_weights_and_get_sampling_client().result()
+def evaluate_heldout(sampler, tokenizer, heldout, cfg: Config) -> tuple[dict[str, float], int]:
+    """Greedy accuracy of the step's updated weights on held-out problems (the same scoring
+    code as evaluate.py), and the number of tokens sampled for it (billed)."""
     params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=0.0, seed=cfg.seed)
     rows = score_arithmetic(sampler, tokenizer, heldout, params)
     summary = summarize(rows)
