@@ -66,6 +66,10 @@ class Config(ServiceConfig, TrackingConfig, CheckpointConfig):
     """Share of two-digit numbers (10-19); the rest are 1-9, as in the seed."""
     concise_bonus_after: int | None = 6
     """Add the conciseness bonus to the reward after this step (the seed: 6). None: never."""
+    concise_needs_answer: bool = True
+    """Pay the conciseness bonus only with an answer tag. The seed pays it for any short text,
+    which a model that is rarely right games by answering nothing; --noconcise_needs_answer
+    restores the seed's reward exactly."""
     # --- optimisation
     lr: float | None = lr_field()
     """Learning rate. Default: the seed's 2e-4; 1e-3 for tiny-chat."""
@@ -108,7 +112,8 @@ def validate(cfg: Config) -> None:
 def make_task(cfg: Config):
     try:
         pair_counts = tuple(int(p) for p in cfg.pair_counts.split(","))
-        return arithmetic_task(Difficulty(pair_counts=pair_counts, large_share=cfg.large_share))
+        return arithmetic_task(Difficulty(pair_counts=pair_counts, large_share=cfg.large_share),
+                               concise_needs_answer=cfg.concise_needs_answer)
     except ValueError as exc:
         raise ValueError(f"--pair_counts/--large_share: {exc}") from None
 

@@ -38,8 +38,8 @@ def main() -> None:
     def rl(mode: str, i: int) -> float:
         return timed(lambda: train_rl.main(train_rl.Config(
             backend="local", log_dir=root / f"rl-{mode}-{i}", wandb_mode=mode, batch_size=4,
-            group_size=4, max_tokens=64, max_steps=8, concise_bonus_after=0, sample_every=2,
-            save_every=4, eval_problems=12)))
+            group_size=4, max_tokens=64, max_steps=8, concise_bonus_after=0,
+            concise_needs_answer=False, sample_every=2, save_every=4, eval_problems=12)))
 
     sft("disabled", -1)  # warm-up: imports, model build, dataset cache
     print(f"{'run':6}{'disabled s':>12}{'offline s':>11}{'overhead':>10}")

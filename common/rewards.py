@@ -51,16 +51,22 @@ def parse_answer(text: str) -> int | None:
 
 
 def compute_reward(
-    response: str, correct_answer: int, concise_bonus: bool = False
+    response: str, correct_answer: int, concise_bonus: bool = False,
+    concise_needs_answer: bool = False,
 ) -> dict[str, float]:
-    """Reward breakdown {format, correct, concise, total} for one response, as in the seed."""
+    """Reward breakdown {format, correct, concise, total} for one response, as in the seed.
+
+    With `concise_needs_answer`, only a response with an answer tag earns the conciseness
+    bonus: the seed pays up to 0.33 for any short text, more than the 0.1 format reward, so a
+    policy that is rarely right learns to say nothing at all.
+    """
     rewards = {"format": 0.0, "correct": 0.0, "concise": 0.0}
     answer = parse_answer(response)
     if answer is not None:
         rewards["format"] = FORMAT_REWARD
         if answer == correct_answer:
             rewards["correct"] = CORRECT_REWARD
-    if concise_bonus:
+    if concise_bonus and (answer is not None or not concise_needs_answer):
         words = len(response.split())
         if words < CONCISE_WORDS:
             rewards["concise"] = CONCISE_WEIGHT * (CONCISE_WORDS - words) / CONCISE_SPAN

@@ -389,23 +389,25 @@ class Task(Generic[P]):
 
 
 def arithmetic_task(
-    difficulty: Difficulty = DEFAULT_DIFFICULTY, heldout_path: str | Path = DEFAULT_HELDOUT
+    difficulty: Difficulty = DEFAULT_DIFFICULTY, heldout_path: str | Path = DEFAULT_HELDOUT,
+    concise_needs_answer: bool = False,
 ) -> Task[Problem]:
-    """The arithmetic task at a given difficulty."""
+    """The arithmetic task at a given difficulty (see `compute_reward` for the last flag)."""
     # partial / attrgetter / module-level functions rather than lambdas: a Task stays
     # picklable, so it can cross into worker processes.
     return Task(
         name="arithmetic",
         sample=partial(sample_problem, difficulty=difficulty),
         messages=build_messages,
-        reward=_arithmetic_reward,
+        reward=partial(_arithmetic_reward, concise_needs_answer=concise_needs_answer),
         answer=attrgetter("answer"),
         load_heldout=partial(load_heldout, heldout_path),
     )
 
 
-def _arithmetic_reward(problem: Problem, text: str, concise_bonus: bool) -> dict[str, float]:
-    return compute_reward(text, problem.answer, concise_bonus)
+def _arithmetic_reward(problem: Problem, text: str, concise_bonus: bool,
+                       concise_needs_answer: bool = False) -> dict[str, float]:
+    return compute_reward(text, problem.answer, concise_bonus, concise_needs_answer)
 
 
 ARITHMETIC = arithmetic_task()

@@ -145,7 +145,8 @@ def test_secrets_never_reach_rl_run_files(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "planted-wandb-key-123456")
     train_rl.main(train_rl.Config(backend="local", log_dir=tmp_path / "rl", wandb_mode="offline",
                                   batch_size=2, group_size=2, max_tokens=8, max_steps=2,
-                                  concise_bonus_after=0, eval_problems=2, sample_every=1))
+                                  concise_bonus_after=0, concise_needs_answer=False,
+                                  eval_problems=2, sample_every=1))
     for path in [*(tmp_path / "rl").rglob("*"), *Path(os.environ["LOCAL_TINKER_ROOT"]).rglob("*")]:
         if path.is_file():
             data = path.read_bytes()

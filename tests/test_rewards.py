@@ -119,3 +119,12 @@ def test_fuzz_never_raises() -> None:
         assert reward["total"] == pytest.approx(
             reward["format"] + reward["correct"] + reward["concise"]
         )
+
+
+def test_concise_bonus_can_require_an_answer():
+    # The seed's reward pays the bonus to empty text, more than the format reward: measured on
+    # tiny-chat, RL then learns to answer nothing. The option closes that.
+    assert compute_reward("", 7, concise_bonus=True)["total"] == pytest.approx(0.3 * 200 / 180)
+    assert compute_reward("", 7, concise_bonus=True, concise_needs_answer=True)["total"] == 0.0
+    tagged = compute_reward("<answer>7</answer>", 7, concise_bonus=True, concise_needs_answer=True)
+    assert tagged["concise"] == pytest.approx(0.3 * 199 / 180) and tagged["correct"] == 1.0

@@ -17,11 +17,12 @@ STEP_KEYS = {"reward/mean", "reward/std", "reward/format", "reward/correct", "re
 
 
 def rl_config(tmp_path, **overrides) -> train_rl.Config:
-    # From scratch tiny-chat never writes an answer tag, but with the concise bonus on from the
-    # start its rewards differ within a group (by length), so every step trains.
+    # From scratch tiny-chat never writes an answer tag, but with the seed's concise bonus (paid
+    # with or without an answer) on from the start, rewards differ within a group (by length),
+    # so every step trains.
     values = dict(backend="local", log_dir=tmp_path / "rl", wandb_mode="offline", batch_size=2,
-                  group_size=4, max_tokens=24, max_steps=3, concise_bonus_after=0, sample_every=1,
-                  eval_problems=6, save_every=2)
+                  group_size=4, max_tokens=24, max_steps=3, concise_bonus_after=0,
+                  concise_needs_answer=False, sample_every=1, eval_problems=6, save_every=2)
     return train_rl.Config(**{**values, **overrides})
 
 
