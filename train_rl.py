@@ -53,7 +53,15 @@ from common.costs import (
 )
 from common.datums import chat_tokens, rollout_datum
 from common.evaluation import score_arithmetic, spread, summarize
-from common.runs import GracefulStop, check_finite, due, open_tracker, save_if_due, stop_here
+from common.runs import (
+    GracefulStop,
+    check_finite,
+    due,
+    final_line,
+    open_tracker,
+    save_if_due,
+    stop_here,
+)
 from common.tasks import Difficulty, arithmetic_task
 
 
@@ -202,6 +210,8 @@ def main(cfg: Config) -> dict[str, float]:
                 break
         tracker.set_summary({**metrics, **meter.totals()})
         print(meter.summary_line())
+        print(final_line(metrics, ["reward/mean", "rl/accuracy", "eval/accuracy",
+                                   "completions/mean_words"], tracker))
     if stop.requested and step < cfg.max_steps:
         raise SystemExit(130)  # stopped by Ctrl-C, cleanly: the checkpoint is saved
     return metrics

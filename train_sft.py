@@ -49,7 +49,15 @@ from common.costs import (
 )
 from common.data import load_chat_data
 from common.datums import DatumError, chat_tokens, conversation_datum, weighted_nll
-from common.runs import GracefulStop, check_finite, due, open_tracker, save_if_due, stop_here
+from common.runs import (
+    GracefulStop,
+    check_finite,
+    due,
+    final_line,
+    open_tracker,
+    save_if_due,
+    stop_here,
+)
 from common.schedule import lr_at
 
 
@@ -182,6 +190,7 @@ def main(cfg: Config) -> dict[str, float]:
                 break
         tracker.set_summary({**metrics, **meter.totals()})
         print(meter.summary_line())
+        print(final_line(metrics, ["train/loss", "eval/loss"], tracker))
     if stop.requested and step < total_steps:
         raise SystemExit(130)  # stopped by Ctrl-C, cleanly: the checkpoint is saved
     return metrics

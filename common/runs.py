@@ -88,3 +88,10 @@ def save_if_due(training_client: Any, tracker: Tracker, step: int, every: int,
     path = save_checkpoint(training_client, tracker, step, name)
     if step == last_step:
         tracker.log_final_checkpoint(path)
+
+
+def final_line(metrics: dict[str, float], keys: list[str], tracker: Tracker) -> str:
+    """The last console line of a run: its headline numbers and where its weights are."""
+    values = ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
+    final = tracker.summary_value("checkpoint/final")
+    return f"done: {values}; final checkpoint {final}; run files in {tracker.run_dir}"

@@ -222,6 +222,9 @@ class Tracker:
     def log_final_checkpoint(self, path: str) -> None:
         self.set_summary({"checkpoint/final": str(path)})
 
+    def summary_value(self, key: str) -> Any:
+        return self._summary.get(key)
+
     def summary(self, **values: Any) -> None:
         self.set_summary(values)
 

@@ -23,6 +23,7 @@ import random
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from . import engine, losses
 from .models import BaseModel, load_base_model, lora_target_modules
 
 log = logging.getLogger("local_tinker")
+# Raised inside transformers when peft wraps a model; nothing a user of this backend can act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 LORA_ALPHA = 32
 SAMPLE_BATCH_WINDOW_S = 0.005  # how long the worker waits for more sample calls to batch
 
