@@ -10,7 +10,8 @@ in the training run's group. --compare reads finished runs' metrics.jsonl and co
 instead: final and best values, the config keys that differ, and overlaid curves.
 
 Deviations from the seed's "Testing" section: a fixed held-out set (data/arithmetic_heldout.jsonl,
-100 problems per pair count, never trained on) instead of five fresh problems per look; every
+100 problems per pair count, from a random stream of its own; one-pair problems can still equal a
+training problem, as there are only 361 of them) instead of five fresh problems per look; every
 answer is kept and scored, not just printed; accuracy carries confidence intervals; each problem
 has its own sampling seed so a rerun repeats; the base model is the real base model (the seed
 samples an untrained LoRA, which is the same thing at init); checkpoints are loaded from their
