@@ -127,7 +127,8 @@ class Tracker:
         self._noted_old_steps = False
         self.wandb_mode = resolve_wandb_mode(mode)
         if self.wandb_mode != "disabled":
-            self._run = self._init_wandb(project, run_name, group, job_type)
+            self._init_args = (project, run_name, group, job_type)
+            self._run = self._init_wandb(*self._init_args)
 
     def _init_wandb(self, project: str, name: str, group: str | None, job_type: str) -> Any:
         try:
@@ -154,12 +155,7 @@ class Tracker:
             except Exception as e:
                 then = "falling back to offline" if attempt == "online" else "files only from now"
                 self._say(f"W&B {attempt} init failed ({_error(e)}); {then}")
-                # The W&B service keeps the failed run's id reserved until it is torn down,
-                # so an offline retry with the same id would fail ("run ID is in use").
-                try:
-                    wandb.teardown()
-                except Exception:  # best effort, already on the error path
-                    pass
+                _teardown_wandb()
                 continue
             self.wandb_mode = attempt
             self._wandb_step = int(getattr(run, "starting_step", 0) or 0)
@@ -303,14 +299,25 @@ class Tracker:
         self._wandb_step = max(step, self._wandb_step)
 
     def _wandb(self, what: str, call: Callable[[Any], object]) -> None:
-        """Run one W&B call; on any error say so once and turn W&B off for this run."""
+        """Run one W&B call. If an online run fails, continue the same run offline (synced
+        later); if that fails too, say so once and go on with the files alone."""
         if self._run is None:
             return
         try:
             call(self._run)
+            return
         except Exception as e:
-            self._run = None
-            self._say(f"W&B {what} failed ({_error(e)}); W&B is off for the rest of this run")
+            failure = _error(e)
+        self._run = None
+        if self.wandb_mode == "online":
+            self._say(f"W&B {what} failed online ({failure}); continuing this run offline")
+            _teardown_wandb()
+            self.wandb_mode = "offline"
+            self._run = self._init_wandb(*self._init_args)
+            if self._run is not None:
+                self._wandb(what, call)
+            return
+        self._say(f"W&B {what} failed ({failure}); W&B is off for the rest of this run")
 
     def _say(self, message: str) -> None:
         print(redact(f"tracking: {message}"), flush=True)
@@ -331,6 +338,17 @@ def _plain(obj: Any) -> Any:
     if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
         return _plain(obj.tolist())
     return str(obj)
+
+
+def _teardown_wandb() -> None:
+    """Release a failed run: W&B keeps its id reserved until torn down, so reopening the run
+    (offline, same id) would fail with "run ID is in use"."""
+    import wandb
+
+    try:
+        wandb.teardown()
+    except Exception:  # best effort, already on the error path
+        pass
 
 
 def _error(e: BaseException) -> str:

@@ -311,3 +311,21 @@ def test_redact(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config["hf_token"] == "anything"  # the input is left alone
     assert redact("a secret b", secrets=["secret"]) == "a *** b"
     assert is_secret_key("db_password") and not is_secret_key("tokens/trained")
+
+
+def test_a_failing_online_run_continues_offline(tmp_path: Path, capsys) -> None:
+    tracker = make_tracker(tmp_path)
+    tracker.log({"train/loss": 1.0}, step=1)
+    tracker.wandb_mode = "online"  # as if this run were online, and its connection now broke
+
+    def broken_log(*args, **kwargs):
+        raise ConnectionError("network is gone")
+    tracker._run.log = broken_log
+    tracker.log({"train/loss": 0.5}, step=2)  # must not raise
+    assert "continuing this run offline" in capsys.readouterr().out
+    assert tracker.wandb_mode == "offline" and tracker._run.log is not broken_log
+    tracker.log({"train/loss": 0.25}, step=3)
+    tracker.finish()
+    run = read_offline_run(tmp_path)
+    assert [r["_step"] for r in run.history if "train/loss" in r] == [1, 2, 3]
+    assert set(run.run_ids) == {tracker.run_id}  # the same W&B run, continued
