@@ -27,12 +27,15 @@ def timed(run) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sft_steps", type=int, default=200,
+                        help="W&B's start and finish cost ~0.3 s: short runs show mostly that")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-tracking-"))
 
     def sft(mode: str, i: int) -> float:
         return timed(lambda: train_sft.main(train_sft.Config(
-            backend="local", log_dir=root / f"sft-{mode}-{i}", wandb_mode=mode, max_steps=50,
+            backend="local", log_dir=root / f"sft-{mode}-{i}", wandb_mode=mode,
+            max_steps=args.sft_steps, epochs=args.sft_steps,
             sample_every=10, save_every=25, eval_every=10)))
 
     def rl(mode: str, i: int) -> float:
