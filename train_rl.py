@@ -57,7 +57,7 @@ from common.runs import (
     GracefulStop,
     check_finite,
     due,
-    final_line,
+    end_of_run,
     open_tracker,
     save_if_due,
     stop_here,
@@ -208,10 +208,8 @@ def main(cfg: Config) -> dict[str, float]:
             if stop.requested and step < cfg.max_steps:
                 stop_here(training_client, tracker, step)
                 break
-        tracker.set_summary({**metrics, **meter.totals()})
-        print(meter.summary_line())
-        print(final_line(metrics, ["reward/mean", "rl/accuracy", "eval/accuracy",
-                                   "completions/mean_words"], tracker))
+        end_of_run(tracker, meter, metrics,
+                   ["reward/mean", "rl/accuracy", "eval/accuracy", "completions/mean_words"])
     if stop.requested and step < cfg.max_steps:
         raise SystemExit(130)  # stopped by Ctrl-C, cleanly: the checkpoint is saved
     return metrics

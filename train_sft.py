@@ -53,7 +53,7 @@ from common.runs import (
     GracefulStop,
     check_finite,
     due,
-    final_line,
+    end_of_run,
     open_tracker,
     save_if_due,
     stop_here,
@@ -188,9 +188,7 @@ def main(cfg: Config) -> dict[str, float]:
             if stop.requested and step < total_steps:
                 stop_here(training_client, tracker, step)
                 break
-        tracker.set_summary({**metrics, **meter.totals()})
-        print(meter.summary_line())
-        print(final_line(metrics, ["train/loss", "eval/loss"], tracker))
+        end_of_run(tracker, meter, metrics, ["train/loss", "eval/loss"])
     if stop.requested and step < total_steps:
         raise SystemExit(130)  # stopped by Ctrl-C, cleanly: the checkpoint is saved
     return metrics

@@ -50,6 +50,7 @@ def main() -> None:
                for i in range(PROBLEMS)]
     params = types.SamplingParams(max_tokens=MAX_TOKENS, temperature=TEMPERATURE)
     model = trainer._model  # the same weights for the baselines
+    stop_ids = trainer._base.stop_token_ids
 
     def ours_sample():
         started = time.perf_counter()
@@ -69,10 +70,10 @@ def main() -> None:
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True,
                                  temperature=TEMPERATURE, top_k=0, max_new_tokens=MAX_TOKENS,
-                                 eos_token_id=list(service_stop_ids(trainer)),
+                                 eos_token_id=list(stop_ids),
                                  pad_token_id=tokenizer.pad_token_id)
         new = out[:, width:]
-        stops = torch.isin(new, torch.tensor(list(service_stop_ids(trainer))))
+        stops = torch.isin(new, torch.tensor(list(stop_ids)))
         # Tokens up to and including the first stop token, as the engine counts them.
         lengths = torch.where(stops.any(1), stops.int().argmax(1) + 1, new.shape[1])
         return time.perf_counter() - started, int(lengths.sum())
@@ -130,10 +131,6 @@ def main() -> None:
               f"{(n_ours / t_ours) / (n_plain / t_plain):>7.2f}x")
     ratios = [(n1 / t1) / (n2 / t2) for _, (t1, n1), (t2, n2) in rows]
     print(f"headline: sampling {ratios[0]:.2f}x and training {ratios[1]:.2f}x the plain baselines")
-
-
-def service_stop_ids(trainer) -> tuple[int, ...]:
-    return trainer._base.stop_token_ids
 
 
 if __name__ == "__main__":

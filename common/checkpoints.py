@@ -29,17 +29,22 @@ def save_checkpoint(training_client: Any, tracker: Tracker, step: int, name: str
     return sampler_path
 
 
+def last_checkpoint(run_dir: Path, kind: str) -> dict[str, Any] | None:
+    """The run's latest checkpoint record of `kind` ("state" or "sampler"), if any."""
+    records = [c for c in read_checkpoints(run_dir) if c["kind"] == kind]
+    return max(records, key=lambda c: c["step"]) if records else None
+
+
 def last_state(run_dir: Path) -> dict[str, Any] | None:
-    states = [c for c in read_checkpoints(run_dir) if c["kind"] == "state"]
-    return max(states, key=lambda c: c["step"]) if states else None
+    return last_checkpoint(run_dir, "state")
 
 
 def final_sampler_path(run_dir: Path) -> str:
     """The sampler weights of a run's last checkpoint (what evaluate.py scores for a run dir)."""
-    samplers = [c for c in read_checkpoints(run_dir) if c["kind"] == "sampler"]
-    if not samplers:
+    record = last_checkpoint(run_dir, "sampler")
+    if record is None:
         raise FileNotFoundError(f"{run_dir}: no sampler checkpoints in checkpoints.jsonl")
-    return max(samplers, key=lambda c: c["step"])["path"]
+    return record["path"]
 
 
 def start_training_client(service: Any, cfg: Any, run_dir: Path) -> tuple[Any, int]:

@@ -40,6 +40,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from common.tracking import read_metrics
+
 DEFAULT_PRICES = Path(__file__).resolve().parent.parent / "data" / "tinker_prices.json"
 PRICE_FILE = "data/tinker_prices.json"  # as messages name it, relative to the repository
 BACKENDS = ("tinker", "local")
@@ -239,19 +241,8 @@ class CostMeter:
 
 def last_logged_metrics(run_dir: str | Path) -> dict[str, Any]:
     """The last complete row of `run_dir`/metrics.jsonl ({} when there is none)."""
-    from common.tracking import METRICS
-
-    path = Path(run_dir) / METRICS
-    if not path.exists():
-        return {}
-    for line in reversed(path.read_text().splitlines()):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a crash
-            continue
-        if isinstance(row, dict):
-            return row
-    return {}
+    rows = read_metrics(Path(run_dir))
+    return rows[-1] if rows else {}
 
 
 # ---------------------------------------------------------------------------------------------

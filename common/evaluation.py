@@ -27,6 +27,7 @@ from tqdm import tqdm
 from common.datums import chat_tokens, conversation_datum
 from common.rewards import compute_reward, parse_answer
 from common.tasks import Problem, build_messages
+from common.tracking import METRICS, read_metrics
 
 REWARD_PARTS = ("format", "correct", "concise")
 """compute_reward's parts; rows and summaries carry them as reward_<part>."""
@@ -216,15 +217,10 @@ def summarize_chat(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def run_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """metrics.jsonl of a run as {key: [(step, value), ...]}, numeric values only."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
+    if not (Path(run_dir) / METRICS).is_file():
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (is it a training run directory?)")
     curves: dict[str, list[tuple[int, float]]] = {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a crash
-            continue
+    for row in read_metrics(Path(run_dir)):
         for key, value in row.items():
             if key not in ("step", "_time") and isinstance(value, int | float) \
                     and not isinstance(value, bool):

@@ -90,8 +90,11 @@ def save_if_due(training_client: Any, tracker: Tracker, step: int, every: int,
         tracker.log_final_checkpoint(path)
 
 
-def final_line(metrics: dict[str, float], keys: list[str], tracker: Tracker) -> str:
-    """The last console line of a run: its headline numbers and where its weights are."""
+def end_of_run(tracker: Tracker, meter: Any, metrics: dict[str, float], keys: list[str]) -> None:
+    """Totals into the run summary; the last console lines: tokens and cost, headline numbers
+    and where the weights are."""
+    tracker.set_summary({**metrics, **meter.totals()})
+    print(meter.summary_line())
     values = ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
     final = tracker.summary_value("checkpoint/final")
-    return f"done: {values}; final checkpoint {final}; run files in {tracker.run_dir}"
+    print(f"done: {values}; final checkpoint {final}; run files in {tracker.run_dir}")

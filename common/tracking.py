@@ -84,6 +84,11 @@ def run_name(
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", name)
 
 
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The metrics rows of a run, in order (a line cut short by a crash is skipped)."""
+    return [row for _, row in _read_jsonl(Path(run_dir) / METRICS)]
+
+
 def read_checkpoints(run_dir: Path) -> list[dict[str, Any]]:
     """The checkpoint records of a run, oldest first."""
     return [row for _, row in _read_jsonl(Path(run_dir) / CHECKPOINTS)]
