@@ -48,7 +48,8 @@ BACKENDS = ("tinker", "local")
 KINDS = ("prompt", "sampled", "trained")
 """Token kinds, in the order they are reported; each maps to one rate of `Prices`."""
 RATES = ("prefill", "sample", "train")
-TINY_CHAT = "tiny-chat"  # local_tinker.models.TINY_CHAT, not imported: that module imports torch
+# local_tinker.models' names, not imported: that module imports torch. Both share one tokenizer.
+TINY_MODELS = ("tiny-chat", "tiny-math")
 # Qwen-style chat templates wrap each message in <|im_start|>, role, "\n", ..., <|im_end|>, "\n",
 # and the generation prompt is <|im_start|>assistant\n. The approximate counts add these.
 TEMPLATE_TOKENS_PER_MESSAGE = 5
@@ -396,10 +397,10 @@ def prompt_token_counts(prompts: Sequence[Conversation], tokenizer: Any
 def tokenizer_for(model: str) -> Any | None:
     """The model's tokenizer if it is available offline, else None (callers then approximate).
 
-    tiny-chat's tokenizer is built in. Any other model is looked up only in the local Hugging
+    The tiny models' tokenizer is built in. Any other model is looked up only in the local Hugging
     Face cache or at a local path, never over the network: a dry run must not download.
     """
-    if model == TINY_CHAT:
+    if model in TINY_MODELS:
         from local_tinker.models import build_tiny_chat_tokenizer
 
         return build_tiny_chat_tokenizer()

@@ -18,6 +18,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 TINY_CHAT = "tiny-chat"
 TINY_CHAT_BASE_SEED = 0
+TINY_MATH = "tiny-math"
+TINY_MATH_WEIGHTS = Path(__file__).resolve().parent / "weights" / "tiny-math.safetensors"
+"""tiny-chat's network pretrained on worked arithmetic; written by data/make_tiny_math.py."""
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # Qwen's template, including the newline after <|im_end|> (the seed's datums train on it too).
 CHAT_TEMPLATE = (
@@ -90,6 +93,21 @@ def build_tiny_chat() -> BaseModel:
     return BaseModel(TINY_CHAT, model.eval(), tokenizer, stop_ids)
 
 
+def build_tiny_math(weights: Path = TINY_MATH_WEIGHTS) -> BaseModel:
+    """tiny-chat's network and tokenizer with the shipped pretrained arithmetic weights."""
+    from safetensors.torch import load_file
+
+    if not weights.is_file():
+        raise UnknownModelError(
+            f"{TINY_MATH} weights not found at {weights}; recreate them with "
+            "`python data/make_tiny_math.py` (about 20 minutes on 2 CPU cores)"
+        )
+    base = build_tiny_chat()
+    # strict: a file from another architecture must fail here, not train a half-loaded model.
+    base.model.load_state_dict(load_file(str(weights)), strict=True)
+    return BaseModel(TINY_MATH, base.model, base.tokenizer, base.stop_token_ids)
+
+
 def cached_hub_models() -> list[str]:
     """Causal-LM repos present in the local Hugging Face cache (no network)."""
     try:
@@ -101,7 +119,7 @@ def cached_hub_models() -> list[str]:
 
 
 def available_models() -> list[str]:
-    return [TINY_CHAT, *cached_hub_models()]
+    return [TINY_CHAT, TINY_MATH, *cached_hub_models()]
 
 
 def load_hf_model(name: str) -> BaseModel:
@@ -131,6 +149,8 @@ def load_base_model(name: str) -> BaseModel:
     """Load (once per process) the base model called `name`."""
     if name == TINY_CHAT:
         return build_tiny_chat()
+    if name == TINY_MATH:
+        return build_tiny_math()
     return load_hf_model(name)
 
 

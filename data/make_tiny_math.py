@@ -1,0 +1,151 @@
+"""Pretrain `tiny-math`: the tiny-chat network with every weight trained on worked arithmetic.
+
+A randomly initialised tiny-chat with LoRA never learns to read the numbers of a problem in the
+few minutes a local RL demo has (see the README), so the local RL pipeline needs what Tinker's
+base models already have: a pretrained base that knows some arithmetic. This script writes it.
+
+The corpus is plain text, no chat template and no answer tags: documents of three problems
+from the task's default difficulty, each written as
+
+    3, 5, 2, 4
+    Add pairs: 3+5=8, 2+4=6
+    Multiply: 8×6=48
+    Answer: 48
+
+Several problems per document teach the model to work on the *latest* list of numbers whatever
+came before it, which is what it meets later behind the task's system prompt (whose worked
+example has numbers of its own). Chat format, `<answer>` tags and the task's instructions are
+left to the SFT warm start; the warm start's flaws are left to RL.
+
+The output (`local_tinker/weights/tiny-math.safetensors`, ~3.4 MB, fp32) is shipped; this
+script documents and reproduces it (about 20 minutes on 2 CPU cores):
+
+    python data/make_tiny_math.py [--steps 2000]
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# Run as a plain script from anywhere: put the repository root on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common.tasks import DEFAULT_DIFFICULTY, Problem, problem_at  # noqa: E402
+from local_tinker.models import TINY_MATH_WEIGHTS, build_tiny_chat  # noqa: E402
+
+SEED = 0
+CORPUS_PREFIX = "tiny-math-corpus"  # its own problem stream, unrelated to training and held-out
+PROBLEMS_PER_DOCUMENT = 3
+EVAL_PER_PAIR_COUNT = 50
+
+
+def plain_solution(problem: Problem) -> str:
+    """The corpus form of one problem: numbers, the two steps, the answer."""
+    pairs = zip(problem.numbers[::2], problem.numbers[1::2], problem.sums, strict=True)
+    lines = [", ".join(map(str, problem.numbers)),
+             "Add pairs: " + ", ".join(f"{a}+{b}={s}" for a, b, s in pairs)]
+    if problem.pair_count > 1:
+        lines.append("Multiply: " + "×".join(map(str, problem.sums)) + f"={problem.answer}")
+    lines.append(f"Answer: {problem.answer}")
+    return "\n".join(lines) + "\n"
+
+
+def document(index: int) -> str:
+    first = index * PROBLEMS_PER_DOCUMENT
+    return "\n".join(
+        plain_solution(problem_at(CORPUS_PREFIX, SEED, k, DEFAULT_DIFFICULTY))
+        for k in range(first, first + PROBLEMS_PER_DOCUMENT)
+    )
+
+
+@torch.no_grad()
+def plain_accuracy(model, tokenizer) -> dict[int, float]:
+    """Greedy accuracy on fresh problems in the corpus format, per pair count."""
+    from common.tasks import Difficulty
+
+    pad = tokenizer.pad_token_id
+    scores = {}
+    for pair_count in DEFAULT_DIFFICULTY.pair_counts:
+        only = Difficulty((pair_count,))
+        problems = [problem_at("tiny-math-eval", SEED, i, only)
+                    for i in range(EVAL_PER_PAIR_COUNT)]
+        prompts = [tokenizer(", ".join(map(str, p.numbers)) + "\n")["input_ids"] for p in problems]
+        width = max(map(len, prompts))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = (ids != pad).long()
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=80,
+                             do_sample=False, pad_token_id=pad)
+        texts = tokenizer.batch_decode(out[:, width:])
+        correct = sum(f"Answer: {p.answer}\n" in t.split("\n\n")[0] + "\n"
+                      for p, t in zip(problems, texts, strict=True))
+        scores[pair_count] = correct / len(problems)
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch_size", type=int, default=32, help="documents per step")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--out", type=Path, default=TINY_MATH_WEIGHTS)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    base = build_tiny_chat()  # the tiny-chat network and its fixed-seed initial weights
+    model, tokenizer = base.fresh_copy().train(), base.tokenizer
+    pad = tokenizer.pad_token_id
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98),
+                                  weight_decay=0.0)
+    warmup = min(100, args.steps)
+    started = time.monotonic()
+    for step in range(args.steps):
+        # Linear warmup, then cosine decay to a tenth: the usual recipe, and the decay is
+        # worth a few points of two-pair accuracy at this size.
+        progress = max(0.0, (step - warmup) / max(1, args.steps - warmup))
+        cosine = 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+        scale = (step + 1) / warmup if step < warmup else cosine
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * scale
+        docs = [tokenizer(document(step * args.batch_size + i))["input_ids"] + [pad]
+                for i in range(args.batch_size)]
+        width = max(map(len, docs))
+        ids = torch.tensor([d + [pad] * (width - len(d)) for d in docs])
+        labels = torch.tensor([d + [-100] * (width - len(d)) for d in docs])
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        if (step + 1) % 250 == 0 or step + 1 == args.steps:
+            model.eval()
+            accuracy = plain_accuracy(model, tokenizer)
+            model.train()
+            print(f"step {step + 1}/{args.steps}  loss {loss.item():.3f}  "
+                  f"greedy accuracy by pair count {accuracy}  "
+                  f"{time.monotonic() - started:.0f}s", flush=True)
+
+    from safetensors.torch import save_file
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(args.out), metadata={"format": "pt"})
+    card = {
+        "made_by": "data/make_tiny_math.py",
+        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": SEED,
+        "problems_seen": args.steps * args.batch_size * PROBLEMS_PER_DOCUMENT,
+        "final_loss": round(loss.item(), 4),
+        "greedy_accuracy_plain_format": accuracy,
+        "seconds": round(time.monotonic() - started),
+        "torch": torch.__version__,
+    }
+    args.out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out} and {args.out.with_suffix('.json').name}")
+
+
+if __name__ == "__main__":
+    main()
