@@ -33,7 +33,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from tinker import types
 
 from common.backend import connect
@@ -63,7 +62,7 @@ from common.evaluation import (
 )
 from common.runs import RUNS_DIR
 from common.tasks import DEFAULT_HELDOUT, load_heldout
-from common.tracking import CHECKPOINTS, CONFIG, Tracker
+from common.tracking import CHECKPOINTS, Tracker, read_run_config
 
 DEFAULT_COMPARE_KEYS = ("train/loss", "eval/loss", "reward/mean", "rl/accuracy", "eval/accuracy")
 # Identify a run rather than configure it; they differ between any two runs.
@@ -179,11 +178,6 @@ def checkpoint_target(arg: str, model: str | None, default_model: str) -> Target
     run_config = read_run_config(run_dir)
     return Target(run_dir.resolve().name, model or run_config.get("model") or default_model,
                   path=final_sampler_path(run_dir), run_dir=str(run_dir))
-
-
-def read_run_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / CONFIG
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def load_items(cfg: Config) -> list[Any]:

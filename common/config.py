@@ -127,10 +127,29 @@ def resolved(cfg: C, environ: Mapping[str, str], lr: float, tiny_lr: float) -> C
     bigger steps than the seed's pretrained Qwen.
     """
     backend = resolve_backend(cfg.backend, environ)
-    model = cfg.model or (TINKER_DEFAULT_MODEL if backend == "tinker" else LOCAL_DEFAULT_MODEL)
+    recorded = warm_start_model(cfg)  # checked first: a clashing --model fails here
+    model = (cfg.model or recorded
+             or (TINKER_DEFAULT_MODEL if backend == "tinker" else LOCAL_DEFAULT_MODEL))
     default_lr = tiny_lr if model == LOCAL_DEFAULT_MODEL else lr
     run_lr = default_lr if cfg.lr is None else cfg.lr
     return dataclasses.replace(cfg, backend=backend, model=model, lr=run_lr)
+
+
+def warm_start_model(cfg: Any) -> str | None:
+    """The base model of the run directory named by --load_checkpoint, if there is one.
+
+    Without this a run warm-started from, say, a tiny-math SFT run would record (and price,
+    and name itself after) the default model while training tiny-math.
+    """
+    from common.tracking import read_run_config  # tracking imports much; only this needs it
+
+    source = getattr(cfg, "load_checkpoint", None)
+    if not source or not Path(source).is_dir():
+        return None
+    recorded = read_run_config(Path(source)).get("model")
+    require(cfg.model is None or recorded in (None, cfg.model), "model",
+            f"{cfg.model} differs from {recorded}, the base model of --load_checkpoint {source}")
+    return recorded
 
 
 def require(condition: bool, flag: str, message: str) -> None:

@@ -53,9 +53,12 @@ _SFT_PREFIX = "arithmetic-sft"
 _HELDOUT_PREFIX = "arithmetic-heldout"
 
 # Padding for verbose worked solutions: plain words, so every sentence costs tokens and
-# words but never touches the arithmetic or the answer tag.
+# words but never touches the arithmetic or the answer tag. Every preamble opens the same way,
+# as a chatty instruct model's answers do: the habit then lives in the first token, where even
+# low-temperature sampling keeps it (openers spread over many sentences would be sharpened
+# away at temperature 0.3, leaving RL nothing to fix in an evaluation).
+_OPENER = "Let me think about this step by step."
 _FILLER = (
-    "Let me think about this step by step.",
     "First I need to understand what the problem is asking me to do.",
     "The task is to add each adjacent pair of numbers and then multiply the sums.",
     "I will be careful with each addition so that no mistake slips through.",
@@ -183,7 +186,9 @@ def generate_problem(rng: random.Random, difficulty: Difficulty) -> Problem:
     return Problem(tuple(numbers))
 
 
-def _problem_at(prefix: str, seed: int, index: int, difficulty: Difficulty) -> Problem:
+def problem_at(prefix: str, seed: int, index: int, difficulty: Difficulty) -> Problem:
+    """Problem `index` of the stream named `prefix` for `seed`: streams with different
+    prefixes are unrelated, so corpora and evaluation sets never share draws."""
     # A str seed goes through SHA-512 in random.seed, so this is stable across processes and
     # Python versions (unlike hash(), which is salted per process).
     return generate_problem(random.Random(f"{prefix}:{seed}:{index}"), difficulty)
@@ -191,7 +196,7 @@ def _problem_at(prefix: str, seed: int, index: int, difficulty: Difficulty) -> P
 
 def sample_problem(seed: int, index: int, difficulty: Difficulty = DEFAULT_DIFFICULTY) -> Problem:
     """Problem `index` of the training stream for `seed`; depends on nothing else."""
-    return _problem_at(_TRAIN_PREFIX, seed, index, difficulty)
+    return problem_at(_TRAIN_PREFIX, seed, index, difficulty)
 
 
 def problem_stream(seed: int, difficulty: Difficulty, start: int = 0) -> Iterator[Problem]:
@@ -235,8 +240,8 @@ def worked_solution(
         <answer>48</answer>
     With probability `error_rate` one step (a pair sum or the product) is off and everything
     after it follows the wrong value, so the final answer is wrong. With probability
-    `verbose_rate` a paragraph of filler comes first (40 words up to about 90). One pair
-    has no Multiply line.
+    `verbose_rate` a paragraph of filler comes first, always opening with the same sentence
+    (40 words up to about 90). One pair has no Multiply line.
     """
     _check_rate("error_rate", error_rate)
     _check_rate("verbose_rate", verbose_rate)
@@ -261,7 +266,7 @@ def worked_solution(
 
     if rng.random() < verbose_rate:
         target_words = rng.randint(40, 80)
-        filler: list[str] = []
+        filler = [_OPENER]
         while sum(len(s.split()) for s in filler) < target_words:
             filler.append(rng.choice(_FILLER))
         lines.insert(0, " ".join(filler))
@@ -273,9 +278,14 @@ def solutions_dataset(
     seed: int,
     difficulty: Difficulty,
     error_rate: float = 0.3,
-    verbose_rate: float = 0.3,
+    verbose_rate: float = 0.7,
 ) -> list[dict[str, list[dict[str, str]]]]:
     """`n` SFT rows {"messages": [system, user, assistant]} with imperfect worked solutions.
+
+    The defaults make a warm start like the seed's base model on this task: most answers open
+    with a preamble that runs past the seed's 256-token limit (the seed's Qwen3-4B: 27%
+    accuracy, 115 words at step 1, "a somewhat easy task, if not for the length cutoff"), and
+    30% contain a slip.
 
     Problems come from their own stream (not the RL training stream for the same seed), and
     row k depends only on (seed, k), so a larger `n` extends a smaller one.
@@ -284,7 +294,7 @@ def solutions_dataset(
         raise ValueError(f"n must be >= 0, got {n}")
     rows = []
     for index in range(n):
-        problem = _problem_at(_SFT_PREFIX, seed, index, difficulty)
+        problem = problem_at(_SFT_PREFIX, seed, index, difficulty)
         rng = random.Random(f"{_SFT_PREFIX}-solution:{seed}:{index}")
         answer = worked_solution(problem, rng, error_rate, verbose_rate)
         rows.append(
@@ -309,7 +319,7 @@ def heldout_problems(
         seen: set[Problem] = set()
         index = 0
         while len(seen) < per_pair_count:
-            problem = _problem_at(f"{_HELDOUT_PREFIX}:{pair_count}", seed, index, only_this)
+            problem = problem_at(f"{_HELDOUT_PREFIX}:{pair_count}", seed, index, only_this)
             index += 1
             if problem not in seen:
                 seen.add(problem)

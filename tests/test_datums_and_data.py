@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import train_rl
 from common.config import ConfigError, parse_config, resolved
 from common.data import DatasetError, load_chat_data, row_to_conversation
 from common.datums import DatumError, chat_tokens, conversation_datum, rollout_datum, weighted_nll
@@ -145,6 +146,18 @@ def test_resolved_defaults_depend_on_backend_and_model():
         "tinker", "Qwen/Qwen3-4B-Instruct-2507", 5e-4)
     explicit = resolved(SFTConfig(lr=1e-5), {}, lr=5e-4, tiny_lr=2e-3)
     assert explicit.lr == 1e-5
+
+
+def test_warm_start_takes_the_model_of_its_source_run(tmp_path):
+    (tmp_path / "config.yaml").write_text("model: tiny-math\nlr: 0.001\n")
+    warm = resolved(train_rl.Config(load_checkpoint=str(tmp_path)), {}, lr=2e-4, tiny_lr=2e-4)
+    assert (warm.model, warm.lr) == ("tiny-math", 2e-4)
+    same = resolved(train_rl.Config(load_checkpoint=str(tmp_path), model="tiny-math"), {},
+                    lr=2e-4, tiny_lr=2e-4)
+    assert same.model == "tiny-math"
+    with pytest.raises(ConfigError, match="--model: tiny-chat differs from tiny-math"):
+        resolved(train_rl.Config(load_checkpoint=str(tmp_path), model="tiny-chat"), {},
+                 lr=2e-4, tiny_lr=2e-4)
 
 
 def test_lr_schedules():
