@@ -52,23 +52,13 @@ _TRAIN_PREFIX = "arithmetic"
 _SFT_PREFIX = "arithmetic-sft"
 _HELDOUT_PREFIX = "arithmetic-heldout"
 
-# Padding for verbose worked solutions: plain words, so every sentence costs tokens and
-# words but never touches the arithmetic or the answer tag. Every preamble opens the same way,
-# as a chatty instruct model's answers do: the habit then lives in the first token, where even
-# low-temperature sampling keeps it (openers spread over many sentences would be sharpened
-# away at temperature 0.3, leaving RL nothing to fix in an evaluation).
+# Verbose worked solutions open the same way every time, as a chatty instruct model's answers
+# do: the habit then lives in the first token, where even low-temperature sampling keeps it
+# (openers spread over many phrasings would be sharpened away at temperature 0.3, leaving RL
+# nothing to fix in an evaluation). What follows is the work checked again and again, the way
+# thinking models waffle: every line costs tokens but is arithmetic a small model can write.
 _OPENER = "Let me think about this step by step."
-_FILLER = (
-    "First I need to understand what the problem is asking me to do.",
-    "The task is to add each adjacent pair of numbers and then multiply the sums.",
-    "I will be careful with each addition so that no mistake slips through.",
-    "It is always a good idea to double check the arithmetic before answering.",
-    "Let me write out every step so that nothing is missed along the way.",
-    "Okay, here is how I am going to approach this problem.",
-    "This looks like a fairly simple calculation, but care is still needed.",
-    "Once the sums are known the multiplication is the last step.",
-    "I will put the final answer in the answer tags at the end.",
-)
+_RECHECK = "Let me double check: "
 
 
 def _is_int(value: object) -> bool:
@@ -240,8 +230,8 @@ def worked_solution(
         <answer>48</answer>
     With probability `error_rate` one step (a pair sum or the product) is off and everything
     after it follows the wrong value, so the final answer is wrong. With probability
-    `verbose_rate` a paragraph of filler comes first, always opening with the same sentence
-    (40 words up to about 90). One pair has no Multiply line.
+    `verbose_rate` a preamble comes first: the same opening sentence, then the work checked
+    again line after line (40 words up to about 90). One pair has no Multiply line.
     """
     _check_rate("error_rate", error_rate)
     _check_rate("verbose_rate", verbose_rate)
@@ -266,10 +256,13 @@ def worked_solution(
 
     if rng.random() < verbose_rate:
         target_words = rng.randint(40, 80)
-        filler = [_OPENER]
-        while sum(len(s.split()) for s in filler) < target_words:
-            filler.append(rng.choice(_FILLER))
-        lines.insert(0, " ".join(filler))
+        work = lines[0].removeprefix("Add pairs: ")
+        if has_product:
+            work += ", " + lines[1].removeprefix("Multiply: ")
+        preamble = [_OPENER]
+        while sum(len(s.split()) for s in preamble) < target_words:
+            preamble.append(f"{_RECHECK}{work}.")
+        lines.insert(0, "\n".join(preamble))
     return "\n".join(lines)
 
 

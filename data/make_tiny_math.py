@@ -4,23 +4,25 @@ A randomly initialised tiny-chat with LoRA never learns to read the numbers of a
 few minutes a local RL demo has (see the README), so the local RL pipeline needs what Tinker's
 base models already have: a pretrained base that knows some arithmetic. This script writes it.
 
-The corpus is plain text, no chat template and no answer tags: documents of three problems
-from the task's default difficulty, each written as
+The corpus: documents of three problems from the task's default difficulty, each written as
+plain text or, every other one, as a chat exchange (user turn: the numbers), without answer
+tags and without the task's system prompt:
 
     3, 5, 2, 4
     Add pairs: 3+5=8, 2+4=6
     Multiply: 8×6=48
     Answer: 48
 
-Several problems per document teach the model to work on the *latest* list of numbers whatever
-came before it, which is what it meets later behind the task's system prompt (whose worked
-example has numbers of its own). Chat format, `<answer>` tags and the task's instructions are
-left to the SFT warm start; the warm start's flaws are left to RL.
+So tiny-math is to this task roughly what an instruct model is to Tinker's users: it knows the
+chat format and the arithmetic, not the task's instructions. Several problems per document
+teach it to work on the *latest* list of numbers whatever came before, which is what it meets
+behind the task's system prompt (whose worked example has numbers of its own). The system
+prompt, `<answer>` tags and the warm start's habits are left to SFT; fixing those habits, to RL.
 
 The output (`local_tinker/weights/tiny-math.safetensors`, ~3.4 MB, fp32) is shipped; this
-script documents and reproduces it (about 20 minutes on 2 CPU cores):
+script documents and reproduces it (about 16 minutes on 2 CPU cores):
 
-    python data/make_tiny_math.py [--steps 2000]
+    python data/make_tiny_math.py [--steps 1600]
 """
 
 import argparse
@@ -55,12 +57,21 @@ def plain_solution(problem: Problem) -> str:
     return "\n".join(lines) + "\n"
 
 
+def chat_solution(problem: Problem) -> str:
+    """The same solution as a chat exchange: the numbers as the user turn, as the task asks."""
+    numbers, _, steps = plain_solution(problem).partition("\n")
+    return (f"<|im_start|>user\n{numbers}<|im_end|>\n"
+            f"<|im_start|>assistant\n{steps.rstrip()}<|im_end|>\n")
+
+
 def document(index: int) -> str:
+    """Problems of the corpus, each as plain text or (every other one) as a chat exchange."""
     first = index * PROBLEMS_PER_DOCUMENT
-    return "\n".join(
-        plain_solution(problem_at(CORPUS_PREFIX, SEED, k, DEFAULT_DIFFICULTY))
-        for k in range(first, first + PROBLEMS_PER_DOCUMENT)
-    )
+    parts = []
+    for k in range(first, first + PROBLEMS_PER_DOCUMENT):
+        problem = problem_at(CORPUS_PREFIX, SEED, k, DEFAULT_DIFFICULTY)
+        parts.append(chat_solution(problem) if k % 2 else plain_solution(problem))
+    return "\n".join(parts)
 
 
 @torch.no_grad()
@@ -89,7 +100,7 @@ def plain_accuracy(model, tokenizer) -> dict[int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=1600)
     parser.add_argument("--batch_size", type=int, default=32, help="documents per step")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--out", type=Path, default=TINY_MATH_WEIGHTS)
