@@ -35,13 +35,14 @@ def test_shipped_weights_do_the_arithmetic_their_card_claims():
 
 def test_local_backend_serves_tiny_math(tmp_path):
     service = local_tinker.ServiceClient(root=tmp_path)
-    sampler = service.create_sampling_client(base_model="tiny-math")
+    sampler = service.create_sampling_client(base_model="tiny-math").result()
     tokenizer = sampler.get_tokenizer()
     prompt = types.ModelInput.from_ints(tokenizer.encode("12, 7, 3, 4\n", add_special_tokens=False))
-    params = types.SamplingParams(max_tokens=40, temperature=0.0, stop=["\nAnswer"])
+    params = types.SamplingParams(max_tokens=80, temperature=0.0, stop=["\nAnswer"])
     result = sampler.sample(prompt, num_samples=1, sampling_params=params).result()
     text = tokenizer.decode(result.sequences[0].tokens)
-    assert text.startswith("Add pairs: 12+7=19, 3+4=7\nMultiply: 19×7=133")
+    assert text == "Add pairs: 12+7=19, 3+4=7\nMultiply: 19×7=133\nAnswer"
+    assert result.sequences[0].stop_reason == "stop"
     assert "tiny-math" in local_tinker.available_models()
 
 
