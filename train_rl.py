@@ -15,7 +15,7 @@ Deviations from the seed's notebook (and the textbook):
 - one gradient step per batch (no PPO epochs), no KL penalty; the sampler/learner KL is logged.
 
     python train_rl.py --lr 2e-4           # on Tinker: the seed's run (needs TINKER_API_KEY)
-    python train_rl.py --load_checkpoint runs/warm-start --max_steps 20   # local, after SFT (README)
+    python train_rl.py --load_checkpoint runs/warm-start --max_steps 20   # local, after SFT
 """
 
 from __future__ import annotations

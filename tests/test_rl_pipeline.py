@@ -53,3 +53,5 @@ def test_readme_rl_pipeline_raises_heldout_accuracy(tmp_path):
                (tmp_path / "runs/rl-local/metrics.jsonl").read_text().splitlines()]
     words = [h["completions/mean_words"] for h in history]
     assert min(words[-3:]) < words[0] / 2, words
+    bonus_from = 6  # train_rl's default --concise_bonus_after: steps 7.. earn the bonus
+    assert sum(words[bonus_from:]) / len(words[bonus_from:]) < words[bonus_from - 1], words
