@@ -43,6 +43,7 @@ from common.config import (
     resolved,
 )
 from common.costs import (
+    TINY_MODELS,
     CostMeter,
     Estimate,
     estimate_rl,
@@ -137,6 +138,10 @@ def main(cfg: Config) -> dict[str, float]:
     if cfg.dry_run:
         print(dry_run(cfg, task).format(f"dry run: train_rl on {cfg.model} ({cfg.backend})"))
         return {}
+    if cfg.model in TINY_MODELS and not cfg.load_checkpoint:
+        # Not an error (tests and plumbing checks run this way), but rewards will stay ~0.
+        print(f"note: {cfg.model} has never seen this task's answer tags; for learning, start "
+              "from an SFT warm start (--load_checkpoint, README section 'RL')")
     meter = CostMeter(cfg.model, cfg.backend)  # a bad price file fails here, before spending
     service = connect(cfg.backend, cfg.base_url)
     tracker = open_tracker(cfg, "train_rl", job_type="rl")

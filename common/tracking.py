@@ -42,12 +42,6 @@ from common.secrets import redact
 Mode = Literal["auto", "online", "offline", "disabled"]
 METRICS, CHECKPOINTS, SAMPLES = "metrics.jsonl", "checkpoints.jsonl", "samples.jsonl"
 SUMMARY, CONFIG, RUN_ID = "summary.json", "config.yaml", "wandb_run_id"
-
-
-def read_run_config(run_dir: Path) -> dict[str, Any]:
-    """The resolved config a run directory recorded ({} when it has none)."""
-    path = run_dir / CONFIG
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 CHECKPOINT_COLUMNS = ["step", "name", "path", "kind"]
 # api.wandb.ai, plus wandb 0.31's default host, plus a self-hosted server's if one is set.
 _WANDB_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
@@ -63,6 +57,12 @@ def has_wandb_credentials() -> bool:
     except (OSError, netrc.NetrcParseError):
         return False
     return any(host and host in entries for host in hosts)
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The resolved config a run directory recorded ({} when it has none)."""
+    path = run_dir / CONFIG
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def resolve_wandb_mode(mode: str) -> str:

@@ -20,7 +20,7 @@ behind the task's system prompt (whose worked example has numbers of its own). T
 prompt, `<answer>` tags and the warm start's habits are left to SFT; fixing those habits, to RL.
 
 The output (`local_tinker/weights/tiny-math.safetensors`, ~3.4 MB, fp32) is shipped; this
-script documents and reproduces it (about 16 minutes on 2 CPU cores):
+script documents and reproduces it (about 18 minutes on 2 CPU cores):
 
     python data/make_tiny_math.py [--steps 1600]
 """

@@ -4,6 +4,8 @@
 tokenizer (every UTF-8 byte is a token, plus Qwen's three chat special tokens and its chat
 template) and a ~0.85M-parameter Qwen3 decoder. Its base weights come from a fixed seed, so every
 process builds the identical base model; the `seed` of a training client only drives LoRA init.
+`tiny-math` is the same network with shipped weights pretrained on worked arithmetic
+(data/make_tiny_math.py), so the local RL pipeline starts from a base that can do its task.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def build_tiny_math(weights: Path = TINY_MATH_WEIGHTS) -> BaseModel:
     if not weights.is_file():
         raise UnknownModelError(
             f"{TINY_MATH} weights not found at {weights}; recreate them with "
-            "`python data/make_tiny_math.py` (about 20 minutes on 2 CPU cores)"
+            "`python data/make_tiny_math.py` (about 18 minutes on 2 CPU cores)"
         )
     base = build_tiny_chat()
     # strict: a file from another architecture must fail here, not train a half-loaded model.

@@ -26,8 +26,9 @@ def rl_config(tmp_path, **overrides) -> train_rl.Config:
     return train_rl.Config(**{**values, **overrides})
 
 
-def test_rl_run_is_tracked_step_by_step(tmp_path):
+def test_rl_run_is_tracked_step_by_step(tmp_path, capsys):
     final = train_rl.main(rl_config(tmp_path))
+    assert "note: tiny-chat has never seen this task's answer tags" in capsys.readouterr().out
     run_dir = tmp_path / "rl"
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3]
