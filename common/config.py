@@ -20,6 +20,8 @@ import simple_parsing
 import yaml
 from simple_parsing.helpers import field
 
+from common.tracking import read_run_config
+
 TINKER_DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 LOCAL_DEFAULT_MODEL = "tiny-chat"
 
@@ -141,8 +143,6 @@ def warm_start_model(cfg: Any) -> str | None:
     Without this a run warm-started from, say, a tiny-math SFT run would record (and price,
     and name itself after) the default model while training tiny-math.
     """
-    from common.tracking import read_run_config  # tracking imports much; only this needs it
-
     source = getattr(cfg, "load_checkpoint", None)
     if not source or not Path(source).is_dir():
         return None

@@ -219,6 +219,17 @@ def _slip(value: int, rng: random.Random) -> int:
     return value - delta if value > 0 and wrong <= 0 else wrong
 
 
+def work_lines(numbers: Sequence[int], sums: Sequence[int], result: int) -> list[str]:
+    """The worked steps in the task's notation: "Add pairs: 3+5=8, 2+4=6" and, with more
+    than one pair, "Multiply: 8×6=48". Shared by the warm-start data and tiny-math's corpus,
+    so the base model's notation and the warm start's cannot drift apart."""
+    pairs = zip(numbers[::2], numbers[1::2], sums, strict=True)
+    lines = ["Add pairs: " + ", ".join(f"{a}+{b}={s}" for a, b, s in pairs)]
+    if len(sums) > 1:
+        lines.append("Multiply: " + "×".join(map(str, sums)) + f"={result}")
+    return lines
+
+
 def worked_solution(
     problem: Problem, rng: random.Random, error_rate: float, verbose_rate: float
 ) -> str:
@@ -248,17 +259,12 @@ def worked_solution(
         # hides the wrong sum, so the slip moves to the product to keep the answer wrong.
         result = _slip(problem.answer, rng)
 
-    pairs = zip(problem.numbers[::2], problem.numbers[1::2], sums, strict=True)
-    lines = ["Add pairs: " + ", ".join(f"{a}+{b}={s}" for a, b, s in pairs)]
-    if has_product:
-        lines.append("Multiply: " + "×".join(map(str, sums)) + f"={result}")
-    lines.append(f"<answer>{result}</answer>")
+    steps = work_lines(problem.numbers, sums, result)
+    lines = [*steps, f"<answer>{result}</answer>"]
 
     if rng.random() < verbose_rate:
         target_words = rng.randint(40, 80)
-        work = lines[0].removeprefix("Add pairs: ")
-        if has_product:
-            work += ", " + lines[1].removeprefix("Multiply: ")
+        work = ", ".join(step.partition(": ")[2] for step in steps)  # "3+5=8, 2+4=6, 8×6=48"
         preamble = [_OPENER]
         while sum(len(s.split()) for s in preamble) < target_words:
             preamble.append(f"{_RECHECK}{work}.")

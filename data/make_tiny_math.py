@@ -37,7 +37,13 @@ import torch
 # Run as a plain script from anywhere: put the repository root on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.tasks import DEFAULT_DIFFICULTY, Problem, problem_at  # noqa: E402
+from common.tasks import (  # noqa: E402
+    DEFAULT_DIFFICULTY,
+    Difficulty,
+    Problem,
+    problem_at,
+    work_lines,
+)
 from local_tinker.models import TINY_MATH_WEIGHTS, build_tiny_chat  # noqa: E402
 
 SEED = 0
@@ -48,12 +54,9 @@ EVAL_PER_PAIR_COUNT = 50
 
 def plain_solution(problem: Problem) -> str:
     """The corpus form of one problem: numbers, the two steps, the answer."""
-    pairs = zip(problem.numbers[::2], problem.numbers[1::2], problem.sums, strict=True)
     lines = [", ".join(map(str, problem.numbers)),
-             "Add pairs: " + ", ".join(f"{a}+{b}={s}" for a, b, s in pairs)]
-    if problem.pair_count > 1:
-        lines.append("Multiply: " + "×".join(map(str, problem.sums)) + f"={problem.answer}")
-    lines.append(f"Answer: {problem.answer}")
+             *work_lines(problem.numbers, problem.sums, problem.answer),
+             f"Answer: {problem.answer}"]
     return "\n".join(lines) + "\n"
 
 
@@ -77,8 +80,6 @@ def document(index: int) -> str:
 @torch.no_grad()
 def plain_accuracy(model, tokenizer) -> dict[int, float]:
     """Greedy accuracy on fresh problems in the corpus format, per pair count."""
-    from common.tasks import Difficulty
-
     pad = tokenizer.pad_token_id
     scores = {}
     for pair_count in DEFAULT_DIFFICULTY.pair_counts:
@@ -105,7 +106,6 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--out", type=Path, default=TINY_MATH_WEIGHTS)
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     base = build_tiny_chat()  # the tiny-chat network and its fixed-seed initial weights
     model, tokenizer = base.fresh_copy().train(), base.tokenizer
