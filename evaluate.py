@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 from tinker import types
 
-from common.backend import connect
+from common.backend import connect, get_tokenizer
 from common.checkpoints import final_sampler_path
 from common.config import (
     LOCAL_DEFAULT_MODEL,
@@ -207,7 +207,7 @@ def open_tracker(cfg: Config, targets: list[Target]) -> Tracker:
 
 def score(cfg: Config, client: Any, items: list[Any], params: types.SamplingParams
           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    tokenizer = client.get_tokenizer()
+    tokenizer = get_tokenizer(client, cfg.model)
     if cfg.task == "arithmetic":
         rows = score_arithmetic(client, tokenizer, items, params, cfg.concise_bonus,
                                 progress=True)

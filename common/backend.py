@@ -1,18 +1,29 @@
-"""`connect(cfg)`: a Tinker ServiceClient or the embedded local one; the only module that knows.
+"""`connect(backend, base_url)`: a `tinker.ServiceClient`, for Tinker or for the local server.
 
-Scripts then use only the tinker SDK's method names. Before handing out a Tinker client we check
-that the endpoint answers at all, because the SDK retries an unreachable server for a long time
-(its progress timeout is two hours) and a user with a typo in --base_url deserves an answer in
-seconds.
+The tinker SDK is the only client in the project. `--backend local` starts the embedded server
+(`local_tinker`) on a free loopback port of this process, or with `--base_url` uses a local server
+started elsewhere (`python -m local_tinker serve`), and points the SDK at it with a local-only
+placeholder key (never the user's TINKER_API_KEY, which must not reach any other host).
+Before handing out a Tinker client we check that the endpoint answers at all, because the SDK
+retries an unreachable server for a long time (its progress timeout is two hours) and a user
+with a typo in --base_url deserves an answer in seconds.
+
+Knobs for tests and benchmarks, read when the local server starts: LOCAL_TINKER_ROOT (where
+checkpoints live), LOCAL_TINKER_LATENCY_S and LOCAL_TINKER_FAULT_RATE (see local_tinker.server).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 from typing import Any
 from urllib.parse import urlparse
 
 REACHABILITY_TIMEOUT_S = 10.0
+_servers = contextlib.ExitStack()  # embedded servers, stopped before the interpreter exits
+atexit.register(_servers.close)
+_started: dict[tuple, str] = {}  # their options -> base_url
 
 
 class BackendError(RuntimeError):
@@ -21,21 +32,48 @@ class BackendError(RuntimeError):
 
 def connect(backend: str, base_url: str | None = None) -> Any:
     """A ServiceClient for `backend` ("tinker" or "local", as resolved from the config)."""
-    if backend == "local":
-        import local_tinker
+    import tinker
 
-        return local_tinker.ServiceClient()
+    if backend == "local":
+        if base_url:  # a server someone started: `python -m local_tinker serve`
+            import local_tinker
+
+            check_reachable(base_url)
+            return tinker.ServiceClient(base_url=base_url, api_key=local_tinker.LOCAL_API_KEY)
+        url, key = start_local_server()
+        return tinker.ServiceClient(base_url=url, api_key=key)
     if backend != "tinker":
         raise BackendError(f"unknown backend {backend!r}")
     if not os.environ.get("TINKER_API_KEY"):
         raise BackendError("--backend tinker needs TINKER_API_KEY in the environment "
                            "(create a key in the Tinker console), or use --backend local")
-    import tinker
     from tinker.lib.base_url import resolve_base_url
 
-    url = resolve_base_url(base_url)
-    check_reachable(url)
+    check_reachable(resolve_base_url(base_url))
     return tinker.ServiceClient(base_url=base_url)
+
+
+def get_tokenizer(sampling_client: Any, base_model: str) -> Any:
+    """The tokenizer of `base_model`. The SDK loads it by hub name, which the built-in local
+    models do not have (and offline a hub lookup fails), so theirs comes from the offline copy."""
+    from common.costs import tokenizer_for
+
+    return tokenizer_for(base_model) or sampling_client.get_tokenizer()
+
+
+def start_local_server() -> tuple[str, str]:
+    """(base_url, api_key) of this process's embedded local server, started on first use (and
+    again only when the environment asks for a different one)."""
+    import local_tinker
+
+    options = {"root": os.environ.get("LOCAL_TINKER_ROOT") or None,
+               "latency_s": float(os.environ.get("LOCAL_TINKER_LATENCY_S", 0)),
+               "fault_rate": float(os.environ.get("LOCAL_TINKER_FAULT_RATE", 0)),
+               "device": os.environ.get("LOCAL_TINKER_DEVICE")}
+    key = tuple(sorted(options.items()))
+    if key not in _started:
+        _started[key], _ = _servers.enter_context(local_tinker.embedded(**options))
+    return _started[key], local_tinker.LOCAL_API_KEY
 
 
 def check_reachable(url: str, timeout_s: float = REACHABILITY_TIMEOUT_S) -> None:

@@ -38,7 +38,8 @@ class ServiceConfig:
     backend: Literal["auto", "tinker", "local"] = "auto"
     """auto: Tinker when TINKER_API_KEY is set, else the embedded local backend."""
     base_url: str | None = None
-    """A Tinker-compatible server to use instead of the default Tinker endpoint."""
+    """A Tinker-compatible server: with --backend tinker, instead of the Tinker endpoint; with
+    --backend local, a running `python -m local_tinker serve` instead of an embedded one."""
     model: str | None = None
     """Base model. Default: Qwen/Qwen3-4B-Instruct-2507 on Tinker, tiny-chat locally."""
     lora_rank: int = 8

@@ -1,19 +1,19 @@
-"""An embedded backend with the tinker SDK's client interface, on torch + transformers + peft.
+"""The embedded local backend: a server for the tinker SDK's HTTP protocol on torch + peft.
 
-`local_tinker.ServiceClient()` stands in for `tinker.ServiceClient()`: same method names and
-signatures, the SDK's own `tinker.types` in and out, futures with `.result()` and `await`.
+`python -m local_tinker serve` runs it; `local_tinker.embedded()` starts one in this process on
+a free loopback port. Clients are always the real SDK: `tinker.ServiceClient(base_url=...,
+api_key=local_tinker.LOCAL_API_KEY)`.
 """
 
-from .client import SamplingClient, ServiceClient, TrainingClient
-from .losses import LossInputError
 from .models import TINY_CHAT, UnknownModelError, available_models
+from .server import LOCAL_API_KEY, LocalTinkerServer, PortInUse, embedded
 
 __all__ = [
+    "LOCAL_API_KEY",
     "TINY_CHAT",
-    "LossInputError",
-    "SamplingClient",
-    "ServiceClient",
-    "TrainingClient",
+    "LocalTinkerServer",
+    "PortInUse",
     "UnknownModelError",
     "available_models",
+    "embedded",
 ]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from tinker import types
+from tinker.types.topk_logprobs import TopkLogprobs
 
 # A bound on tokens per forward pass of forward_backward, so memory stays flat for big batches.
 MAX_TOKENS_PER_MICROBATCH = 32_768
@@ -58,6 +59,9 @@ class SampleRequest:
     num_samples: int
     params: types.SamplingParams
     seed: int
+    prompt_logprobs: bool = False
+    topk_prompt: int = 0
+    topk_sample: int = 0
 
 
 def _stop_ids_and_strings(params: types.SamplingParams) -> tuple[set[int], list[str]]:
@@ -108,6 +112,10 @@ def sample(
 
     out_tokens = torch.zeros((rows, max(max_tokens)), dtype=torch.long, device=device)
     out_logprobs = torch.zeros((rows, max(max_tokens)), dtype=torch.float32, device=device)
+    topk_width = max(req.topk_sample for req in requests)
+    out_topk_ids = torch.zeros((rows, max(max_tokens), topk_width), dtype=torch.long,
+                               device=device)
+    out_topk_lp = torch.zeros((rows, max(max_tokens), topk_width), device=device)
     lengths = torch.zeros(rows, dtype=torch.long, device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     stopped = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -120,10 +128,14 @@ def sample(
         # One draw per request per step keeps a seeded request independent of its batch mates.
         uniform = torch.cat([torch.rand((req.num_samples, vocab), generator=g)
                              for req, g in zip(requests, generators, strict=True)]).to(device)
-        token, logprob = _pick(logits, temperature, top_k, top_p, uniform)
+        token, raw_logprobs = _pick(logits, temperature, top_k, top_p, uniform)
+        logprob = raw_logprobs.gather(-1, token.unsqueeze(1)).squeeze(1)
         active = ~done
         out_tokens[active, step] = token[active]
         out_logprobs[active, step] = logprob[active]
+        if topk_width:
+            values, ids = raw_logprobs.topk(topk_width, dim=-1)
+            out_topk_ids[active, step], out_topk_lp[active, step] = ids[active], values[active]
         lengths += active.long()
         hit_stop = stop_table.gather(1, token.unsqueeze(1)).squeeze(1) & active
         for row in torch.nonzero(active & ~hit_stop).flatten().tolist():
@@ -142,25 +154,57 @@ def sample(
 
     tokens_np = out_tokens.cpu().numpy()
     logprobs_np = out_logprobs.cpu().numpy()
+    topk_ids_np, topk_lp_np = out_topk_ids.cpu().numpy(), out_topk_lp.cpu().numpy()
     responses, row = [], 0
     for req in requests:
         sequences = []
         for k in range(req.num_samples):
             n = int(lengths[row])
+            topk = None
+            if req.topk_sample:
+                width = req.topk_sample
+                topk = TopkLogprobs(token_ids=topk_ids_np[row, :n, :width].astype(np.int32),
+                                    logprobs=topk_lp_np[row, :n, :width].astype(np.float32))
             sequences.append(types.SampledSequence(
                 stop_reason="stop" if bool(stopped[row]) else "length",
                 sequence_id=f"local-{req.seed}-{k}",
                 tokens_np=tokens_np[row, :n].astype(np.int32),
                 logprobs_np=logprobs_np[row, :n].astype(np.float32),
+                topk_logprobs_np=topk,
             ))
             row += 1
-        responses.append(types.SampleResponse(sequences=sequences))
+        prompt_lp, prompt_topk = None, None
+        if req.prompt_logprobs or req.topk_prompt:
+            prompt_lp, prompt_topk = prompt_scores(model, req.prompt, req.topk_prompt)
+        responses.append(types.SampleResponse(sequences=sequences, prompt_logprobs_np=prompt_lp,
+                                              topk_prompt_logprobs_np=prompt_topk))
     return responses
+
+
+@torch.no_grad()
+def prompt_scores(model: torch.nn.Module, prompt: Sequence[int], topk: int
+                  ) -> tuple[np.ndarray, TopkLogprobs | None]:
+    """Each prompt token's logprob given the tokens before it (NaN for the first, which has
+    no context: Tinker's contract), and optionally the top-k alternatives at each position."""
+    device = next(model.parameters()).device
+    ids = torch.as_tensor([list(prompt)], device=device)
+    logprobs = torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float()[0], -1)
+    picked = logprobs[:-1].gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1)
+    values = np.concatenate([[np.nan], picked.cpu().numpy()]).astype(np.float32)
+    if not topk:
+        return values, None
+    top_lp, top_ids = logprobs[:-1].topk(topk, dim=-1)
+    # Position 0 has no distribution: the SDK's sentinel (token 0, logprob -99999) marks it.
+    token_ids = np.zeros((len(prompt), topk), dtype=np.int32)
+    topk_lp = np.full((len(prompt), topk), -99999.0, dtype=np.float32)
+    token_ids[1:], topk_lp[1:] = top_ids.cpu().numpy(), top_lp.cpu().numpy()
+    return values, TopkLogprobs(token_ids=token_ids, logprobs=topk_lp)
 
 
 def _pick(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
           top_p: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gumbel-max sampling from the temperature-scaled, top-k/top-p filtered distribution."""
+    """Gumbel-max sampling from the temperature-scaled, top-k/top-p filtered distribution.
+    Returns the tokens and the raw (temperature 1, unfiltered) logprobs of every vocab entry."""
     raw_logprobs = torch.log_softmax(logits, dim=-1)
     greedy = temperature <= 0
     scaled = logits / temperature.clamp(min=1e-6).unsqueeze(1)
@@ -176,7 +220,7 @@ def _pick(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
     gumbel = -torch.log(-torch.log(uniform.clamp(1e-12, 1 - 1e-7)))
     sampled = (scaled.masked_fill(drop, float("-inf")) + gumbel).argmax(-1)
     token = torch.where(greedy, logits.argmax(-1), sampled)
-    return token, raw_logprobs.gather(-1, token.unsqueeze(1)).squeeze(1)
+    return token, raw_logprobs
 
 
 def _ends_with_stop(tokenizer, tokens: torch.Tensor, stop_strings: list[str]) -> bool:

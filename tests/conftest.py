@@ -18,3 +18,27 @@ os.environ.pop("WANDB_API_KEY", None)
 os.environ.pop("TINKER_API_KEY", None)
 # Local-backend checkpoints of the whole session go to a throwaway root, not ~/.cache.
 os.environ["LOCAL_TINKER_ROOT"] = tempfile.mkdtemp(prefix="local_tinker_tests_")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def local_server():
+    """(base_url, server): one embedded local server for the whole test session."""
+    import local_tinker
+
+    with local_tinker.embedded(Path(os.environ["LOCAL_TINKER_ROOT"])) as running:
+        yield running
+
+
+@pytest.fixture
+def service_client(local_server):
+    """The real tinker SDK's ServiceClient, talking HTTP to the embedded local server."""
+    import tinker
+
+    import local_tinker
+
+    with tinker.ServiceClient(base_url=local_server[0],
+                              api_key=local_tinker.LOCAL_API_KEY) as client:
+        yield client

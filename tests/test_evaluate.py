@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import tinker
 
 import evaluate
 import train_sft
@@ -111,7 +112,7 @@ def test_chat_eval_gives_a_finite_nll(sft_runs, tmp_path):
     report = evaluate.main(evaluate.Config(
         backend="local", task="chat", dataset="foo", checkpoint=[final], num_problems=4,
         max_tokens=8, wandb_mode="disabled", log_dir=tmp_path / "chat"))
-    run_id = final.removeprefix("local://").split("/")[0]
+    run_id = final.removeprefix("tinker://").split("/")[0]
     assert [m["label"] for m in report["models"]] == ["base:tiny-chat", f"{run_id}/final"]
     for model in report["models"]:
         assert math.isfinite(model["nll"]) and model["nll"] > 0
@@ -127,10 +128,10 @@ def test_list_flags_parse():
 
 
 @pytest.mark.parametrize("overrides, error, message", [
-    ({"checkpoint": ["local://nope/sampler_weights/final"]}, FileNotFoundError,
-     "checkpoint local://nope/sampler_weights/final not found"),
-    ({"checkpoint": ["tinker://abc/sampler_weights/final"]}, ValueError,
-     "tinker:// paths need --backend tinker"),
+    ({"checkpoint": ["tinker://nope/sampler_weights/final"]}, tinker.BadRequestError,
+     "checkpoint tinker://nope/sampler_weights/final not found on this server"),
+    ({"checkpoint": ["local://abc/sampler_weights/final"]}, ValueError,
+     "model_path must start with 'tinker://'"),
     ({"checkpoint": ["no/such/run"]}, FileNotFoundError, "--checkpoint no/such/run: neither"),
     ({"checkpoint": ["EMPTY"]}, FileNotFoundError, "no checkpoints.jsonl in .*empty"),
     ({"compare": ["EMPTY"]}, FileNotFoundError, "empty: no metrics.jsonl"),

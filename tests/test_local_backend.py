@@ -1,9 +1,10 @@
-"""The local backend against the tinker SDK contract, with real numbers (tiny-chat, CPU)."""
+"""The local server through the real tinker SDK, with real numbers (tiny-chat, CPU)."""
 
 import asyncio
 
 import numpy as np
 import pytest
+import tinker
 from tinker import types
 
 import local_tinker
@@ -16,9 +17,9 @@ FOO_QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    return local_tinker.ServiceClient(root=tmp_path_factory.mktemp("lt"))
+@pytest.fixture
+def service(service_client):
+    return service_client
 
 
 @pytest.fixture
@@ -182,7 +183,7 @@ def test_save_and_load_round_trip_is_exact(service, trainer):
         trainer.optim_step(types.AdamParams(learning_rate=1e-3))
     state = trainer.save_state("000002").result().path
     sampler_path = trainer.save_weights_for_sampler("000002").result().path
-    assert state.startswith("local://") and "/weights/000002" in state
+    assert state.startswith("tinker://") and state.endswith("/weights/000002")
     assert "/sampler_weights/000002" in sampler_path
 
     restored = service.create_training_client_from_state_with_optimizer(state).result()
@@ -224,61 +225,74 @@ def test_foo_sft_learns_and_generalises(service):
 
 
 def test_bad_inputs_get_clear_errors(service, trainer):
+    """Errors the server finds reach the caller as the SDK's own exceptions, naming the cause."""
     tokenizer = trainer.get_tokenizer()
     good = chat_datum(tokenizer, "q", "a")
-    with pytest.raises(local_tinker.LossInputError, match="unknown loss_fn 'mse'"):
-        trainer.forward_backward([good], "mse")
-    with pytest.raises(local_tinker.LossInputError, match="datum 1: loss_fn 'ppo' needs input"):
+    failed = tinker.RequestFailedError
+    with pytest.raises(failed, match="unknown loss_fn 'mse'"):
+        trainer.forward_backward([good], "mse").result()
+    with pytest.raises(failed, match="datum 1: loss_fn 'ppo' needs input"):
         trainer.forward_backward([policy_datums(tokenizer, np.random.default_rng(0))[0], good],
-                                 "ppo")
+                                 "ppo").result()
     short = types.Datum(model_input=good.model_input, loss_fn_inputs={
         "target_tokens": good.loss_fn_inputs["target_tokens"], "weights": [1.0, 1.0]})
-    with pytest.raises(local_tinker.LossInputError, match=r"datum 0: input 'weights' has shape"):
-        trainer.forward_backward([short], "cross_entropy")
-    with pytest.raises(local_tinker.UnknownModelError, match="Available offline: tiny-chat"):
+    with pytest.raises(failed, match=r"datum 0: input 'weights' has shape"):
+        trainer.forward_backward([short], "cross_entropy").result()
+    with pytest.raises(failed, match="Available offline: tiny-chat"):
         service.create_lora_training_client(base_model="no-such/model").result()
-    with pytest.raises(FileNotFoundError, match="local://nope/weights/x not found"):
-        service.create_training_client_from_state_with_optimizer("local://nope/weights/x")
-    with pytest.raises(ValueError, match="tinker:// paths need --backend tinker"):
-        service.create_sampling_client(model_path="tinker://abc/sampler_weights/final")
-    with pytest.raises(ValueError, match="no LoRA target modules"):
-        service.create_lora_training_client("tiny-chat", train_mlp=False, train_attn=False,
-                                            train_unembed=False).result()
+    with pytest.raises(failed, match="tinker://nope/weights/x not found"):
+        service.create_training_client_from_state_with_optimizer("tinker://nope/weights/x").result()
+    with pytest.raises(tinker.BadRequestError, match="sampler_weights/final not found"):
+        service.create_sampling_client(model_path="tinker://abc/sampler_weights/final").result()
+    with pytest.raises(failed, match="LoRA rank must be between 1 and 512"):
+        service.create_lora_training_client("tiny-chat", rank=100_000).result()
 
 
-def test_lora_targets_follow_flags(service):
+def test_lora_targets_follow_flags(service, local_server):
+    runtime = local_server[1].runtime
+
+    def trained_names(client) -> list[str]:
+        model = runtime.models[client.model_id].model
+        return [n for n, p in model.named_parameters() if p.requires_grad]
     no_unembed = service.create_lora_training_client(
         "tiny-chat", rank=2, train_unembed=False).result()
-    names = [n for n, p in no_unembed._model.named_parameters() if p.requires_grad]
-    assert names and not any("lm_head" in n for n in names)
+    assert trained_names(no_unembed) and not any("lm_head" in n for n in trained_names(no_unembed))
     with_unembed = service.create_lora_training_client("tiny-chat", rank=2).result()
-    assert any("lm_head" in n for n, p in with_unembed._model.named_parameters()
-               if p.requires_grad)
+    assert any("lm_head" in n for n in trained_names(with_unembed))
+
+
+def sdk_client(url: str) -> tinker.ServiceClient:
+    return tinker.ServiceClient(base_url=url, api_key=local_tinker.LOCAL_API_KEY)
 
 
 def test_futures_latency_and_await(tmp_path):
-    slow = local_tinker.ServiceClient(root=tmp_path, latency_s=0.3)
-    future = slow.create_lora_training_client("tiny-chat", rank=2)
-    assert not future.future().done()  # nothing resolves before its round trip
-    trainer = future.result()
+    with local_tinker.embedded(tmp_path, latency_s=0.3) as (url, _), sdk_client(url) as slow:
+        trainer = slow.create_lora_training_client("tiny-chat", rank=2).result()
+        future = trainer.optim_step(types.AdamParams(learning_rate=0.0))
+        assert not future.future().done()  # nothing resolves before its round trip
+        assert isinstance(future.result(), types.OptimStepResponse) and future.future().done()
 
-    async def main():
-        return await trainer.optim_step(types.AdamParams(learning_rate=0.0))
-    assert isinstance(asyncio.run(main()), types.OptimStepResponse)
+        async def main():
+            return await trainer.optim_step(types.AdamParams(learning_rate=0.0))
+        assert isinstance(asyncio.run(main()), types.OptimStepResponse)
 
 
 def test_injected_faults_are_survived_with_identical_results(tmp_path):
+    """Faults are injected by the server (HTTP 503 before a request is processed); the SDK's
+    own retries recover, and the trained weights come out bit for bit the same."""
     def train(fault_rate: float):
-        svc = local_tinker.ServiceClient(root=tmp_path / str(fault_rate), fault_rate=fault_rate)
-        trainer = svc.create_lora_training_client("tiny-chat", rank=4, seed=0).result()
-        data = [chat_datum(trainer.get_tokenizer(), q, "foo") for q in FOO_QUESTIONS[:4]]
-        for _ in range(5):
-            trainer.forward_backward(data, "cross_entropy")
-            trainer.optim_step(types.AdamParams(learning_rate=1e-3))
-        return logprob_arrays(trainer.forward(data, "cross_entropy").result()), svc
+        with local_tinker.embedded(tmp_path / str(fault_rate), fault_rate=fault_rate,
+                                   fault_seed=3) as (url, server), sdk_client(url) as svc:
+            trainer = svc.create_lora_training_client("tiny-chat", rank=4, seed=0).result()
+            data = [chat_datum(trainer.get_tokenizer(), q, "foo") for q in FOO_QUESTIONS[:4]]
+            for _ in range(4):
+                trainer.forward_backward(data, "cross_entropy")
+                trainer.optim_step(types.AdamParams(learning_rate=1e-3))
+            out = logprob_arrays(trainer.forward(data, "cross_entropy").result())
+            return out, server.faults_injected
 
     clean, _ = train(0.0)
-    faulty, svc = train(0.5)
-    assert svc.faults_survived > 0
+    faulty, faults = train(0.15)
+    assert faults > 0
     for x, y in zip(clean, faulty, strict=True):
         np.testing.assert_array_equal(x, y)

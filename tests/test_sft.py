@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import tinker
 
 import train_sft
 from common.config import ConfigError
@@ -94,8 +95,9 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
     ({"dataset": "missing.jsonl"}, DatasetError, "no such file"),
     ({"resume": True, "log_dir": None}, ConfigError, "--resume: needs --log_dir"),
     ({"resume": True}, ConfigError, "--resume: no run in"),
-    ({"load_checkpoint": "local://nope/weights/1"}, FileNotFoundError, "not found"),
-    ({"model": "org/not-cached"}, ValueError, "Available offline: tiny-chat"),
+    ({"load_checkpoint": "tinker://nope/weights/1"}, tinker.RequestFailedError,
+     "tinker://nope/weights/1 not found on this server"),
+    ({"model": "org/not-cached"}, tinker.RequestFailedError, "Available offline: tiny-chat"),
 ])
 def test_bad_flags_fail_clearly(tmp_path, overrides, error, message):
     with pytest.raises(error, match=message):

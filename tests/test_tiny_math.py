@@ -33,10 +33,9 @@ def test_shipped_weights_do_the_arithmetic_their_card_claims():
     assert maker.plain_accuracy(untrained.model, untrained.tokenizer) == {1: 0.0, 2: 0.0, 3: 0.0}
 
 
-def test_local_backend_serves_tiny_math(tmp_path):
-    service = local_tinker.ServiceClient(root=tmp_path)
-    sampler = service.create_sampling_client(base_model="tiny-math").result()
-    tokenizer = sampler.get_tokenizer()
+def test_local_backend_serves_tiny_math(service_client):
+    sampler = service_client.create_sampling_client(base_model="tiny-math").result()
+    tokenizer = build_tiny_chat().tokenizer
     prompt = types.ModelInput.from_ints(tokenizer.encode("12, 7, 3, 4\n", add_special_tokens=False))
     params = types.SamplingParams(max_tokens=80, temperature=0.0, stop=["\nAnswer"])
     result = sampler.sample(prompt, num_samples=1, sampling_params=params).result()

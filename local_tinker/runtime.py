@@ -1,0 +1,346 @@
+"""The server's internal API: LoRA models, samplers and checkpoints, as plain blocking calls.
+
+Only `local_tinker.server` calls this; clients reach it through the tinker SDK over HTTP. Every
+method runs on the scheduler's one worker thread, so nothing here locks.
+
+Checkpoints are addressed as Tinker addresses them, `tinker://<run>/<kind>/<name>` with kind
+`weights` (adapter + optimizer, for resuming) or `sampler_weights` (adapter only), and live in
+`<root>/<run>/<kind>/<name>/`. `local://` paths written by earlier versions still load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import peft
+import torch
+from tinker import types
+
+from . import engine, losses
+from .models import BaseModel, load_base_model, lora_target_modules
+
+LORA_ALPHA = 32
+MAX_LORA_RANK = 512  # far above what a tiny model can use; stops a typo from exhausting memory
+PREFIXES = ("tinker://", "local://")
+
+
+class UserError(ValueError):
+    """A request that cannot work as sent; the message says why (sent back to the SDK)."""
+
+
+def default_root() -> Path:
+    env = os.environ.get("LOCAL_TINKER_ROOT")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return Path(env) if env else cache / "local_tinker"
+
+
+@dataclass
+class Trainable:
+    """A LoRA adapter on its own copy of a base model, with an AdamW optimizer."""
+
+    model_id: str
+    base: BaseModel
+    lora: dict[str, Any]
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    user_metadata: dict[str, str] | None = None
+
+
+@dataclass
+class Sampler:
+    """Fixed weights to sample from: a LoRA snapshot (None: the base model itself)."""
+
+    base: BaseModel
+    lora: dict[str, Any] | None
+    weights: dict[str, torch.Tensor] | None
+    model_path: str | None = None
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class Runtime:
+    def __init__(self, root: Path, device: torch.device) -> None:
+        self.root = root
+        self.device = device
+        self.models: dict[str, Trainable] = {}
+        self.samplers: dict[str, Sampler] = {}
+        self._hosts: dict[tuple, torch.nn.Module] = {}  # one LoRA-wrapped copy per layout
+
+    # -- models ---------------------------------------------------------------------------
+    def create_model(self, model_id: str, base_model: str, lora: types.LoraConfig,
+                     user_metadata: dict[str, str] | None = None) -> None:
+        if not 1 <= lora.rank <= MAX_LORA_RANK:
+            raise UserError(f"LoRA rank must be between 1 and {MAX_LORA_RANK}, got {lora.rank}")
+        spec = {"rank": lora.rank, "seed": 0 if lora.seed is None else lora.seed,
+                "train_mlp": lora.train_mlp, "train_attn": lora.train_attn,
+                "train_unembed": lora.train_unembed}
+        self.models[model_id] = self._trainable(model_id, self._base(base_model), spec,
+                                                user_metadata)
+
+    def create_model_from_state(self, model_id: str, path: str, optimizer: bool) -> None:
+        directory, meta = self._checkpoint(path)
+        trainable = self._trainable(model_id, self._base(meta["base_model"]), meta["lora"], None)
+        self._load_into(trainable, directory, optimizer)
+        self.models[model_id] = trainable
+
+    def load(self, model_id: str, path: str, optimizer: bool) -> None:
+        trainable = self.model(model_id)
+        directory, meta = self._checkpoint(path)
+        if meta["base_model"] != trainable.base.name or meta["lora"]["rank"] != \
+                trainable.lora["rank"]:
+            raise UserError(f"{path} holds a rank-{meta['lora']['rank']} LoRA of "
+                            f"{meta['base_model']}; this model is a rank-"
+                            f"{trainable.lora['rank']} LoRA of {trainable.base.name}")
+        self._load_into(trainable, directory, optimizer)
+
+    def model(self, model_id: str) -> Trainable:
+        try:
+            return self.models[model_id]
+        except KeyError:
+            raise UserError(f"no training model {model_id!r} on this server (it may have "
+                            "been released when its session closed)") from None
+
+    def info(self, model_id: str, tokenizer_dir: str) -> types.GetInfoResponse:
+        trainable = self.model(model_id)
+        return types.GetInfoResponse(
+            model_id=model_id, is_lora=True, lora_rank=trainable.lora["rank"],
+            model_name=trainable.base.name,
+            # The SDK names a snapshot sampler's base model (and loads its tokenizer) from
+            # model_data.model_name: the model's directory here, since a local model has no
+            # hub name to load a tokenizer from.
+            model_data=types.ModelData(arch=trainable.base.model.config.model_type,
+                                       model_name=tokenizer_dir, tokenizer_id=tokenizer_dir))
+
+    def release(self, model_ids: list[str], sampler_ids: list[str]) -> None:
+        for model_id in model_ids:
+            self.models.pop(model_id, None)
+        for sampler_id in sampler_ids:
+            self.samplers.pop(sampler_id, None)
+
+    # -- training -------------------------------------------------------------------------
+    def forward_backward(self, model_id: str, fwd: types.ForwardBackwardInput,
+                         backward: bool) -> types.ForwardBackwardOutput:
+        trainable = self.model(model_id)
+        data = list(fwd.data)
+        try:
+            losses.validate(data, fwd.loss_fn, fwd.loss_fn_config,
+                            trainable.model.config.vocab_size)
+        except losses.LossInputError as exc:
+            raise UserError(str(exc)) from None
+        inputs = [d.model_input.to_ints() for d in data]
+        outputs: list[dict[str, types.TensorData]] = []
+        total = 0.0
+        for chunk in engine.microbatches([len(x) for x in inputs]):
+            with torch.set_grad_enabled(backward):
+                logprobs = engine.token_logprobs(
+                    trainable.model, [inputs[i] for i in chunk],
+                    [data[i].loss_fn_inputs["target_tokens"].to_numpy() for i in chunk])
+                chunk_loss = torch.zeros((), device=self.device)
+                for i, lp in zip(chunk, logprobs, strict=True):
+                    tensors = {k: torch.as_tensor(v.to_numpy(), device=self.device,
+                                                  dtype=torch.float32)
+                               for k, v in data[i].loss_fn_inputs.items() if k != "target_tokens"}
+                    chunk_loss = chunk_loss + losses.per_token_loss(
+                        fwd.loss_fn, lp, tensors, fwd.loss_fn_config).sum()
+                if backward:
+                    chunk_loss.backward()
+            total += float(chunk_loss.detach())
+            outputs += [{"logprobs": types.TensorData.from_numpy(lp.detach().cpu().numpy())}
+                        for lp in logprobs]
+        return types.ForwardBackwardOutput(loss_fn_output_type="ArrayRecord",
+                                           loss_fn_outputs=outputs, metrics={"loss:sum": total})
+
+    def optim_step(self, model_id: str, params: Any) -> types.OptimStepResponse:
+        if not isinstance(params, types.AdamParams):
+            raise UserError(f"optimizer {getattr(params, 'type', type(params).__name__)!r} is "
+                            "not served by the local backend (it serves AdamParams)")
+        if not (math.isfinite(params.learning_rate) and params.learning_rate >= 0):
+            raise UserError(f"learning_rate must be a finite number >= 0, got "
+                            f"{params.learning_rate}")
+        trainable = self.model(model_id)
+        trainable_params = list(_trainable(trainable.model).values())
+        clip = params.grad_clip_norm if params.grad_clip_norm > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(trainable_params, clip)
+        for group in trainable.optimizer.param_groups:
+            group.update(lr=params.learning_rate, betas=(params.beta1, params.beta2),
+                         eps=params.eps, weight_decay=params.weight_decay)
+        trainable.optimizer.step()
+        trainable.optimizer.zero_grad(set_to_none=True)
+        return types.OptimStepResponse(metrics={"grad_norm": float(norm)})
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def save(self, model_id: str, name: str, kind: str, ttl_seconds: int | None = None,
+             overwrite: bool = False, user_metadata: dict[str, str] | None = None) -> str:
+        """Write a checkpoint; kind is "weights" (with optimizer) or "sampler_weights"."""
+        trainable = self.model(model_id)
+        if not name or "/" in name or name in (".", ".."):
+            raise UserError(f"checkpoint name {name!r} must be a non-empty name without '/'")
+        path = f"tinker://{model_id}/{kind}/{name}"
+        directory = self.root / model_id / kind / name
+        if (directory / "meta.json").exists() and not overwrite:
+            raise UserError(f"checkpoint {path} already exists; pass overwrite=True to replace it")
+        staging = directory.with_name(f".{name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        torch.save(_snapshot(trainable.model), staging / "adapter.pt")
+        if kind == "weights":
+            torch.save(trainable.optimizer.state_dict(), staging / "optimizer.pt")
+        now = time.time()
+        meta = {"base_model": trainable.base.name, "lora": trainable.lora, "path": path,
+                "kind": kind, "created": now, "user_metadata": user_metadata,
+                "expires": now + ttl_seconds if ttl_seconds else None}
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        shutil.rmtree(directory, ignore_errors=True)
+        staging.rename(directory)  # a checkpoint is either whole or absent
+        return path
+
+    def list_checkpoints(self, run_id: str) -> list[types.Checkpoint]:
+        found = []
+        for kind, label in (("weights", "training"), ("sampler_weights", "sampler")):
+            for meta_file in sorted((self.root / run_id / kind).glob("*/meta.json")):
+                meta = json.loads(meta_file.read_text())
+                size = sum(f.stat().st_size for f in meta_file.parent.iterdir())
+                expires = meta.get("expires")
+                found.append(types.Checkpoint(
+                    checkpoint_id=f"{kind}/{meta_file.parent.name}", checkpoint_type=label,
+                    time=datetime.fromtimestamp(meta["created"], UTC), tinker_path=meta["path"],
+                    size_bytes=size, user_metadata=meta.get("user_metadata"),
+                    expires_at=datetime.fromtimestamp(expires, UTC) if expires else None))
+        return found
+
+    def delete_checkpoint(self, run_id: str, checkpoint_id: str) -> None:
+        directory = self.root / run_id / checkpoint_id
+        if not (directory / "meta.json").exists() or ".." in checkpoint_id:
+            raise UserError(f"no checkpoint {checkpoint_id!r} in run {run_id!r}")
+        shutil.rmtree(directory)
+
+    def _checkpoint(self, path: str) -> tuple[Path, dict[str, Any]]:
+        prefix = next((p for p in PREFIXES if path.startswith(p)), None)
+        if prefix is None:
+            raise UserError(f"checkpoint path {path!r} is not a tinker:// path "
+                            "(tinker://<run>/weights/<name>)")
+        directory = self.root / path[len(prefix):]
+        if ".." in Path(path[len(prefix):]).parts or not (directory / "meta.json").exists():
+            raise UserError(f"checkpoint {path} not found on this server (looked in {directory})")
+        meta = json.loads((directory / "meta.json").read_text())
+        if meta.get("expires") and meta["expires"] < time.time():
+            raise UserError(f"checkpoint {path} expired (its ttl_seconds have passed)")
+        return directory, meta
+
+    # -- sampling -------------------------------------------------------------------------
+    def sampler_from_model(self, sampler_id: str, model_id: str) -> None:
+        """save_weights_and_get_sampling_client: a snapshot of the current weights."""
+        trainable = self.model(model_id)
+        self.samplers[sampler_id] = Sampler(trainable.base, trainable.lora,
+                                            _snapshot(trainable.model))
+
+    def sampler_from_request(self, sampler_id: str, base_model: str | None,
+                             model_path: str | None) -> str:
+        """create_sampling_client: checked now, loaded on first use. Returns the base model."""
+        if model_path is not None:
+            _, meta = self._checkpoint(model_path)
+            self.samplers[sampler_id] = Sampler(self._base(meta["base_model"]), meta["lora"],
+                                                None, model_path)
+            return meta["base_model"]
+        assert base_model is not None
+        self.samplers[sampler_id] = Sampler(self._base(base_model), None, None)
+        return base_model
+
+    def sampler(self, sampler_id: str) -> Sampler:
+        try:
+            return self.samplers[sampler_id]
+        except KeyError:
+            raise UserError(f"no sampler {sampler_id!r} on this server") from None
+
+    def sample(self, sampler_id: str, requests: list[engine.SampleRequest]
+               ) -> list[types.SampleResponse]:
+        sampler = self.sampler(sampler_id)
+        sampler.last_used = time.monotonic()
+        with self._weights_applied(sampler) as model:
+            return engine.sample(model, sampler.base.tokenizer, requests,
+                                 sampler.base.stop_token_ids)
+
+    @contextlib.contextmanager
+    def _weights_applied(self, sampler: Sampler) -> Iterator[torch.nn.Module]:
+        """The model to run, with the sampler's LoRA weights swapped in for the duration."""
+        if sampler.lora is None:
+            sampler.base.model.to(self.device)
+            yield sampler.base.model
+            return
+        if sampler.weights is None:  # a sampler made from a path loads on first use
+            directory, _ = self._checkpoint(sampler.model_path or "")
+            sampler.weights = torch.load(directory / "adapter.pt", map_location=self.device)
+        key = (sampler.base.name, json.dumps(sampler.lora, sort_keys=True))
+        host = self._hosts.get(key)
+        if host is None:
+            host = _lora_model(sampler.base, sampler.lora, self.device)
+            self._hosts = {key: host}  # keep one: a host is a full model copy
+        _assign(host, sampler.weights)
+        yield host
+
+    # -- helpers --------------------------------------------------------------------------
+    def _base(self, name: str) -> BaseModel:
+        try:
+            return load_base_model(name)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+    def _trainable(self, model_id: str, base: BaseModel, lora: Mapping[str, Any],
+                   user_metadata: dict[str, str] | None) -> Trainable:
+        model = _lora_model(base, lora, self.device)
+        optimizer = torch.optim.AdamW(_trainable(model).values(), lr=1e-4, betas=(0.9, 0.95),
+                                      eps=1e-12, weight_decay=0.0)
+        return Trainable(model_id, base, dict(lora), model, optimizer, user_metadata)
+
+    def _load_into(self, trainable: Trainable, directory: Path, optimizer: bool) -> None:
+        try:
+            weights = torch.load(directory / "adapter.pt", map_location=self.device)
+            _assign(trainable.model, weights)
+            if optimizer:
+                if not (directory / "optimizer.pt").exists():
+                    raise UserError(f"{directory.name} holds sampler weights, not optimizer "
+                                    "state: load a weights/ checkpoint to resume training")
+                trainable.optimizer.load_state_dict(
+                    torch.load(directory / "optimizer.pt", map_location=self.device))
+        except (OSError, RuntimeError) as exc:
+            raise UserError(f"checkpoint in {directory} is unreadable "
+                            f"({type(exc).__name__}: {exc})") from None
+
+
+def _lora_model(base: BaseModel, lora: Mapping[str, Any], device: torch.device) -> torch.nn.Module:
+    model = base.fresh_copy()
+    config = peft.LoraConfig(
+        r=lora["rank"], lora_alpha=LORA_ALPHA, lora_dropout=0.0,
+        target_modules=lora_target_modules(
+            model, lora["train_mlp"], lora["train_attn"], lora["train_unembed"]),
+    )
+    with torch.random.fork_rng(devices=[]):  # LoRA init from the client's seed, nothing global
+        torch.manual_seed(lora["seed"])
+        wrapped = peft.get_peft_model(model, config)
+    return wrapped.to(device).eval()
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in _trainable(model).items()}
+
+
+@torch.no_grad()
+def _assign(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
+    params = _trainable(model)
+    if set(params) != set(weights):
+        raise UserError("checkpoint does not match this model's LoRA layout")
+    for name, p in params.items():
+        p.copy_(weights[name])
