@@ -42,15 +42,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    service = local_tinker.ServiceClient(root=tempfile.mkdtemp(prefix="bench-engine-"))
+    with local_tinker.local_service(tempfile.mkdtemp(prefix="bench-engine-")) as (service, server):
+        measure(args.repeats, service, server.runtime)
+
+
+def measure(repeats: int, service, runtime) -> None:
+    """Through the SDK and the local server, against torch on the same weights in-process."""
     trainer = service.create_lora_training_client("tiny-chat", rank=32, seed=0).result()
     tokenizer = trainer.get_tokenizer()
     sampler = trainer.save_weights_and_get_sampling_client().result()
     prompts = [chat_tokens(tokenizer, ARITHMETIC.messages(ARITHMETIC.sample(0, i)), True)
                for i in range(PROBLEMS)]
     params = types.SamplingParams(max_tokens=MAX_TOKENS, temperature=TEMPERATURE)
-    model = trainer._model  # the same weights for the baselines
-    stop_ids = trainer._base.stop_token_ids
+    trained = runtime.models[trainer.model_id]
+    model = trained.model  # the same weights for the baselines
+    stop_ids = trained.base.stop_token_ids
 
     def ours_sample():
         started = time.perf_counter()
@@ -78,8 +84,8 @@ def main() -> None:
         lengths = torch.where(stops.any(1), stops.int().argmax(1) + 1, new.shape[1])
         return time.perf_counter() - started, int(lengths.sum())
 
-    sample_ours = best_of(args.repeats, ours_sample)
-    sample_plain = best_of(args.repeats, plain_generate)
+    sample_ours = best_of(repeats, ours_sample)
+    sample_plain = best_of(repeats, plain_generate)
 
     responses = [f.result() for f in [sampler.sample(types.ModelInput.from_ints(p), GROUP,
                                                      params.model_copy(update={"seed": i}))
@@ -95,7 +101,8 @@ def main() -> None:
         trainer.optim_step(types.AdamParams(learning_rate=1e-5)).result()
         return time.perf_counter() - started, train_tokens
 
-    baseline = service.create_lora_training_client("tiny-chat", rank=32, seed=0).result()._model
+    baseline = runtime.models[service.create_lora_training_client(
+        "tiny-chat", rank=32, seed=0).result().model_id].model
     optimizer = torch.optim.AdamW([p for p in baseline.parameters() if p.requires_grad],
                                   lr=1e-5, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
     inputs = [d.model_input.to_ints() for d in data]
@@ -118,8 +125,8 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - started, train_tokens
 
-    train_ours = best_of(args.repeats, ours_train)
-    train_plain = best_of(args.repeats, plain_train)
+    train_ours = best_of(repeats, ours_train)
+    train_plain = best_of(repeats, plain_train)
 
     print(f"tiny-chat, {PROBLEMS} problems x {GROUP} samples, up to {MAX_TOKENS} tokens, "
           f"{torch.get_num_threads()} threads")

@@ -56,7 +56,11 @@ def ours(batch_size: int, latency: float, root: Path) -> float:
 
 def seed_loop(batch_size: int, latency: float, root: Path) -> float:
     """The seed notebook's step: each problem's samples waited on in turn."""
-    service = local_tinker.ServiceClient(root=root, latency_s=latency)
+    with local_tinker.local_service(root, latency_s=latency) as (service, _):
+        return seed_step(service, batch_size)
+
+
+def seed_step(service, batch_size: int) -> float:
     trainer = service.create_lora_training_client("tiny-chat", rank=8, seed=0).result()
     tokenizer = trainer.get_tokenizer()
     started = time.perf_counter()

@@ -6,7 +6,7 @@ api_key=local_tinker.LOCAL_API_KEY)`.
 """
 
 from .models import TINY_CHAT, UnknownModelError, available_models
-from .server import LOCAL_API_KEY, LocalTinkerServer, PortInUse, embedded
+from .server import LOCAL_API_KEY, LocalTinkerServer, PortInUse, embedded, local_service
 
 __all__ = [
     "LOCAL_API_KEY",
@@ -16,4 +16,5 @@ __all__ = [
     "UnknownModelError",
     "available_models",
     "embedded",
+    "local_service",
 ]

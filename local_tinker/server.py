@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import logging
 import random
 import re
@@ -509,7 +510,19 @@ class LocalTinkerServer:
 
 
 def _json(model: Any) -> JSONResponse:
-    return JSONResponse(model.model_dump(mode="json", exclude_none=True))
+    return JSONResponse(_finite(model.model_dump(mode="json", exclude_none=True)))
+
+
+def _finite(value: Any) -> Any:
+    """A diverged step's metrics are NaN or inf, which JSON cannot carry (the SDK's parser
+    refuses them); as the strings "nan" / "inf" they still validate into the SDK's floats."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 # -- running it -------------------------------------------------------------------------------
@@ -562,3 +575,14 @@ def embedded(root: Path | None = None, **options: Any) -> Iterator[tuple[str, Lo
         thread.join(timeout=10)
         server.scheduler.stop()  # torch must be idle before the interpreter tears down
         sock.close()
+
+
+@contextlib.contextmanager
+def local_service(root: Path | None = None, **options: Any
+                  ) -> Iterator[tuple[Any, LocalTinkerServer]]:
+    """An embedded server and the real SDK's ServiceClient on it: (service_client, server)."""
+    import tinker
+
+    with embedded(root, **options) as (url, server), \
+            tinker.ServiceClient(base_url=url, api_key=LOCAL_API_KEY) as client:
+        yield client, server
