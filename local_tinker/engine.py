@@ -4,7 +4,8 @@ Sampling runs every sequence of a batch of requests together with a KV cache (pr
 left-padded). Randomness comes from one `torch.Generator` per request, seeded by the request, and
 drawn for the whole request at once, so a seeded request gives the same samples whatever else is
 in the batch. Returned logprobs are the raw (temperature 1, unfiltered) logprobs of the sampled
-tokens, which is what the Tinker service returns; `compute_logprobs` agrees with them.
+tokens, which is what the Tinker service returns, recomputed for each request on its own so that
+they do not depend on its batch mates either; `compute_logprobs` agrees with them.
 """
 
 from __future__ import annotations
@@ -111,7 +112,6 @@ def sample(
     vocab = model.config.vocab_size
 
     out_tokens = torch.zeros((rows, max(max_tokens)), dtype=torch.long, device=device)
-    out_logprobs = torch.zeros((rows, max(max_tokens)), dtype=torch.float32, device=device)
     topk_width = max(req.topk_sample for req in requests)
     out_topk_ids = torch.zeros((rows, max(max_tokens), topk_width), dtype=torch.long,
                                device=device)
@@ -129,10 +129,8 @@ def sample(
         uniform = torch.cat([torch.rand((req.num_samples, vocab), generator=g)
                              for req, g in zip(requests, generators, strict=True)]).to(device)
         token, raw_logprobs = _pick(logits, temperature, top_k, top_p, uniform)
-        logprob = raw_logprobs.gather(-1, token.unsqueeze(1)).squeeze(1)
         active = ~done
         out_tokens[active, step] = token[active]
-        out_logprobs[active, step] = logprob[active]
         if topk_width:
             values, ids = raw_logprobs.topk(topk_width, dim=-1)
             out_topk_ids[active, step], out_topk_lp[active, step] = ids[active], values[active]
@@ -153,11 +151,12 @@ def sample(
         next_position = next_position + 1
 
     tokens_np = out_tokens.cpu().numpy()
-    logprobs_np = out_logprobs.cpu().numpy()
     topk_ids_np, topk_lp_np = out_topk_ids.cpu().numpy(), out_topk_lp.cpu().numpy()
     responses, row = [], 0
     for req in requests:
         sequences = []
+        completions = [tokens_np[r, :int(lengths[r])] for r in range(row, row + req.num_samples)]
+        logprobs_K = completion_logprobs(model, req.prompt, completions)
         for k in range(req.num_samples):
             n = int(lengths[row])
             topk = None
@@ -169,7 +168,7 @@ def sample(
                 stop_reason="stop" if bool(stopped[row]) else "length",
                 sequence_id=f"local-{req.seed}-{k}",
                 tokens_np=tokens_np[row, :n].astype(np.int32),
-                logprobs_np=logprobs_np[row, :n].astype(np.float32),
+                logprobs_np=logprobs_K[k].astype(np.float32),
                 topk_logprobs_np=topk,
             ))
             row += 1
@@ -179,6 +178,20 @@ def sample(
         responses.append(types.SampleResponse(sequences=sequences, prompt_logprobs_np=prompt_lp,
                                               topk_prompt_logprobs_np=prompt_topk))
     return responses
+
+
+@torch.no_grad()
+def completion_logprobs(model: torch.nn.Module, prompt: Sequence[int],
+                        completions: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each completion's token logprobs given the prompt, teacher-forced for this request alone.
+
+    The generation loop's own logprobs depend, in their last bits, on which other requests
+    shared its batch (left padding changes the rounding of batched attention). Which requests
+    arrive together depends on timing, so those bits would make a resumed run differ from an
+    uninterrupted one; these depend on nothing but the request and its tokens."""
+    sequences = [list(prompt) + c.tolist() for c in completions]
+    logprobs = token_logprobs(model, [s[:-1] for s in sequences], [s[1:] for s in sequences])
+    return [lp[len(prompt) - 1:].cpu().numpy() for lp in logprobs]
 
 
 @torch.no_grad()
