@@ -36,15 +36,16 @@ from typing import Any, Literal
 from tinker import types
 
 from common.backend import connect
+from common.cli import run_main
 from common.checkpoints import final_sampler_path
 from common.config import (
     LOCAL_DEFAULT_MODEL,
     TINKER_DEFAULT_MODEL,
-    ConfigError,
     ServiceConfig,
     TrackingConfig,
     as_dict,
-    parse_config,
+    check_service,
+    finite,
     require,
     resolve_backend,
 )
@@ -120,7 +121,9 @@ def validate(cfg: Config) -> None:
     require(cfg.num_problems is None or cfg.num_problems >= 1, "num_problems",
             f"must be >= 1, got {cfg.num_problems}")
     require(cfg.max_tokens >= 1, "max_tokens", f"must be >= 1, got {cfg.max_tokens}")
-    require(cfg.temperature >= 0, "temperature", f"must be >= 0, got {cfg.temperature}")
+    require(finite(cfg.temperature) and cfg.temperature >= 0, "temperature",
+            f"must be a number >= 0, got {cfg.temperature}")
+    check_service(cfg)
 
 
 def main(cfg: Config) -> dict[str, Any]:
@@ -176,7 +179,11 @@ def checkpoint_target(arg: str, model: str | None, default_model: str) -> Target
         raise FileNotFoundError(f"--checkpoint {arg}: no {CHECKPOINTS} in {run_dir} (not a run "
                                 "directory, or the run saved no checkpoint yet)")
     run_config = read_run_config(run_dir)
-    return Target(run_dir.resolve().name, model or run_config.get("model") or default_model,
+    recorded = run_config.get("model")
+    require(model is None or recorded in (None, model), "model",
+            f"{model} is not the base model of {arg}, which trained {recorded}; drop --model "
+            "(a run directory brings its own)")
+    return Target(run_dir.resolve().name, model or recorded or default_model,
                   path=final_sampler_path(run_dir), run_dir=str(run_dir))
 
 
@@ -337,6 +344,10 @@ def compare_runs(cfg: Config) -> dict[str, Any]:
     configs = {label: read_run_config(d) for label, d in zip(labels, dirs, strict=True)}
     keys = cfg.compare_keys or [k for k in DEFAULT_COMPARE_KEYS
                                 if any(k in c for c in curves.values())]
+    missing = [k for k in cfg.compare_keys if not any(k in c for c in curves.values())]
+    logged = sorted({k for c in curves.values() for k in c})
+    require(not missing, "compare_keys", f"{missing} logged by none of the runs; they have "
+            f"{logged}")
     require(bool(keys), "compare_keys", f"none of {list(DEFAULT_COMPARE_KEYS)} is in the runs' "
             "metrics.jsonl; name the keys to compare")
     values = {label: {k: dict(zip(("final", "best"), final_and_best(c.get(k, []), k),
@@ -398,7 +409,4 @@ def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], keys: lis
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_config(Config))
-    except (ConfigError, FileNotFoundError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    raise SystemExit(run_main(main, Config))
