@@ -85,10 +85,16 @@ def start_training_client(service: Any, cfg: Any, run_dir: Path) -> tuple[Any, i
             if saved is None:
                 raise ConfigError(f"--load_checkpoint {path}: the run has no saved state")
             path = saved["path"]
-        return service.create_training_client_from_state(path).result(), 0
-    client = service.create_lora_training_client(
-        base_model=cfg.model, rank=cfg.lora_rank, seed=cfg.seed)
-    return client.result(), 0
+        try:
+            return service.create_training_client_from_state(path).result(), 0
+        except (FileNotFoundError, ValueError) as exc:  # no such checkpoint, not a path
+            raise ConfigError(f"--load_checkpoint {cfg.load_checkpoint}: {exc}") from None
+    try:
+        client = service.create_lora_training_client(
+            base_model=cfg.model, rank=cfg.lora_rank, seed=cfg.seed)
+        return client.result(), 0
+    except ValueError as exc:  # a model that is not available, a rank it cannot take
+        raise ConfigError(f"--model {cfg.model} / --lora_rank {cfg.lora_rank}: {exc}") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -90,7 +90,7 @@ def parse_config(config_class: type[C], argv: Sequence[str] | None = None) -> C:
     included (no usage dump, no exit from inside the parser). Flags must be spelled out in full
     (argparse would take `--learning_rat` for `--learning_rate`).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _negative_values_attached(list(sys.argv[1:] if argv is None else argv))
     values = _config_file_values(config_class, argv)
     parser = simple_parsing.ArgumentParser(nested_mode=NestedMode.WITHOUT_ROOT, allow_abbrev=False)
     parser.error = _parser_error  # type: ignore[method-assign]
@@ -104,6 +104,28 @@ def parse_config(config_class: type[C], argv: Sequence[str] | None = None) -> C:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"bad flag value ({exc})") from None
+
+
+def _negative_values_attached(argv: list[str]) -> list[str]:
+    """`--lr -1e-4` -> `--lr=-1e-4`: argparse takes `-1e-4`, `-inf` for options, so the value
+    would be lost and the error would not name the flag; attached, it reaches the range check."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _is_negative_number(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _is_negative_number(text: str) -> bool:
+    if not text.startswith("-") or text.startswith("--"):
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _parser_error(message: str) -> NoReturn:

@@ -48,7 +48,8 @@ def test_eval_json_agrees_with_every_sampled_row(arithmetic_eval, sft_runs):
     saved = json.loads((run_dir / "eval.json").read_text())
     assert saved["models"] == json.loads(json.dumps(report["models"]))
     assert [m["label"] for m in saved["models"]] == ["base:tiny-chat", "sft-a"]
-    final = read_jsonl(sft_runs[0] / "checkpoints.jsonl")[-1]["path"]
+    final = [c for c in read_jsonl(sft_runs[0] / "checkpoints.jsonl")
+             if c["kind"] == "sampler"][-1]["path"]
     assert [m["path"] for m in saved["models"]] == [None, final]
     samples = read_jsonl(run_dir / "samples.jsonl")
     for model in saved["models"]:
@@ -107,7 +108,8 @@ def test_compare_reports_finals_bests_and_config_differences(sft_runs, tmp_path)
 
 
 def test_chat_eval_gives_a_finite_nll(sft_runs, tmp_path):
-    final = read_jsonl(sft_runs[0] / "checkpoints.jsonl")[-1]["path"]
+    final = [c for c in read_jsonl(sft_runs[0] / "checkpoints.jsonl")
+             if c["kind"] == "sampler"][-1]["path"]
     report = evaluate.main(evaluate.Config(
         backend="local", task="chat", dataset="foo", checkpoint=[final], num_problems=4,
         max_tokens=8, wandb_mode="disabled", log_dir=tmp_path / "chat"))

@@ -1,6 +1,7 @@
 """Crashes, interrupts, faults, unreachable services, divergence: real runs, real processes."""
 
 import json
+import math
 import os
 import random
 import signal
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import train_rl
 import train_sft
@@ -128,7 +130,7 @@ def test_unreachable_tinker_endpoint_fails_fast(monkeypatch, tmp_path):
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     log_dir = tmp_path / "nan"
-    with pytest.raises(TrainingDiverged, match="train/loss is (nan|inf)"):
+    with pytest.raises(TrainingDiverged, match="train/(loss|grad_norm) is (nan|inf)"):
         train_sft.main(train_sft.Config(backend="local", log_dir=log_dir, wandb_mode="offline",
                                         lr=1e12, max_steps=30, save_every=1, sample_every=0))
     summary = json.loads((log_dir / "summary.json").read_text())
@@ -137,6 +139,18 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     checkpoints = read_jsonl(log_dir / "checkpoints.jsonl")
     assert checkpoints[-1]["step"] == metrics[-1]["step"]  # last logged step = last good one
     assert read_offline_run(log_dir).summary["status"] == "failed"
+    # The loss is computed before the update: a finite loss with a NaN grad norm wrote NaN into
+    # the weights. No such update may be saved: every saved checkpoint is finite.
+    assert all(math.isfinite(m.get("train/grad_norm", 0.0)) for m in metrics)
+    for record in checkpoints:
+        weights = local_checkpoint_dir(record["path"]) / "adapter.pt"
+        for name, tensor in torch.load(weights, map_location="cpu").items():
+            assert torch.isfinite(tensor).all(), (record["path"], name)
+
+
+def local_checkpoint_dir(path: str) -> Path:
+    """local://<run>/weights/<name> -> its directory under the local backend's root."""
+    return Path(os.environ["LOCAL_TINKER_ROOT"]) / path.removeprefix("local://")
 
 
 def test_secrets_never_reach_rl_run_files(tmp_path, monkeypatch):
