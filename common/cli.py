@@ -4,7 +4,8 @@
 (a flag, a config file, a data file and row, a run directory, a backend), printed as a single
 `error: ...` line with no traceback; 1 for anything else, whose traceback is kept (redacted) so a
 bug can still be found. SystemExit (--help, a stop by signal) and KeyboardInterrupt pass through.
-While it runs, the console is redacted: everything written to stdout/stderr (tqdm, warnings,
+Once the flags are parsed, sys.argv is redacted (W&B records it), and while it runs the console
+is redacted: everything written to stdout/stderr (tqdm, warnings,
 tracebacks, W&B's captured output.log) goes through `common.secrets.redact`.
 """
 
@@ -35,7 +36,11 @@ def run_main(main: Callable[[Any], Any], config_class: type,
     """Parse `argv` (default sys.argv[1:]) into `config_class`, call `main`; the exit code."""
     with RedactedConsole():
         try:
-            main(parse_config(config_class, argv))
+            cfg = parse_config(config_class, argv)
+            # Parsed: what is left of the command line is for others to record (W&B's run
+            # metadata keeps sys.argv), so a secret passed in a flag goes no further.
+            sys.argv = redact(list(sys.argv))
+            main(cfg)
         except INPUT_ERRORS as exc:
             print_error(exc)
             return 2
