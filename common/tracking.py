@@ -43,6 +43,7 @@ Mode = Literal["auto", "online", "offline", "disabled"]
 METRICS, CHECKPOINTS, SAMPLES = "metrics.jsonl", "checkpoints.jsonl", "samples.jsonl"
 SUMMARY, CONFIG, RUN_ID = "summary.json", "config.yaml", "wandb_run_id"
 CHECKPOINT_COLUMNS = ["step", "name", "path", "kind"]
+WANDB_INIT_TIMEOUT_S = 15.0  # longest an online W&B init may take before falling back to offline
 # api.wandb.ai, plus wandb 0.31's default host, plus a self-hosted server's if one is set.
 _WANDB_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
 
@@ -192,7 +193,9 @@ class Tracker:
                     id=self.run_id,
                     resume="allow",
                     mode=attempt,
-                    settings=wandb.Settings(silent=True),
+                    # Bounded: with a key but no network the online attempt would take ~90 s
+                    # before the offline fallback below.
+                    settings=wandb.Settings(silent=True, init_timeout=WANDB_INIT_TIMEOUT_S),
                 )
             except Exception as e:
                 then = "falling back to offline" if attempt == "online" else "files only from now"

@@ -165,3 +165,77 @@ def test_secrets_never_reach_rl_run_files(tmp_path, monkeypatch):
         if path.is_file():
             data = path.read_bytes()
             assert secret.encode() not in data and b"planted-wandb-key" not in data, path
+
+
+def kill_points(seed: int) -> list[tuple[str, str, int]]:
+    """(file, kind, step) triggers, in the order a run passes them: right after each
+    checkpoint's sampler record and its state record (the last one too), right after the step's
+    metrics row before each checkpoint, and a few random steps between checkpoints."""
+    points = []
+    for step in (4, 8, 12, 16, 20, 24):
+        points += [("metrics", "", step), ("checkpoints", "sampler", step),
+                   ("checkpoints", "state", step)]
+    between = [s for s in range(1, 24) if s % 4]
+    points += [("metrics", "", s) for s in random.Random(seed).sample(between, 2)]
+    order = {"": 0, "sampler": 1, "state": 2}
+    return sorted(points, key=lambda p: (p[2], order[p[1]]))
+
+
+def fired(log_dir: Path, point: tuple[str, str, int], since: float) -> bool:
+    """Whether the process started at `since` has written the record `point` names."""
+    name, kind, step = point
+    path = log_dir / f"{name}.jsonl"
+    if not path.exists():
+        return False
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line being written
+        if row.get("step") == step and row.get("kind", "") == kind and row["_time"] > since:
+            return True
+    return False
+
+
+@pytest.mark.e2e
+def test_kills_at_20_points_lose_and_duplicate_no_step(tmp_path):
+    """SIGKILL at 20 points, right after every checkpoint write among them, resuming each time:
+    metrics.jsonl and the W&B history end with every step exactly once, values as a run that
+    was never killed."""
+    straight = start_sft(tmp_path / "straight")
+    assert straight.wait(timeout=600) == 0
+    seed = random.randrange(10**6)
+    points = kill_points(seed)
+    assert len(points) == 20
+    log_dir = tmp_path / "killed"
+    killed_at = []
+    for point in points:
+        since = time.time()
+        process = start_sft(log_dir)
+        while process.poll() is None and not fired(log_dir, point, since):
+            time.sleep(0.002)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            killed_at.append(point)
+        else:  # the run got past this point before it could be watched (a fast step)
+            assert process.returncode == 0, process.stdout.read()
+        process.wait(timeout=60)
+        process.stdout.close()
+    final = start_sft(log_dir)
+    assert final.wait(timeout=600) == 0, final.stdout.read()
+    assert len(killed_at) >= 18, (seed, killed_at)
+
+    expected = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    got = read_jsonl(log_dir / "metrics.jsonl")
+    assert [m["step"] for m in got] == list(range(1, 25)), (seed, killed_at)
+    for a, b in zip(expected, got, strict=True):
+        assert a["train/loss"] == b["train/loss"] and a.get("eval/loss") == b.get("eval/loss")
+    assert got[-1]["tokens/cumulative/trained"] == expected[-1]["tokens/cumulative/trained"]
+    run = read_offline_run(log_dir)
+    assert set(run.run_ids) == {(log_dir / "wandb_run_id").read_text()}
+    history = [row for row in run.history if "train/loss" in row]
+    assert [row["_step"] for row in history] == list(range(1, 25))
+    for row, metrics in zip(history, got, strict=True):
+        assert row["train/loss"] == pytest.approx(metrics["train/loss"])
+    states = [c for c in read_jsonl(log_dir / "checkpoints.jsonl") if c["kind"] == "state"]
+    assert [c["step"] for c in states] == [4, 8, 12, 16, 20, 24]
