@@ -242,3 +242,49 @@ def test_an_unanswered_wandb_online_attempt_falls_back_within_the_bound(tmp_path
     assert tracker.wandb_mode == "offline"
     assert took < WANDB_INIT_TIMEOUT_S + 45, took  # W&B's own default is 90 s
     silent.close()
+
+
+# --- crash points around a checkpoint -----------------------------------------------------------
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("script", ["sft", "rl"])
+@pytest.mark.parametrize("where", ["after_checkpoint", "disk_full_at_log"])
+def test_a_crash_at_a_checkpoint_loses_no_step(tmp_path, monkeypatch, script, where):
+    """A process dying right after step 2's checkpoint is written, or failing to write step 2's
+    metrics (a full disk), must not lose step 2: the rerun holds steps 1..4 once each."""
+    import train_rl
+    from common import runs
+    from common.tracking import Tracker
+
+    module = train_sft if script == "sft" else train_rl
+    flags = ["--backend", "local", "--wandb_mode", "disabled", "--max_steps", "4",
+             "--save_every", "2", "--sample_every", "0", "--log_dir", str(tmp_path / "run")]
+    if script == "rl":
+        flags += ["--batch_size", "2", "--group_size", "2", "--max_tokens", "8",
+                  "--eval_problems", "2", "--concise_bonus_after", "0",
+                  "--noconcise_needs_answer"]
+    if where == "after_checkpoint":
+        real = runs.save_if_due
+
+        def save_then_die(client, tracker, step, every, last_step):
+            real(client, tracker, step, every, last_step)
+            if step == 2:
+                raise Crash("killed right after the checkpoint was written")
+        monkeypatch.setattr(module, "save_if_due", save_then_die)
+    else:
+        real_log = Tracker.log
+
+        def log_or_disk_full(self, metrics, step):
+            if step == 2:
+                raise OSError(28, "No space left on device")
+            real_log(self, metrics, step)
+        monkeypatch.setattr(Tracker, "log", log_or_disk_full)
+    assert run_main(module.main, module.Config, flags) == 1  # unknown error: traceback, 1
+    monkeypatch.undo()
+    assert run_main(module.main, module.Config, flags) == 0
+    run_dir = tmp_path / "run"
+    assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert [c["step"] for c in states(run_dir)] == [2, 4]
