@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from tinker import types
 
+from common import rundir
 from common.backend import connect
 from common.cli import run_main
 from common.checkpoints import final_sampler_path
@@ -62,6 +63,7 @@ from common.evaluation import (
     summarize_chat,
 )
 from common.runs import RUNS_DIR
+from common.secrets import redact, redact_name
 from common.tasks import DEFAULT_HELDOUT, load_heldout
 from common.tracking import CHECKPOINTS, Tracker, read_run_config
 
@@ -199,17 +201,18 @@ def load_items(cfg: Config) -> list[Any]:
 def open_tracker(cfg: Config, targets: list[Target]) -> Tracker:
     """The eval run, in the group of the (first) training run it scores."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = cfg.run_name or re.sub(r"[^A-Za-z0-9._+-]+", "-",
-                                  f"evaluate-{cfg.model.rsplit('/', 1)[-1]}-{stamp}")
-    group = cfg.wandb_group
+    name = redact(cfg.run_name or re.sub(r"[^A-Za-z0-9._+-]+", "-",
+                                         f"evaluate-{cfg.model.rsplit('/', 1)[-1]}-{stamp}"))
+    group = redact(cfg.wandb_group)
     for target in targets:
         if group is None and target.run_dir:
             run_config = read_run_config(Path(target.run_dir))
             group = (run_config.get("wandb_group") or run_config.get("run_name")
                      or Path(target.run_dir).resolve().name)
-    run_dir = Path(cfg.log_dir) if cfg.log_dir else RUNS_DIR / name
+    run_dir = Path(cfg.log_dir) if cfg.log_dir else RUNS_DIR / redact_name(name)
+    rundir.lock(run_dir)  # one process writes a run directory
     return Tracker(run_dir, project=cfg.wandb_project, mode=cfg.wandb_mode, run_name=name,
-                   group=group, job_type="eval", config=as_dict(cfg))
+                   group=redact(group), job_type="eval", config=as_dict(cfg))
 
 
 def score(cfg: Config, client: Any, items: list[Any], params: types.SamplingParams

@@ -32,9 +32,8 @@ def open_tracker(cfg: Any, script: str, job_type: str, may_change: tuple[str, ..
     before both checks pass. Names and the group are redacted: a secret in --run_name must not
     reach W&B, a directory name or the console.
     """
-    name = redact_name(cfg.run_name or run_name(script, cfg.model, cfg.lr, cfg.batch_size,
-                                                cfg.seed))
-    run_dir = Path(cfg.log_dir) if cfg.log_dir else RUNS_DIR / name
+    name = redact(cfg.run_name or run_name(script, cfg.model, cfg.lr, cfg.batch_size, cfg.seed))
+    run_dir = Path(cfg.log_dir) if cfg.log_dir else RUNS_DIR / redact_name(name)
     if cfg.resume and not (run_dir / CONFIG).exists():
         raise ConfigError(f"--resume: no run in {run_dir} to continue")
     rundir.lock(run_dir)
@@ -48,7 +47,7 @@ def open_tracker(cfg: Any, script: str, job_type: str, may_change: tuple[str, ..
         if changed:
             print(redact("continuing with changed settings: " + "; ".join(
                 f"{k} {old} -> {new}" for k, (old, new) in changed.items())))
-    group = redact_name(cfg.wandb_group) if cfg.wandb_group else name
+    group = redact(cfg.wandb_group) if cfg.wandb_group else name
     return Tracker(run_dir, project=cfg.wandb_project, mode=cfg.wandb_mode, run_name=name,
                    # Without --wandb_group the run is its own group, so evaluations join it.
                    group=group, job_type=job_type, config=config,
