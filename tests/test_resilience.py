@@ -32,9 +32,12 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def start_sft(log_dir: Path, *extra: str) -> subprocess.Popen:
+    # Its own wandb-core: one inherited from this process (WANDB_SERVICE) would write the run's
+    # W&B files on its own schedule, after the child has exited.
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     return subprocess.Popen([sys.executable, str(ROOT / "train_sft.py"), "--log_dir", str(log_dir),
                              *SFT_FLAGS, *extra], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def wait_for_steps(log_dir: Path, steps: int, process: subprocess.Popen) -> None:

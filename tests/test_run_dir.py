@@ -185,6 +185,7 @@ def test_secret_env_names_are_matched_broadly(monkeypatch):
 def test_a_secret_in_run_name_or_base_url_reaches_no_name_path_console_or_wandb(tmp_path):
     secret = "hf_PLANTEDsecret0123456789"
     env = {**os.environ, "HF_TOKEN": secret, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("WANDB_SERVICE", None)  # this process's wandb-core, if a test started one: not ours
     run = subprocess.run([sys.executable, str(ROOT / "train_sft.py"), "--backend", "local",
                           "--wandb_mode", "offline", "--max_steps", "2", "--sample_every", "1",
                           "--run_name", f"x-{secret}", "--wandb_group", f"g-{secret}"],
