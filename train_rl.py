@@ -151,7 +151,7 @@ def main(cfg: Config) -> dict[str, float]:
               "from an SFT warm start (--load_checkpoint, README section 'RL')")
     meter = CostMeter(cfg.model, cfg.backend)  # a bad price file fails here, before spending
     service = connect(cfg.backend, cfg.base_url)
-    tracker = open_tracker(cfg, "train_rl", job_type="rl")
+    tracker = open_tracker(cfg, "train_rl", job_type="rl", may_change=("eval_problems",))
     with tracker, GracefulStop() as stop:
         training_client, done_steps = start_training_client(service, cfg, tracker.run_dir)
         tokenizer = training_client.get_tokenizer()

@@ -143,7 +143,9 @@ def main(cfg: Config) -> dict[str, float]:
         return {}
     meter = CostMeter(cfg.model, cfg.backend)  # a bad price file fails here, before spending
     service = connect(cfg.backend, cfg.base_url)
-    tracker = open_tracker(cfg, "train_sft", job_type="sft")
+    # Besides length, cadence and tracking, a continued run may change its samples table.
+    tracker = open_tracker(cfg, "train_sft", job_type="sft",
+                           may_change=("sample_prompts", "max_tokens", "temperature"))
     with tracker, GracefulStop() as stop:
         training_client, done_steps = start_training_client(service, cfg, tracker.run_dir)
         tokenizer = training_client.get_tokenizer()

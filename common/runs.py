@@ -18,7 +18,7 @@ RUNS_DIR = Path("runs")
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or grad norm became NaN or infinite; the last good checkpoint is kept."""
 
 
 def open_tracker(cfg: Any, script: str, job_type: str, may_change: tuple[str, ...] = ()
