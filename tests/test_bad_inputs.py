@@ -125,15 +125,17 @@ DATA_CASES = [
 ]
 
 # Flags: (script, flag, value, regex). Values a type check refuses, then values a range check does.
+BAD_INT = r"(invalid int value|must be)"
+BAD_FLOAT = r"(invalid float value|must be)"
 FLAG_CASES = [
-    *[("sft", f, v, rf"--{f}\b.*(invalid int value|must be|expected one argument)") for f, values in {
+    *[("sft", f, v, rf"--{f}\b.*{BAD_INT}") for f, values in {
         "batch_size": ["0", "-1", "2.7", "abc", ""], "lora_rank": ["0", "-8", "100000", "x"],
         "max_steps": ["0", "-3", "1.5"], "save_every": ["-1", "two"],
         "sample_every": ["-1"], "epochs": ["0", "-2"], "max_length": ["1", "0"],
         "max_tokens": ["0", "-5"], "eval_every": ["-1"], "sample_prompts": ["-1"],
         "warmup_steps": ["-1"], "dataset_size": ["0"], "seed": ["1.5", "seven"]}.items()
       for v in values],
-    *[("sft", f, v, rf"--{f}\b.*(invalid float value|must be|expected one argument)") for f, values in {
+    *[("sft", f, v, rf"--{f}\b.*{BAD_FLOAT}") for f, values in {
         "lr": ["0", "-1", "nan", "inf", "-inf", "abc"], "eval_fraction": ["1", "-0.1", "nan"],
         "temperature": ["-1", "nan", "inf", "warm"]}.items() for v in values],
     ("sft", "learning_rate", "nan", r"--lr: must be a positive number"),
@@ -159,7 +161,7 @@ FLAG_CASES = [
         "eval_every": ["-1"], "eval_problems": ["-1"], "max_steps": ["0", "1e3"],
         "concise_bonus_after": ["-1", "soon"], "lora_rank": ["0", "100000"]}.items()
       for v in values],
-    *[("rl", f, v, rf"--{f}\b.*(invalid float value|must be|expected one argument)") for f, values in {
+    *[("rl", f, v, rf"--{f}\b.*{BAD_FLOAT}") for f, values in {
         "temperature": ["0", "-1", "nan", "inf"], "large_share": ["2", "-0.5", "nan"],
         "lr": ["nan", "-1e-4", "-inf"]}.items() for v in values],
     ("rl", "pair_counts", "a,b", r"--pair_counts/--large_share: "),
