@@ -35,8 +35,10 @@ from typing import Any, Literal
 
 from tinker import types
 
-from common.backend import connect, get_tokenizer
+from common import rundir
+from common.backend import connect, get_tokenizer, is_refusal, refusal_reason
 from common.checkpoints import final_sampler_path
+from common.cli import run_main
 from common.config import (
     LOCAL_DEFAULT_MODEL,
     TINKER_DEFAULT_MODEL,
@@ -44,7 +46,8 @@ from common.config import (
     ServiceConfig,
     TrackingConfig,
     as_dict,
-    parse_config,
+    check_service,
+    finite,
     require,
     resolve_backend,
 )
@@ -61,6 +64,7 @@ from common.evaluation import (
     summarize_chat,
 )
 from common.runs import RUNS_DIR
+from common.secrets import redact, redact_name
 from common.tasks import DEFAULT_HELDOUT, load_heldout
 from common.tracking import CHECKPOINTS, Tracker, read_run_config
 
@@ -73,7 +77,7 @@ NOT_CONFIG = ("log_dir", "run_name")
 class Config(ServiceConfig, TrackingConfig):
     # --- what to score
     checkpoint: list[str] = field(default_factory=list)
-    """Sampler weights (local://..., tinker://...) or run directories: --checkpoint A B."""
+    """Sampler weights (tinker://...) or run directories: --checkpoint A B."""
     base_model: bool = True
     """Also score the untrained base model (--nobase_model to skip)."""
     compare: list[str] = field(default_factory=list)
@@ -120,7 +124,9 @@ def validate(cfg: Config) -> None:
     require(cfg.num_problems is None or cfg.num_problems >= 1, "num_problems",
             f"must be >= 1, got {cfg.num_problems}")
     require(cfg.max_tokens >= 1, "max_tokens", f"must be >= 1, got {cfg.max_tokens}")
-    require(cfg.temperature >= 0, "temperature", f"must be >= 0, got {cfg.temperature}")
+    require(finite(cfg.temperature) and cfg.temperature >= 0, "temperature",
+            f"must be a number >= 0, got {cfg.temperature}")
+    check_service(cfg)
 
 
 def main(cfg: Config) -> dict[str, Any]:
@@ -135,7 +141,7 @@ def main(cfg: Config) -> dict[str, Any]:
     # Every client is created (and every checkpoint path checked) before the first sample.
     futures = [service.create_sampling_client(model_path=t.path) if t.path
                else service.create_sampling_client(base_model=t.base_model) for t in targets]
-    clients = [f.result() for f in futures]
+    clients = [sampling_client(f, t) for f, t in zip(futures, targets, strict=True)]
     params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature,
                                   seed=cfg.seed)
     with open_tracker(cfg, targets) as tracker:
@@ -162,21 +168,35 @@ def eval_targets(cfg: Config) -> list[Target]:
             if labels.count(t.label) > 1 else t for i, t in enumerate(targets)]
 
 
+def sampling_client(future: Any, target: Target) -> Any:
+    try:
+        return future.result()
+    except Exception as exc:
+        if not is_refusal(exc):
+            raise
+        flag = f"--checkpoint {target.path}" if target.path else f"--model {target.base_model}"
+        raise ConfigError(f"{flag}: {refusal_reason(exc)}") from None
+
+
 def checkpoint_target(arg: str, model: str | None, default_model: str) -> Target:
     """A sampler path as given, or a run directory's final sampler checkpoint and base model."""
     if "://" in arg:
-        # local://<run>/sampler_weights/final -> "<run>/final"
+        # tinker://<run>/sampler_weights/final -> "<run>/final"
         parts = arg.split("://", 1)[1].strip("/").split("/")
         return Target(f"{parts[0]}/{parts[-1]}", model or default_model, path=arg)
     run_dir = Path(arg)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"--checkpoint {arg}: neither a checkpoint path "
-                                "(local://..., tinker://...) nor a run directory")
+                                "(tinker://...) nor a run directory")
     if not (run_dir / CHECKPOINTS).is_file():
         raise FileNotFoundError(f"--checkpoint {arg}: no {CHECKPOINTS} in {run_dir} (not a run "
                                 "directory, or the run saved no checkpoint yet)")
     run_config = read_run_config(run_dir)
-    return Target(run_dir.resolve().name, model or run_config.get("model") or default_model,
+    recorded = run_config.get("model")
+    require(model is None or recorded in (None, model), "model",
+            f"{model} is not the base model of {arg}, which trained {recorded}; drop --model "
+            "(a run directory brings its own)")
+    return Target(run_dir.resolve().name, model or recorded or default_model,
                   path=final_sampler_path(run_dir), run_dir=str(run_dir))
 
 
@@ -192,17 +212,18 @@ def load_items(cfg: Config) -> list[Any]:
 def open_tracker(cfg: Config, targets: list[Target]) -> Tracker:
     """The eval run, in the group of the (first) training run it scores."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = cfg.run_name or re.sub(r"[^A-Za-z0-9._+-]+", "-",
-                                  f"evaluate-{cfg.model.rsplit('/', 1)[-1]}-{stamp}")
-    group = cfg.wandb_group
+    name = redact(cfg.run_name or re.sub(r"[^A-Za-z0-9._+-]+", "-",
+                                         f"evaluate-{cfg.model.rsplit('/', 1)[-1]}-{stamp}"))
+    group = redact(cfg.wandb_group)
     for target in targets:
         if group is None and target.run_dir:
             run_config = read_run_config(Path(target.run_dir))
             group = (run_config.get("wandb_group") or run_config.get("run_name")
                      or Path(target.run_dir).resolve().name)
-    run_dir = Path(cfg.log_dir) if cfg.log_dir else RUNS_DIR / name
+    run_dir = Path(cfg.log_dir) if cfg.log_dir else RUNS_DIR / redact_name(name)
+    rundir.lock(run_dir)  # one process writes a run directory
     return Tracker(run_dir, project=cfg.wandb_project, mode=cfg.wandb_mode, run_name=name,
-                   group=group, job_type="eval", config=as_dict(cfg))
+                   group=redact(group), job_type="eval", config=as_dict(cfg))
 
 
 def score(cfg: Config, client: Any, items: list[Any], params: types.SamplingParams
@@ -337,6 +358,10 @@ def compare_runs(cfg: Config) -> dict[str, Any]:
     configs = {label: read_run_config(d) for label, d in zip(labels, dirs, strict=True)}
     keys = cfg.compare_keys or [k for k in DEFAULT_COMPARE_KEYS
                                 if any(k in c for c in curves.values())]
+    missing = [k for k in cfg.compare_keys if not any(k in c for c in curves.values())]
+    logged = sorted({k for c in curves.values() for k in c})
+    require(not missing, "compare_keys", f"{missing} logged by none of the runs; they have "
+            f"{logged}")
     require(bool(keys), "compare_keys", f"none of {list(DEFAULT_COMPARE_KEYS)} is in the runs' "
             "metrics.jsonl; name the keys to compare")
     values = {label: {k: dict(zip(("final", "best"), final_and_best(c.get(k, []), k),
@@ -398,7 +423,4 @@ def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], keys: lis
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_config(Config))
-    except (ConfigError, FileNotFoundError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    raise SystemExit(run_main(main, Config))

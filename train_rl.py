@@ -32,13 +32,15 @@ from tqdm import tqdm
 from common.advantages import compute_advantages
 from common.backend import connect
 from common.checkpoints import start_training_client
+from common.cli import run_main
 from common.config import (
     CheckpointConfig,
+    ConfigError,
     ServiceConfig,
     TrackingConfig,
     check_common,
+    finite,
     lr_field,
-    parse_config,
     require,
     resolved,
 )
@@ -56,7 +58,7 @@ from common.datums import chat_tokens, rollout_datum
 from common.evaluation import score_arithmetic, spread, summarize
 from common.runs import (
     GracefulStop,
-    check_finite,
+    check_update,
     due,
     end_of_run,
     open_tracker,
@@ -113,7 +115,12 @@ def validate(cfg: Config) -> None:
     require(cfg.group_size >= 2 or cfg.advantage != "group", "group_size",
             "1 leaves group advantages always zero; use >= 2 or --advantage batch")
     require(cfg.max_tokens >= 1, "max_tokens", f"must be >= 1, got {cfg.max_tokens}")
-    require(cfg.temperature > 0, "temperature", f"must be > 0 for RL, got {cfg.temperature}")
+    require(finite(cfg.temperature) and cfg.temperature > 0, "temperature",
+            f"must be a number > 0 for RL, got {cfg.temperature}")
+    require(finite(cfg.large_share) and 0 <= cfg.large_share <= 1, "large_share",
+            f"must be in [0, 1], got {cfg.large_share}")
+    require(cfg.concise_bonus_after is None or cfg.concise_bonus_after >= 0,
+            "concise_bonus_after", f"must be >= 0 (or None), got {cfg.concise_bonus_after}")
     require(cfg.eval_every >= 0, "eval_every", f"must be >= 0, got {cfg.eval_every}")
     require(cfg.eval_problems >= 0, "eval_problems", f"must be >= 0, got {cfg.eval_problems}")
 
@@ -124,7 +131,7 @@ def make_task(cfg: Config):
         return arithmetic_task(Difficulty(pair_counts=pair_counts, large_share=cfg.large_share),
                                concise_needs_answer=cfg.concise_needs_answer)
     except ValueError as exc:
-        raise ValueError(f"--pair_counts/--large_share: {exc}") from None
+        raise ConfigError(f"--pair_counts/--large_share: {exc}") from None
 
 
 def sample_seed(seed: int, step: int, problem: int) -> int:
@@ -144,7 +151,7 @@ def main(cfg: Config) -> dict[str, float]:
               "from an SFT warm start (--load_checkpoint, README section 'RL')")
     meter = CostMeter(cfg.model, cfg.backend)  # a bad price file fails here, before spending
     service = connect(cfg.backend, cfg.base_url)
-    tracker = open_tracker(cfg, "train_rl", job_type="rl")
+    tracker = open_tracker(cfg, "train_rl", job_type="rl", may_change=("eval_problems",))
     with tracker, GracefulStop() as stop:
         training_client, done_steps = start_training_client(service, cfg, tracker.run_dir)
         tokenizer = training_client.get_tokenizer()
@@ -200,7 +207,6 @@ def main(cfg: Config) -> dict[str, float]:
             if due(step, cfg.sample_every, cfg.max_steps):
                 log_samples(tracker, step, problems, groups, texts, rewards, adv.advantages_P_G,
                             task)
-            save_if_due(training_client, tracker, step, cfg.save_every, cfg.max_steps)
             metrics.update(meter.step(prompt=metrics["tokens/prompt"] + eval_prompt,
                                       sampled=metrics["tokens/sampled"] + eval_sampled,
                                       trained=metrics["tokens/trained"]))
@@ -208,6 +214,8 @@ def main(cfg: Config) -> dict[str, float]:
             metrics["throughput/tokens_per_s"] = (
                 metrics["tokens/sampled"] + metrics["tokens/trained"]) / metrics["time/step"]
             tracker.log(metrics, step)
+            # After the step's record: a crash between the two redoes the step, never loses it.
+            save_if_due(training_client, tracker, step, cfg.save_every, cfg.max_steps)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}",
                             acc=f"{metrics['rl/accuracy']:.0%}")
             if stop.requested and step < cfg.max_steps:
@@ -245,9 +253,9 @@ def train_on(training_client, datums: list[types.Datum], cfg: Config, step: int
     metrics = {"train/loss": output.metrics["loss:sum"] / max(1, sum(len(d) for d in diffs)),
                "tokens/trained": tokens,
                "rl/kl_sample_train": float(np.mean(np.concatenate(diffs))) if diffs else 0.0}
-    check_finite(metrics["train/loss"], "train/loss", step)
     if "grad_norm" in optim_metrics:
         metrics["train/grad_norm"] = optim_metrics["grad_norm"]
+    check_update(metrics, step)  # before anything is logged or saved from this update
     return metrics, next_sampler
 
 
@@ -313,4 +321,4 @@ def dry_run(cfg: Config, task) -> Estimate:
 
 
 if __name__ == "__main__":
-    main(parse_config(Config))
+    raise SystemExit(run_main(main, Config))

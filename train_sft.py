@@ -27,13 +27,14 @@ from tqdm import tqdm
 
 from common.backend import connect
 from common.checkpoints import start_training_client
+from common.cli import run_main
 from common.config import (
     CheckpointConfig,
     ServiceConfig,
     TrackingConfig,
     check_common,
+    finite,
     lr_field,
-    parse_config,
     require,
     resolved,
 )
@@ -51,7 +52,7 @@ from common.data import load_chat_data
 from common.datums import DatumError, chat_tokens, conversation_datum, weighted_nll
 from common.runs import (
     GracefulStop,
-    check_finite,
+    check_update,
     due,
     end_of_run,
     open_tracker,
@@ -112,6 +113,17 @@ def validate(cfg: Config) -> None:
     require(cfg.max_length >= 2, "max_length", f"must be >= 2, got {cfg.max_length}")
     require(cfg.max_tokens >= 1, "max_tokens", f"must be >= 1, got {cfg.max_tokens}")
     require(cfg.eval_every >= 0, "eval_every", f"must be >= 0, got {cfg.eval_every}")
+    require(finite(cfg.temperature) and cfg.temperature >= 0, "temperature",
+            f"must be a number >= 0, got {cfg.temperature}")
+    require(cfg.sample_prompts >= 0, "sample_prompts", f"must be >= 0, got {cfg.sample_prompts}")
+    require(cfg.dataset_size >= 1, "dataset_size", f"must be >= 1, got {cfg.dataset_size}")
+    require(cfg.max_steps is None or cfg.warmup_steps <= cfg.max_steps, "warmup_steps",
+            f"{cfg.warmup_steps} is longer than the run (--max_steps {cfg.max_steps})")
+
+
+def check_warmup(cfg: Config, total_steps: int) -> None:
+    require(cfg.warmup_steps <= total_steps, "warmup_steps",
+            f"{cfg.warmup_steps} is longer than the run ({total_steps} steps)")
 
 
 def epoch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
@@ -131,7 +143,9 @@ def main(cfg: Config) -> dict[str, float]:
         return {}
     meter = CostMeter(cfg.model, cfg.backend)  # a bad price file fails here, before spending
     service = connect(cfg.backend, cfg.base_url)
-    tracker = open_tracker(cfg, "train_sft", job_type="sft")
+    # Besides length, cadence and tracking, a continued run may change its samples table.
+    tracker = open_tracker(cfg, "train_sft", job_type="sft",
+                           may_change=("sample_prompts", "max_tokens", "temperature"))
     with tracker, GracefulStop() as stop:
         training_client, done_steps = start_training_client(service, cfg, tracker.run_dir)
         tokenizer = training_client.get_tokenizer()
@@ -140,6 +154,7 @@ def main(cfg: Config) -> dict[str, float]:
         eval_tokens = sum(d.model_input.length for d in eval_data)  # one forward: prefill
         steps_per_epoch = len(train_idx) // cfg.batch_size
         total_steps = min(cfg.max_steps or 10**12, cfg.epochs * steps_per_epoch)
+        check_warmup(cfg, total_steps)
         tracker.summary(**{"data/train_rows": len(train_idx), "data/eval_rows": len(eval_data),
                            "data/skipped_rows": split.skipped})
         tracker.truncate_after(done_steps)  # a continued run redoes what came after its checkpoint
@@ -169,7 +184,7 @@ def main(cfg: Config) -> dict[str, float]:
                        "progress/done_frac": step / total_steps}
             if "grad_norm" in optim_metrics:
                 metrics["train/grad_norm"] = optim_metrics["grad_norm"]
-            check_finite(metrics["train/loss"], "train/loss", step)
+            check_update(metrics, step)  # before anything is logged or saved from this update
             prompt_tokens = sampled_tokens = 0
             if eval_future is not None:
                 eval_nll, eval_weighted = weighted_nll(eval_future.result(), eval_data)
@@ -179,11 +194,12 @@ def main(cfg: Config) -> dict[str, float]:
                 asked, answered = log_samples(training_client, tokenizer, split.examples, cfg,
                                               tracker, step)
                 prompt_tokens, sampled_tokens = prompt_tokens + asked, sampled_tokens + answered
-            save_if_due(training_client, tracker, step, cfg.save_every, total_steps)
             metrics.update(meter.step(prompt=prompt_tokens, sampled=sampled_tokens,
                                       trained=tokens))
             metrics["time/step"] = time.perf_counter() - t0
             tracker.log(metrics, step)
+            # After the step's record: a crash between the two redoes the step, never loses it.
+            save_if_due(training_client, tracker, step, cfg.save_every, total_steps)
             bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{lr:.2e}")
             if stop.requested and step < total_steps:
                 stop_here(training_client, tracker, step)
@@ -253,6 +269,7 @@ def dry_run(cfg: Config, conversations) -> Estimate:
     require(len(train) >= cfg.batch_size, "batch_size",
             f"{cfg.batch_size} is more than the {len(train)} training rows")
     total_steps = min(cfg.max_steps or 10**12, cfg.epochs * (len(train) // cfg.batch_size))
+    check_warmup(cfg, total_steps)
     evals = sum(due(s, cfg.eval_every, total_steps) for s in range(1, total_steps + 1))
     estimate = estimate_sft(train, cfg.batch_size, total_steps,
                             sum(counts[i] for i in order[:n_eval]), evals if n_eval else 0,
@@ -268,4 +285,4 @@ def dry_run(cfg: Config, conversations) -> Estimate:
 
 
 if __name__ == "__main__":
-    main(parse_config(Config))
+    raise SystemExit(run_main(main, Config))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 from typing import Any
 from urllib.parse import urlparse
 
@@ -28,6 +29,26 @@ _started: dict[tuple, str] = {}  # their options -> base_url
 
 class BackendError(RuntimeError):
     """The chosen backend cannot be used; the message says what to check."""
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """The service refused a request as sent (no such model or checkpoint, a bad argument):
+    the user's input to fix, unlike a connection or server failure."""
+    import tinker
+    from tinker.types import RequestErrorCategory
+
+    if isinstance(exc, tinker.RequestFailedError):
+        return exc.category == RequestErrorCategory.User
+    return isinstance(exc, tinker.BadRequestError | tinker.NotFoundError | ValueError)
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """The service's own words, without the SDK's request-id wrapping."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return body["detail"]
+    text = str(exc).removeprefix("Request failed: ")
+    return re.split(r" for self\.request_id=", text)[0].strip()
 
 
 def connect(backend: str, base_url: str | None = None) -> Any:

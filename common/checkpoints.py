@@ -4,6 +4,12 @@ A checkpoint after step S is named f"{S:06d}" (the last one "final") and saved t
 training state (weights + optimizer, for resume) and sampler weights (for evaluate.py). Every
 script derives its data position and RNG streams from the step number, so the step in
 checkpoints.jsonl is the whole resume state beside the weights.
+
+Order of records (what a crash at any point leaves): the loop logs a step's metrics before its
+checkpoint, and the checkpoint's sampler record before its state record. Resume starts after the
+last state record and drops every record after it, so a step whose checkpoint has no state
+record yet is redone, and none is lost or written twice. A latest state that cannot be loaded
+(deleted, cut short) falls back to the one before it, with a warning, and redoes the steps after.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from common.backend import is_refusal, refusal_reason
 from common.config import ConfigError
+from common.secrets import redact
 from common.tracking import Tracker, read_checkpoints
 
 
@@ -24,8 +32,9 @@ def save_checkpoint(training_client: Any, tracker: Tracker, step: int, name: str
     state = training_client.save_state(name)
     sampler = training_client.save_weights_for_sampler(name)
     state_path, sampler_path = state.result().path, sampler.result().path
-    tracker.log_checkpoint(step, name, state_path, "state")
+    # The state record last: it is the one resume starts from, so it implies both exist.
     tracker.log_checkpoint(step, name, sampler_path, "sampler")
+    tracker.log_checkpoint(step, name, state_path, "state")
     return sampler_path
 
 
@@ -48,12 +57,28 @@ def final_sampler_path(run_dir: Path) -> str:
 
 
 def start_training_client(service: Any, cfg: Any, run_dir: Path) -> tuple[Any, int]:
-    """(training client, steps already done): continued from the run's last saved state,
-    warm-started from --load_checkpoint, or a fresh LoRA."""
-    record = last_state(run_dir)
-    if record is not None:
-        client = service.create_training_client_from_state_with_optimizer(record["path"])
-        return client.result(), int(record["step"])
+    """(training client, steps already done): continued from the run's last loadable saved
+    state, warm-started from --load_checkpoint, or a fresh LoRA."""
+    states = sorted((c for c in read_checkpoints(run_dir) if c["kind"] == "state"),
+                    key=lambda c: c["step"])
+    failures = []
+    for record in reversed(states):
+        try:
+            client = service.create_training_client_from_state_with_optimizer(record["path"])
+            client = client.result()
+        except Exception as exc:  # deleted, cut short, unreadable: try the one before
+            failures.append(f"{record['path']} ({type(exc).__name__}: {_first_line(exc)})")
+            print(redact(f"warning: cannot load the checkpoint of step {record['step']}, "
+                         f"{failures[-1]}; falling back to the one before it"), flush=True)
+            continue
+        if failures:
+            print(f"warning: continuing from step {record['step']}; the steps after it are "
+                  "redone", flush=True)
+        return client, int(record["step"])
+    if failures:
+        raise ConfigError(redact(f"--log_dir {run_dir}: no saved state of this run can be "
+                                 f"loaded: {'; '.join(failures)}. Start over with a new "
+                                 "--log_dir"))
     if cfg.load_checkpoint:
         path = cfg.load_checkpoint
         if Path(path).is_dir():  # a run directory: its last saved training state
@@ -61,7 +86,24 @@ def start_training_client(service: Any, cfg: Any, run_dir: Path) -> tuple[Any, i
             if saved is None:
                 raise ConfigError(f"--load_checkpoint {path}: the run has no saved state")
             path = saved["path"]
-        return service.create_training_client_from_state(path).result(), 0
-    client = service.create_lora_training_client(
-        base_model=cfg.model, rank=cfg.lora_rank, seed=cfg.seed)
-    return client.result(), 0
+        try:
+            return service.create_training_client_from_state(path).result(), 0
+        except Exception as exc:
+            if not is_refusal(exc):  # no such checkpoint, not a path; else a service failure
+                raise
+            raise ConfigError(f"--load_checkpoint {cfg.load_checkpoint}: "
+                              f"{refusal_reason(exc)}") from None
+    try:
+        client = service.create_lora_training_client(
+            base_model=cfg.model, rank=cfg.lora_rank, seed=cfg.seed)
+        return client.result(), 0
+    except Exception as exc:
+        if not is_refusal(exc):  # a model that is not available, a rank it cannot take
+            raise
+        raise ConfigError(f"--model {cfg.model} / --lora_rank {cfg.lora_rank}: "
+                          f"{refusal_reason(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""

@@ -11,13 +11,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
+from urllib.parse import urlparse
 
 import simple_parsing
 import yaml
+from simple_parsing import NestedMode
 from simple_parsing.helpers import field
 
 from common.tracking import read_run_config
@@ -82,39 +86,138 @@ def lr_field() -> Any:
 
 
 def parse_config(config_class: type[C], argv: Sequence[str] | None = None) -> C:
-    """Parse flags (and `--config_path file.yaml` defaults that flags override)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    _check_config_file(config_class, argv)
-    return simple_parsing.parse(config_class, args=argv, add_config_path_arg="config_path")
+    """Parse flags (and `--config_path file.yaml` defaults that flags override).
+
+    Every problem is a ConfigError naming the flag or the file and key: argparse's own errors
+    included (no usage dump, no exit from inside the parser). Flags must be spelled out in full
+    (argparse would take `--learning_rat` for `--learning_rate`).
+    """
+    argv = _negative_values_attached(list(sys.argv[1:] if argv is None else argv))
+    values = _config_file_values(config_class, argv)
+    parser = simple_parsing.ArgumentParser(nested_mode=NestedMode.WITHOUT_ROOT, allow_abbrev=False)
+    parser.error = _parser_error  # type: ignore[method-assign]
+    parser.add_argument("--config_path", default=None, metavar="FILE.yaml",
+                        help="YAML file of flag values; flags given here override it.")
+    default = config_class(**values) if values else None
+    parser.add_arguments(config_class, dest="config", default=default)
+    try:
+        return parser.parse_args(argv).config
+    except (TypeError, ValueError) as exc:  # a value simple-parsing's own decoding refused
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"bad flag value ({exc})") from None
+
+
+def _negative_values_attached(argv: list[str]) -> list[str]:
+    """`--lr -1e-4` -> `--lr=-1e-4`: argparse takes `-1e-4`, `-inf` for options, so the value
+    would be lost and the error would not name the flag; attached, it reaches the range check."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _is_negative_number(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _is_negative_number(text: str) -> bool:
+    if not text.startswith("-") or text.startswith("--"):
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parser_error(message: str) -> NoReturn:
+    raise ConfigError(message)
 
 
 def _config_path_arg(argv: list[str]) -> str | None:
     for i, arg in enumerate(argv):
         if arg.startswith("--config_path="):
             return arg.split("=", 1)[1]
-        if arg == "--config_path" and i + 1 < len(argv):
+        if arg == "--config_path":
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise ConfigError("--config_path: expected a YAML file")
             return argv[i + 1]
     return None
 
 
-def _check_config_file(config_class: type, argv: list[str]) -> None:
-    """Errors in a YAML config file name the file and key, before simple-parsing sees it."""
+def _config_file_values(config_class: type, argv: list[str]) -> dict[str, Any]:
+    """The values of `--config_path`'s YAML file, each checked against its field's type, with
+    errors that name the file and key (before simple-parsing sees anything)."""
     path = _config_path_arg(argv)
     if path is None:
-        return
+        return {}
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"--config_path: no such file {file}")
     try:
-        values = yaml.safe_load(file.read_text()) or {}
+        values = yaml.safe_load(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--config_path {file}: not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--config_path {file}: not valid YAML ({exc})") from None
+        raise ConfigError(f"--config_path {file}: not valid YAML ({_one_line(exc)})") from None
+    if values is None:
+        raise ConfigError(f"--config_path {file}: the file is empty; write one `flag: value` "
+                          "line per setting")
     if not isinstance(values, dict):
-        raise ConfigError(f"--config_path {file}: expected a mapping of flag names to values")
-    known = {f.name for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(values) - known)
+        raise ConfigError(f"--config_path {file}: expected a mapping of flag names to values, "
+                          f"got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    unknown = sorted(str(k) for k in set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"--config_path {file}: unknown keys {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"--config_path {file}: unknown keys {unknown}; known: "
+                          f"{sorted(fields)}")
+    hints = typing.get_type_hints(config_class)
+    return {key: _checked(value, hints[key], f"--config_path {file}: {key}")
+            for key, value in values.items()}
+
+
+def _checked(value: Any, hint: Any, where: str) -> Any:
+    """`value` as a value of type `hint` (int, float, str, bool, Path, Literal, Optional, list),
+    or a ConfigError naming `where` and what was expected."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _checked(value, inner[0], where) if len(inner) == 1 else value
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        items = value if isinstance(value, list) else [value]
+        return [_checked(v, args[0] if args else str, where) for v in items]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint in (str, Path):
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ConfigError(f"{where}: expected text, got {value!r}")
+        return hint(value)
+    return value
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
 
 
 def resolve_backend(backend: str, environ: Mapping[str, str]) -> str:
@@ -158,10 +261,18 @@ def require(condition: bool, flag: str, message: str) -> None:
         raise ConfigError(f"--{flag}: {message}")
 
 
+MAX_LORA_RANK = 1024  # far above any useful rank; a typo like 100000 would allocate for hours
+
+
+def finite(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def check_common(cfg: Any) -> None:
     """Checks every script's shared flags need; scripts add their own with `require`."""
-    require(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", f"must be a positive number, got {cfg.lr}")
-    require(cfg.lora_rank >= 1, "lora_rank", f"must be >= 1, got {cfg.lora_rank}")
+    require(finite(cfg.lr) and cfg.lr > 0, "lr", f"must be a positive number, got {cfg.lr}")
+    require(1 <= cfg.lora_rank <= MAX_LORA_RANK, "lora_rank",
+            f"must be in [1, {MAX_LORA_RANK}], got {cfg.lora_rank}")
     require(cfg.batch_size >= 1, "batch_size", f"must be >= 1, got {cfg.batch_size}")
     require(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps",
             f"must be >= 1, got {cfg.max_steps}")
@@ -169,6 +280,27 @@ def check_common(cfg: Any) -> None:
     require(cfg.sample_every >= 0, "sample_every", f"must be >= 0, got {cfg.sample_every}")
     require(not (cfg.resume and cfg.log_dir is None), "resume",
             "needs --log_dir, the run directory to continue")
+    check_service(cfg)
+    require(not (cfg.load_checkpoint and "/sampler_weights/" in cfg.load_checkpoint),
+            "load_checkpoint", f"{cfg.load_checkpoint} is sampler weights, which cannot be "
+            "trained from; pass the run directory or its weights/ path (a 'state' record in "
+            "its checkpoints.jsonl)")
+    require(not (cfg.load_checkpoint and not Path(cfg.load_checkpoint).is_dir()
+                 and "://" not in cfg.load_checkpoint), "load_checkpoint",
+            f"{cfg.load_checkpoint} is neither a run directory nor a checkpoint path "
+            "(tinker://...)")
+
+
+def check_service(cfg: Any) -> None:
+    """Flags of ServiceConfig that cannot work together (any script, after `resolved`)."""
+    # The local placeholder key goes to our own server only, never to another host.
+    host = urlparse(cfg.base_url or "").hostname or ""
+    require(not (cfg.backend == "local" and cfg.base_url
+                 and host not in ("127.0.0.1", "localhost", "::1")), "base_url",
+            f"{cfg.base_url} is not on this machine, but the backend is local (--backend local, "
+            "or --backend auto without TINKER_API_KEY); with the local backend --base_url names a "
+            "`python -m local_tinker serve` on 127.0.0.1. For a remote server set TINKER_API_KEY "
+            "(or --backend tinker)")
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:

@@ -8,38 +8,69 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from common import rundir
 from common.checkpoints import checkpoint_name, last_state, save_checkpoint
 from common.config import ConfigError, as_dict
-from common.tracking import CONFIG, Tracker, run_name
+from common.secrets import redact, redact_name
+from common.tracking import CONFIG, Tracker, read_run_config, run_name
 
 RUNS_DIR = Path("runs")
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or grad norm became NaN or infinite; the last good checkpoint is kept."""
 
 
-def open_tracker(cfg: Any, script: str, job_type: str) -> Tracker:
+def open_tracker(cfg: Any, script: str, job_type: str, may_change: tuple[str, ...] = ()
+                 ) -> Tracker:
     """The run's Tracker. A run directory that holds a saved state is continued (same W&B run):
-    `--resume`, or rerunning the same command with the same `--log_dir`, picks up where it was."""
-    name = cfg.run_name or run_name(script, cfg.model, cfg.lr, cfg.batch_size, cfg.seed)
-    run_dir = Path(cfg.log_dir) if cfg.log_dir else RUNS_DIR / name
+    `--resume`, or rerunning the same command with the same `--log_dir`, picks up where it was.
+
+    The directory is locked for this process first (a second run on it fails, naming the
+    holder's PID), and a continued run must have the same settings as the recorded one, except
+    `may_change` and rundir.MAY_CHANGE (see common.rundir). Nothing in the directory changes
+    before both checks pass. Names and the group are redacted: a secret in --run_name must not
+    reach W&B, a directory name or the console.
+    """
+    name = redact(cfg.run_name or run_name(script, cfg.model, cfg.lr, cfg.batch_size, cfg.seed))
+    run_dir = Path(cfg.log_dir) if cfg.log_dir else RUNS_DIR / redact_name(name)
     if cfg.resume and not (run_dir / CONFIG).exists():
         raise ConfigError(f"--resume: no run in {run_dir} to continue")
+    rundir.lock(run_dir)
     saved = last_state(run_dir)
-    if saved:
-        print(f"continuing the run in {run_dir} after step {saved['step']} "
-              "(use a new --log_dir to start over)")
+    config = as_dict(cfg)
+    if saved or cfg.resume:
+        changed = rundir.check_same_run(run_dir, read_run_config(run_dir), redact(config),
+                                        may_change)
+        print(redact(f"continuing the run in {run_dir} after step {saved['step'] if saved else 0}"
+                     " (use a new --log_dir to start over)"))
+        if changed:
+            print(redact("continuing with changed settings: " + "; ".join(
+                f"{k} {old} -> {new}" for k, (old, new) in changed.items())))
+    group = redact(cfg.wandb_group) if cfg.wandb_group else name
     return Tracker(run_dir, project=cfg.wandb_project, mode=cfg.wandb_mode, run_name=name,
                    # Without --wandb_group the run is its own group, so evaluations join it.
-                   group=cfg.wandb_group or name, job_type=job_type, config=as_dict(cfg),
+                   group=group, job_type=job_type, config=config,
                    resume=cfg.resume or saved is not None)
 
 
 def check_finite(value: float, name: str, step: int) -> None:
     if not math.isfinite(value):
-        raise TrainingDiverged(f"{name} is {value} at step {step}; stopping. The last good "
-                               "checkpoint is in checkpoints.jsonl; try a lower --lr.")
+        raise TrainingDiverged(f"{name} is {value} at step {step}; stopping before this step is "
+                               "logged or saved. The last good checkpoint is the last one in "
+                               "checkpoints.jsonl; try a lower --lr.")
+
+
+def check_update(metrics: dict[str, float], step: int) -> None:
+    """The step's update is usable: its loss and the optimizer's grad norm are finite.
+
+    The loss is computed before the update, so a finite loss alone does not make the updated
+    weights good: a non-finite grad norm means the step wrote NaN/inf into them. Called before
+    the step is logged or checkpointed, so a diverged update never becomes "last good".
+    """
+    for key in ("train/loss", "train/grad_norm"):
+        if key in metrics:
+            check_finite(float(metrics[key]), key, step)
 
 
 def due(step: int, every: int, last_step: int) -> bool:

@@ -43,6 +43,7 @@ Mode = Literal["auto", "online", "offline", "disabled"]
 METRICS, CHECKPOINTS, SAMPLES = "metrics.jsonl", "checkpoints.jsonl", "samples.jsonl"
 SUMMARY, CONFIG, RUN_ID = "summary.json", "config.yaml", "wandb_run_id"
 CHECKPOINT_COLUMNS = ["step", "name", "path", "kind"]
+WANDB_INIT_TIMEOUT_S = 15.0  # longest an online W&B init may take before falling back to offline
 # api.wandb.ai, plus wandb 0.31's default host, plus a self-hosted server's if one is set.
 _WANDB_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
 
@@ -59,10 +60,42 @@ def has_wandb_credentials() -> bool:
     return any(host and host in entries for host in hosts)
 
 
+class RunFileError(ValueError):
+    """A run directory's file is damaged; the message names the file and line."""
+
+
 def read_run_config(run_dir: Path) -> dict[str, Any]:
     """The resolved config a run directory recorded ({} when it has none)."""
-    path = run_dir / CONFIG
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise RunFileError(f"{path}: damaged, not the YAML a run writes "
+                           f"({' '.join(str(exc).split())[:200]})") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise RunFileError(f"{path}: damaged, expected a mapping of config keys, "
+                           f"got {type(config).__name__}")
+    return config
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json ({} when absent). It is derived data, rewritten on every update, so a
+    damaged one is started over with a warning rather than stopping the run."""
+    path = Path(run_dir) / SUMMARY
+    if not path.exists():
+        return {}
+    try:
+        summary = json.loads(path.read_bytes().decode("utf-8"))
+        if isinstance(summary, dict):
+            return summary
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    print(f"warning: {path} is damaged; starting the run summary over", flush=True)
+    return {}
 
 
 def resolve_wandb_mode(mode: str) -> str:
@@ -120,8 +153,7 @@ class Tracker:
         if not resume:  # a new run in an old directory starts its files over
             for name in (METRICS, CHECKPOINTS, SAMPLES, SUMMARY):
                 (self.run_dir / name).unlink(missing_ok=True)
-        summary_path = self.run_dir / SUMMARY
-        self._summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        self._summary = read_summary(self.run_dir)
         self._checkpoints: list[list[Any]] = []
         self._keep_rows(lambda row: True)  # drops a line a crash cut short, loads checkpoints
         self.config: dict[str, Any] = redact(_plain(config))
@@ -161,7 +193,9 @@ class Tracker:
                     id=self.run_id,
                     resume="allow",
                     mode=attempt,
-                    settings=wandb.Settings(silent=True),
+                    # Bounded: with a key but no network the online attempt would take ~90 s
+                    # before the offline fallback below.
+                    settings=wandb.Settings(silent=True, init_timeout=WANDB_INIT_TIMEOUT_S),
                 )
             except Exception as e:
                 then = "falling back to offline" if attempt == "online" else "files only from now"
@@ -373,16 +407,36 @@ def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _read_jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(line, parsed) pairs; a line cut short by a crash is skipped."""
+    """(line, parsed) pairs. A last line with no newline is what a crash mid-write leaves: it
+    is skipped with a warning. A bad line anywhere else is damage: RunFileError names it."""
     if not path.exists():
         return []
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RunFileError(f"{path}: damaged, not UTF-8 (byte {exc.start})") from None
+    lines = text.splitlines(keepends=True)
     pairs = []
-    for line in path.read_text().splitlines(keepends=True):
+    for number, line in enumerate(lines, start=1):
+        torn = number == len(lines) and not line.endswith("\n")
         try:
-            pairs.append((line if line.endswith("\n") else line + "\n", json.loads(line)))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            row = None
+        if isinstance(row, dict) and (not torn or "step" in row):
+            pairs.append((line if line.endswith("\n") else line + "\n", row))
+        elif torn:
+            if _warned_torn.get(path) != line:
+                _warned_torn[path] = line
+                print(f"warning: {path}: the last line was cut short (a crash while "
+                      "writing); ignoring it", flush=True)
+        elif line.strip():
+            raise RunFileError(f"{path} line {number}: damaged, not a JSON record "
+                               f"({line.strip()[:80]!r}); fix or delete that line")
     return pairs
+
+
+_warned_torn: dict[Path, str] = {}
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import math
 import logging
+import math
 import random
 import re
 import secrets
@@ -154,7 +154,7 @@ class LocalTinkerServer:
     def _guarded(self, handler: Callable[[Request], Awaitable[Response]]
                  ) -> Callable[[Request], Awaitable[Response]]:
         """Fault injection in front of every work or poll request; bad input -> a 400."""
-        inject = not handler.__name__ in ("healthz", "heartbeat", "telemetry", "client_config",
+        inject = handler.__name__ not in ("healthz", "heartbeat", "telemetry", "client_config",
                                           "client_dynamic_config", "create_session")
 
         async def run(request: Request) -> Response:

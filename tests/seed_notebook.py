@@ -1,6 +1,6 @@
 """The seed write-up's notebook code, run unmodified against the local server.
 
-`tests/seed/notebook_cells.py` holds the write-up's code cells verbatim (extracted by
+`tests/seed/notebook_cells.txt` holds the write-up's code cells verbatim (extracted by
 `code_cells` from ../shared/seed/tinkering-with-tinker.txt; a test keeps the copy in step).
 `run_cells` executes them with only these substitutions:
 - `tinker.ServiceClient()` -> `tinker.ServiceClient(base_url=<server>)` (the key comes from the
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "tinkering-with-tinker.txt"
-CELLS = Path(__file__).resolve().parent / "seed" / "notebook_cells.py"
+CELLS = Path(__file__).resolve().parent / "seed" / "notebook_cells.txt"
 SEPARATOR = "\n# ---- cell ----\n"
 
 
@@ -50,9 +50,11 @@ def run_cells(cells: list[str], base_url: str, base_model: str,
     matplotlib.use("Agg")
     namespace: dict[str, Any] = {"__name__": "seed_notebook"}
     for cell in cells:
-        source = cell.replace("tinker.ServiceClient()", f"tinker.ServiceClient(base_url={base_url!r})")
+        source = cell.replace("tinker.ServiceClient()",
+                              f"tinker.ServiceClient(base_url={base_url!r})")
         source = source.replace('"Qwen/Qwen3-4B-Instruct-2507"', repr(base_model))
-        source = re.sub(r"(add_generation_prompt=(True|False))\)", r"\1, return_dict=False)", source)
+        source = re.sub(r"(add_generation_prompt=(True|False))\)", r"\1, return_dict=False)",
+                        source)
         source = source.replace("plt.show()", "plt.close('all')")
         for old, new in steps.items():
             source = source.replace(old, new)

@@ -109,7 +109,7 @@ def test_dataset_sources(tmp_path):
     with pytest.raises(DatasetError, match="--dataset nobody/no-such-dataset: could not load"):
         load_chat_data("nobody/no-such-dataset")  # HF_HUB_OFFLINE=1: fails fast, named
     (tmp_path / "broken.jsonl").write_text('{"messages": [\n')
-    with pytest.raises(DatasetError, match="broken.jsonl: could not load"):
+    with pytest.raises(DatasetError, match="broken.jsonl line 1: not valid JSON"):
         load_chat_data(str(tmp_path / "broken.jsonl"))
 
 
@@ -134,8 +134,10 @@ def test_config_parsing_aliases_yaml_and_errors(tmp_path):
         parse_config(SFTConfig, [f"--config_path={yaml_file}"])
     with pytest.raises(ConfigError, match="no such file"):
         parse_config(SFTConfig, ["--config_path", str(tmp_path / "nope.yaml")])
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="unrecognized arguments: --bogus"):
         parse_config(SFTConfig, ["--bogus", "1"])
+    with pytest.raises(ConfigError, match="unrecognized arguments: --learning_rat"):
+        parse_config(SFTConfig, ["--learning_rat", "1e-4"])  # no argparse prefix matching
 
 
 def test_resolved_defaults_depend_on_backend_and_model():

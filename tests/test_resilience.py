@@ -1,8 +1,10 @@
 """Crashes, interrupts, faults, unreachable services, divergence: real runs, real processes."""
 
 import json
+import math
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import train_rl
 import train_sft
@@ -29,9 +32,12 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def start_sft(log_dir: Path, *extra: str) -> subprocess.Popen:
+    # Its own wandb-core: one inherited from this process (WANDB_SERVICE) would write the run's
+    # W&B files on its own schedule, after the child has exited.
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     return subprocess.Popen([sys.executable, str(ROOT / "train_sft.py"), "--log_dir", str(log_dir),
                              *SFT_FLAGS, *extra], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def wait_for_steps(log_dir: Path, steps: int, process: subprocess.Popen) -> None:
@@ -128,7 +134,7 @@ def test_unreachable_tinker_endpoint_fails_fast(monkeypatch, tmp_path):
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     log_dir = tmp_path / "nan"
-    with pytest.raises(TrainingDiverged, match="train/loss is (nan|inf)"):
+    with pytest.raises(TrainingDiverged, match="train/(loss|grad_norm) is (nan|inf)"):
         train_sft.main(train_sft.Config(backend="local", log_dir=log_dir, wandb_mode="offline",
                                         lr=1e12, max_steps=30, save_every=1, sample_every=0))
     summary = json.loads((log_dir / "summary.json").read_text())
@@ -137,6 +143,18 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     checkpoints = read_jsonl(log_dir / "checkpoints.jsonl")
     assert checkpoints[-1]["step"] == metrics[-1]["step"]  # last logged step = last good one
     assert read_offline_run(log_dir).summary["status"] == "failed"
+    # The loss is computed before the update: a finite loss with a NaN grad norm wrote NaN into
+    # the weights. No such update may be saved: every saved checkpoint is finite.
+    assert all(math.isfinite(m.get("train/grad_norm", 0.0)) for m in metrics)
+    for record in checkpoints:
+        weights = local_checkpoint_dir(record["path"]) / "adapter.pt"
+        for name, tensor in torch.load(weights, map_location="cpu").items():
+            assert torch.isfinite(tensor).all(), (record["path"], name)
+
+
+def local_checkpoint_dir(path: str) -> Path:
+    """local://<run>/weights/<name> -> its directory under the local backend's root."""
+    return Path(os.environ["LOCAL_TINKER_ROOT"]) / path.removeprefix("local://")
 
 
 def test_secrets_never_reach_rl_run_files(tmp_path, monkeypatch):
@@ -151,3 +169,82 @@ def test_secrets_never_reach_rl_run_files(tmp_path, monkeypatch):
         if path.is_file():
             data = path.read_bytes()
             assert secret.encode() not in data and b"planted-wandb-key" not in data, path
+
+
+def kill_points(seed: int) -> list[tuple[str, str, int]]:
+    """(file, kind, step) triggers, in the order a run passes them: right after each
+    checkpoint's sampler record and its state record (the last one too), right after the step's
+    metrics row before each checkpoint, and a few random steps between checkpoints."""
+    points = []
+    for step in (4, 8, 12, 16, 20, 24):
+        points += [("metrics", "", step), ("checkpoints", "sampler", step),
+                   ("checkpoints", "state", step)]
+    between = [s for s in range(1, 24) if s % 4]
+    points += [("metrics", "", s) for s in random.Random(seed).sample(between, 2)]
+    order = {"": 0, "sampler": 1, "state": 2}
+    return sorted(points, key=lambda p: (p[2], order[p[1]]))
+
+
+def fired(log_dir: Path, point: tuple[str, str, int], since: float) -> bool:
+    """Whether the process started at `since` has written the record `point` names."""
+    name, kind, step = point
+    path = log_dir / f"{name}.jsonl"
+    if not path.exists():
+        return False
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line being written
+        if row.get("step") == step and row.get("kind", "") == kind and row["_time"] > since:
+            return True
+    return False
+
+
+@pytest.mark.e2e
+def test_kills_at_20_points_lose_and_duplicate_no_step(tmp_path):
+    """SIGKILL at 20 points, right after every checkpoint write among them, resuming each time:
+    metrics.jsonl and the W&B history end with every step exactly once, values as a run that
+    was never killed."""
+    straight = start_sft(tmp_path / "straight")
+    assert straight.wait(timeout=600) == 0
+    seed = random.randrange(10**6)
+    points = kill_points(seed)
+    assert len(points) == 20
+    log_dir = tmp_path / "killed"
+    killed_at = []
+    for point in points:
+        since = time.time()
+        process = start_sft(log_dir)
+        while process.poll() is None and not fired(log_dir, point, since):
+            time.sleep(0.002)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            killed_at.append(point)
+        else:  # the run got past this point before it could be watched (a fast step)
+            assert process.returncode == 0, process.stdout.read()
+        process.wait(timeout=60)
+        process.stdout.close()
+    final = start_sft(log_dir)
+    assert final.wait(timeout=600) == 0, final.stdout.read()
+    assert len(killed_at) >= 18, (seed, killed_at)
+
+    expected = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    got = read_jsonl(log_dir / "metrics.jsonl")
+    assert [m["step"] for m in got] == list(range(1, 25)), (seed, killed_at)
+    for a, b in zip(expected, got, strict=True):
+        assert a["train/loss"] == b["train/loss"] and a.get("eval/loss") == b.get("eval/loss")
+    assert got[-1]["tokens/cumulative/trained"] == expected[-1]["tokens/cumulative/trained"]
+    # A kill before the first checkpoint leaves nothing to continue: the rerun starts over as a
+    # new W&B run. The run that finished is the one with the directory's id.
+    run_id = (log_dir / "wandb_run_id").read_text()
+    for offline in (log_dir / "wandb").glob(f"offline-run-*-{run_id}*"):
+        shutil.copytree(offline, tmp_path / "final_run" / "wandb" / offline.name)
+    run = read_offline_run(tmp_path / "final_run")
+    assert set(run.run_ids) == {run_id}
+    history = [row for row in run.history if "train/loss" in row]
+    assert [row["_step"] for row in history] == list(range(1, 25))
+    for row, metrics in zip(history, got, strict=True):
+        assert row["train/loss"] == pytest.approx(metrics["train/loss"])
+    states = [c for c in read_jsonl(log_dir / "checkpoints.jsonl") if c["kind"] == "state"]
+    assert [c["step"] for c in states] == [4, 8, 12, 16, 20, 24]

@@ -76,9 +76,9 @@ def test_rl_resume_continues_exactly(tmp_path):
     ({"lr": 0.0}, "--lr: must be a positive number"),
     ({"lr": float("nan")}, "--lr: must be a positive number"),
     ({"batch_size": 0}, "--batch_size: must be >= 1"),
-    ({"temperature": 0.0}, "--temperature: must be > 0"),
+    ({"temperature": 0.0}, "--temperature: must be a number > 0"),
     ({"pair_counts": "0,1"}, "--pair_counts/--large_share"),
-    ({"large_share": 1.5}, "--pair_counts/--large_share"),
+    ({"large_share": 1.5}, r"--large_share: must be in \[0, 1\]"),
 ])
 def test_bad_rl_flags(tmp_path, overrides, message):
     with pytest.raises((ConfigError, ValueError), match=message):

@@ -7,8 +7,8 @@ fail, as it did before.
 """
 
 import pytest
-
 from seed_notebook import SEED, code_cells, run_cells, stored_cells
+
 import local_tinker
 
 # Imports .. sampling "What's your favorite color?", less cell 9: `fwdbwd_result.model_dump()`
@@ -32,7 +32,8 @@ def test_stored_cells_are_the_write_ups_code():
 def test_seed_sft_learns_foo(seed_env, capsys):
     """Test 1: lr 5e-4 as written; tiny-chat needs more epochs than Qwen's 5."""
     cells = [stored_cells()[i] for i in SFT_CELLS]
-    ns = run_cells(cells, seed_env, "tiny-chat", {"for epoch in range(5):": "for epoch in range(150):"})
+    ns = run_cells(cells, seed_env, "tiny-chat",
+                   {"for epoch in range(5):": "for epoch in range(150):"})
     printed = capsys.readouterr().out
     losses = [float(line.split("loss = ")[1]) for line in printed.splitlines() if "loss = " in line]
     assert len(losses) == 150 and losses[-1] < 0.1 and losses[0] > 5
@@ -44,7 +45,8 @@ def test_seed_rl_loop_runs(seed_env, capsys):
     cells = stored_cells()
     ns = run_cells([cells[i] for i in RL_CELLS], seed_env, "tiny-math",
                    {"for i in range(10):": "for i in range(3):",
-                    "for _ in range(5):\n    p = generate_problem()": "for _ in range(2):\n    p = generate_problem()"})
+                    "for _ in range(5):\n    p = generate_problem()":
+                        "for _ in range(2):\n    p = generate_problem()"})
     assert len(ns["history"]) == 3
     assert all(set(h) == {"reward", "accuracy", "words"} for h in ns["history"])
     assert len(ns["rollouts"]) == 64 and len(ns["ds"]) == 2
