@@ -91,7 +91,7 @@ def main() -> None:
           f"(1-minute load average {load:.2f} at the start); run in {run_dir}")
     if args.plot:
         plot(history, args.plot, f"python {' '.join(COMMAND)} (local default model, "
-                                 f"{len(history)} steps)")
+                                 f"{len(history)} steps; shaded: concise bonus on)")
 
 
 if __name__ == "__main__":

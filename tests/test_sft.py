@@ -58,7 +58,7 @@ def test_sft_run_learns_and_is_tracked(tmp_path, monkeypatch):
     checkpoints = read_jsonl(run_dir / "checkpoints.jsonl")
     assert wandb_run.summary["checkpoint/final"] == checkpoints[-1]["path"]
     assert checkpoints[-1]["path"].endswith("/sampler_weights/final")
-    assert wandb_run.config["lr"] == 2e-3 and wandb_run.config["model"] == "tiny-chat"
+    assert wandb_run.config["lr"] == 2e-3 and wandb_run.config["model"] == "tiny-instruct"
 
     checkpoint_root = Path(os.environ["LOCAL_TINKER_ROOT"])
     for secret in SECRETS.values():
