@@ -2,7 +2,7 @@
 
 The seed's Test 2 starts from an *instruct* model that already follows the system prompt some
 of the time: 27% right at step 1, many answers cut off at 256 tokens, and ten RL steps at
-lr 2e-4 on a fresh rank-8 LoRA lift it to ~90%. tiny-math knows the arithmetic but not the
+lr 2e-4 on a fresh rank-8 LoRA lift it to 75-100%. tiny-math knows the arithmetic but not the
 instructions (it answers "Answer: 48", never `<answer>48</answer>`), so from it a fresh LoRA
 earns reward 0 and learns nothing. This script gives it the instruct model's habits on the
 task, merged into the weights, so that `python train_rl.py --lr 2e-4` learns with no flags:
@@ -16,8 +16,9 @@ task, merged into the weights, so that `python train_rl.py --lr 2e-4` learns wit
 
 The result is measured the way train_rl samples (temperature 0.8, up to 256 tokens, the
 training reward) on fresh problems, and written to the card with the recipe. Output:
-`local_tinker/weights/tiny-instruct.safetensors` (~3.4 MB, fp32) and its `.json` card, about
-N minutes on 2 CPU cores:
+`local_tinker/weights/tiny-instruct.safetensors` (~3.4 MB, fp32) and its `.json` card, in about
+7 minutes on 2 CPU cores shared with other jobs (the shipped file was made with
+OMP_NUM_THREADS=1; other thread counts give slightly different floats):
 
     python data/make_tiny_instruct.py
 """
@@ -114,7 +115,8 @@ def main() -> None:
     started = time.monotonic()
     for step in range(args.steps):
         progress = max(0.0, (step - warmup) / max(1, args.steps - warmup))
-        scale = (step + 1) / warmup if step < warmup else 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+        cosine = 0.1 + 0.45 * (1 + math.cos(math.pi * progress))  # tiny-math's schedule
+        scale = (step + 1) / warmup if step < warmup else cosine
         for group in optimizer.param_groups:
             group["lr"] = args.lr * scale
         batch = rows[step * args.batch_size:(step + 1) * args.batch_size]

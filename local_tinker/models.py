@@ -122,7 +122,7 @@ def build_tiny_math(weights: Path = TINY_MATH_WEIGHTS) -> BaseModel:
 
 def build_tiny_instruct(weights: Path = TINY_INSTRUCT_WEIGHTS) -> BaseModel:
     """tiny-math fine-tuned on the arithmetic task's instructions (the local default model)."""
-    return _build_shipped(TINY_INSTRUCT, weights, "data/make_tiny_instruct.py", 5)
+    return _build_shipped(TINY_INSTRUCT, weights, "data/make_tiny_instruct.py", 7)
 
 
 def cached_hub_models() -> list[str]:

@@ -11,7 +11,8 @@ transformers 4, whose `apply_chat_template` returned token ids; transformers 5 r
 BatchEncoding unless told `return_dict=False`, which `types.ModelInput.from_ints` rejects.
 """
 
-# ruff: noqa: E501  (the notebook's lines are kept as written)
+# The notebook's lines are kept as written (long lines, `if x: y`, trailing spaces, zip):
+# ruff: noqa: E501, E701, W291, W293, B905
 import math
 import random
 import re

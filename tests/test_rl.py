@@ -66,8 +66,10 @@ def test_a_run_that_trains_on_nothing_says_so(tmp_path, capsys):
     final = train_rl.main(rl_config(tmp_path, max_steps=2, concise_bonus_after=None,
                                     max_tokens=4, sample_every=0, eval_problems=0))
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last_line.startswith("done: ") and "WARNING: trained on nothing in every step" in last_line
-    metrics = [json.loads(line) for line in (tmp_path / "rl/metrics.jsonl").read_text().splitlines()]
+    assert last_line.startswith("done: ")
+    assert "WARNING: trained on nothing in every step" in last_line
+    metrics = [json.loads(line)
+               for line in (tmp_path / "rl/metrics.jsonl").read_text().splitlines()]
     assert [m["rl/steps_without_training"] for m in metrics] == [1, 2]
     assert not any("train/loss" in m for m in metrics)  # no loss was computed: none is logged
     assert final["rl/steps_without_training"] == 2
