@@ -12,6 +12,8 @@ from tinker import types
 
 import local_tinker
 from common.config import LOCAL_DEFAULT_MODEL
+from common.datums import chat_tokens
+from common.tasks import Problem, build_messages
 from local_tinker.models import TINY_INSTRUCT, TINY_INSTRUCT_WEIGHTS, build_tiny_instruct
 from tests import seed_code
 
@@ -32,6 +34,7 @@ def test_tiny_instruct_is_the_local_default():
     assert TINY_INSTRUCT_WEIGHTS.stat().st_size < 5_000_000  # "a few MB"
 
 
+@pytest.mark.e2e  # ~30 s idle, over a minute on a loaded machine: 192 answers of 256 tokens
 def test_shipped_weights_behave_as_their_card_says():
     card = json.loads(TINY_INSTRUCT_WEIGHTS.with_suffix(".json").read_text())
     base = build_tiny_instruct()
@@ -50,8 +53,8 @@ def test_local_backend_serves_tiny_instruct_with_answer_tags(tmp_path):
     service = local_tinker.ServiceClient(root=tmp_path)
     sampler = service.create_sampling_client(base_model=TINY_INSTRUCT).result()
     tokenizer = sampler.get_tokenizer()
-    seed_code.tokenizer = seed_code._TokenIdsChatTemplate(tokenizer)
-    prompt = types.ModelInput.from_ints(seed_code.make_prompt_tokens(([12, 7, 3, 4], None, 133)))
+    messages = build_messages(Problem((12, 7, 3, 4)))  # the task's system prompt + numbers
+    prompt = types.ModelInput.from_ints(chat_tokens(tokenizer, messages, True))
     params = types.SamplingParams(max_tokens=256, temperature=0.8, seed=0)
     result = sampler.sample(prompt, num_samples=16, sampling_params=params).result()
     texts = [tokenizer.decode(s.tokens, skip_special_tokens=True) for s in result.sequences]
