@@ -14,8 +14,9 @@ Deviations from the seed's notebook (and the textbook):
 - problems come from a seeded stream addressed by step, so runs repeat and resume exactly.
 - one gradient step per batch (no PPO epochs), no KL penalty; the sampler/learner KL is logged.
 
-    python train_rl.py --lr 2e-4           # on Tinker: the seed's run (needs TINKER_API_KEY)
-    python train_rl.py --load_checkpoint runs/warm-start --max_steps 20   # local, after SFT
+    python train_rl.py --lr 2e-4   # the seed's run: on Tinker with TINKER_API_KEY, else locally
+                                   # on tiny-instruct (reward rises over the 10 steps)
+    python train_rl.py --load_checkpoint runs/warm-start --max_steps 20   # RL after an SFT run
 """
 
 from __future__ import annotations
