@@ -155,6 +155,8 @@ def main() -> None:
                  "error_rate": args.error_rate},
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": SEED,
         "trained": "every weight (full fine-tune; nothing to merge)",
+        "train_completion_tokens": TRAIN_COMPLETION_TOKENS,
+        "torch_threads": torch.get_num_threads(),
         "final_loss": round(loss.item(), 4),
         "sampled": {"temperature": EVAL_TEMPERATURE, "max_tokens": EVAL_MAX_TOKENS,
                     "problems_per_pair_count": args.eval_per_pair_count, **measured},
