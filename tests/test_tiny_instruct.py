@@ -82,7 +82,9 @@ def test_maker_writes_loadable_weights_and_card(tmp_path, monkeypatch):
 
 @pytest.mark.e2e
 def test_seed_rl_code_learns_on_tiny_instruct(service_client):
-    """The seed's Test 2 code, only the service client and model name changed: reward rises."""
+    """The seed's Test 2 code, only the service client and model name changed: reward rises
+    (measured on a loaded 2-core machine, 13 minutes: reward 0.05, 0.21, 0.31 ... 0.61, 0.61,
+    0.74; accuracy 2%, 17%, 27% ... 23%, 23%, 36%; words 27 -> 13)."""
     random.seed(0)  # the seed's generate_problem draws from the global `random`
     torch.manual_seed(0)  # unseeded sampling on the local backend draws from torch's
     seed_code.setup(service_client, TINY_INSTRUCT)
@@ -91,3 +93,5 @@ def test_seed_rl_code_learns_on_tiny_instruct(service_client):
     accuracy = [h["accuracy"] for h in history]
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.2, rewards
     assert sum(accuracy[-3:]) / 3 > sum(accuracy[:3]) / 3, accuracy
+    words = [h["words"] for h in history]
+    assert sum(words[-3:]) / 3 < sum(words[:3]) / 3, words
