@@ -14,8 +14,9 @@ Deviations from the seed's notebook (and the textbook):
 - problems come from a seeded stream addressed by step, so runs repeat and resume exactly.
 - one gradient step per batch (no PPO epochs), no KL penalty; the sampler/learner KL is logged.
 
-    python train_rl.py --lr 2e-4           # on Tinker: the seed's run (needs TINKER_API_KEY)
-    python train_rl.py --load_checkpoint runs/warm-start --max_steps 20   # local, after SFT
+    python train_rl.py --lr 2e-4   # the seed's run: on Tinker with TINKER_API_KEY, else locally
+                                   # on tiny-instruct (reward rises over the 10 steps)
+    python train_rl.py --load_checkpoint runs/warm-start --max_steps 20   # RL after an SFT run
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from common.backend import connect
 from common.checkpoints import start_training_client
 from common.cli import run_main
 from common.config import (
+    LOCAL_DEFAULT_MODEL,
     CheckpointConfig,
     ConfigError,
     ServiceConfig,
@@ -145,10 +147,10 @@ def main(cfg: Config) -> dict[str, float]:
     if cfg.dry_run:
         print(dry_run(cfg, task).format(f"dry run: train_rl on {cfg.model} ({cfg.backend})"))
         return {}
-    if cfg.model in TINY_MODELS and not cfg.load_checkpoint:
+    if cfg.model in TINY_MODELS and cfg.model != LOCAL_DEFAULT_MODEL and not cfg.load_checkpoint:
         # Not an error (tests and plumbing checks run this way), but rewards will stay ~0.
-        print(f"note: {cfg.model} has never seen this task's answer tags; for learning, start "
-              "from an SFT warm start (--load_checkpoint, README section 'RL')")
+        print(f"note: {cfg.model} has never seen this task's answer tags; for learning, use the "
+              f"default {LOCAL_DEFAULT_MODEL} or an SFT warm start (--load_checkpoint)")
     meter = CostMeter(cfg.model, cfg.backend)  # a bad price file fails here, before spending
     service = connect(cfg.backend, cfg.base_url)
     tracker = open_tracker(cfg, "train_rl", job_type="rl", may_change=("eval_problems",))
@@ -159,7 +161,11 @@ def main(cfg: Config) -> dict[str, float]:
         heldout_prompt_tokens = sum(
             prompt_token_counts([task.messages(p) for p in heldout], tokenizer)[0])
         tracker.truncate_after(done_steps)  # a continued run redoes what came after its checkpoint
-        meter.restore(last_logged_metrics(tracker.run_dir))
+        previous = last_logged_metrics(tracker.run_dir)
+        meter.restore(previous)
+        # Steps where every group tied (no datum, no update): a run can look finished and
+        # have trained nothing, so the count is logged, summarised and printed at the end.
+        untrained_steps = int(previous.get("rl/steps_without_training", 0))
         next_sampler = training_client.save_weights_and_get_sampling_client()
         metrics: dict[str, float] = {}
         bar = tqdm(range(done_steps + 1, cfg.max_steps + 1), initial=done_steps,
@@ -190,10 +196,12 @@ def main(cfg: Config) -> dict[str, float]:
                       for p in np.flatnonzero(adv.keep_P) for g, seq in enumerate(groups[p])]
 
             train_metrics, next_sampler = train_on(training_client, datums, cfg, step)
+            untrained_steps += not datums
             metrics = {
                 **rollout_metrics(groups, texts, rewards, prompts, cfg),
                 **train_metrics,
                 "rl/frac_groups_zero_std": adv.frac_groups_zero_std,
+                "rl/steps_without_training": untrained_steps,
                 "train/lr": cfg.lr, "progress/step": step,
                 "progress/done_frac": step / cfg.max_steps,
                 "time/sample": t_sampled - t0, "time/train": time.perf_counter() - t_sampled,
@@ -222,7 +230,9 @@ def main(cfg: Config) -> dict[str, float]:
                 stop_here(training_client, tracker, step)
                 break
         end_of_run(tracker, meter, metrics,
-                   ["reward/mean", "rl/accuracy", "eval/accuracy", "completions/mean_words"])
+                   ["reward/mean", "rl/accuracy", "eval/accuracy", "completions/mean_words"],
+                   warning=untrained_warning(
+                       untrained_steps, int(metrics.get("progress/step", done_steps))))
     if stop.requested and step < cfg.max_steps:
         raise SystemExit(130)  # stopped by Ctrl-C, cleanly: the checkpoint is saved
     return metrics
@@ -239,7 +249,8 @@ def train_on(training_client, datums: list[types.Datum], cfg: Config, step: int
     tokens = sum(d.model_input.length for d in datums)
     if not datums:  # every group had equal rewards: nothing to learn from this batch
         next_sampler = training_client.save_weights_and_get_sampling_client()
-        return {"tokens/trained": 0, "train/loss": 0.0}, next_sampler
+        # No train/loss: no loss was computed, and a logged 0.0 would look like a perfect step.
+        return {"tokens/trained": 0}, next_sampler
     fwd_bwd = training_client.forward_backward(datums, cfg.loss_fn)
     optim = training_client.optim_step(types.AdamParams(learning_rate=cfg.lr))
     next_sampler = training_client.save_weights_and_get_sampling_client()
@@ -257,6 +268,15 @@ def train_on(training_client, datums: list[types.Datum], cfg: Config, step: int
         metrics["train/grad_norm"] = optim_metrics["grad_norm"]
     check_update(metrics, step)  # before anything is logged or saved from this update
     return metrics, next_sampler
+
+
+def untrained_warning(untrained_steps: int, steps: int) -> str | None:
+    """The end-of-run warning for steps that trained nothing (None when every step trained)."""
+    if not untrained_steps:
+        return None
+    which = "every step" if untrained_steps >= steps else f"{untrained_steps} of {steps} steps"
+    return (f"trained on nothing in {which}: every group's rewards were tied, so no "
+            "datum had a non-zero advantage")
 
 
 def rollout_metrics(groups, texts, rewards, prompts, cfg: Config) -> dict[str, float]:

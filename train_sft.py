@@ -79,7 +79,7 @@ class Config(ServiceConfig, TrackingConfig, CheckpointConfig):
     """Longest conversation in tokens."""
     # --- optimisation
     lr: float | None = lr_field()
-    """Peak learning rate. Default: the seed's 5e-4; 2e-3 for tiny-chat."""
+    """Peak learning rate. Default: the seed's 5e-4; 2e-3 for the local tiny models."""
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     """Decay after warmup."""
     warmup_steps: int = 0

@@ -24,10 +24,14 @@ import yaml
 from simple_parsing import NestedMode
 from simple_parsing.helpers import field
 
+from common.costs import TINY_MODELS
 from common.tracking import read_run_config
 
 TINKER_DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
-LOCAL_DEFAULT_MODEL = "tiny-chat"
+# tiny-math fine-tuned to follow the arithmetic task's instructions some of the time, as the
+# seed's instruct model does: the one local model on which the seed's RL run learns, and
+# small enough that SFT on "foo" takes seconds (data/make_tiny_instruct.py, its card).
+LOCAL_DEFAULT_MODEL = "tiny-instruct"
 
 C = TypeVar("C")
 
@@ -45,7 +49,7 @@ class ServiceConfig:
     """A Tinker-compatible server: with --backend tinker, instead of the Tinker endpoint; with
     --backend local, a running `python -m local_tinker serve` instead of an embedded one."""
     model: str | None = None
-    """Base model. Default: Qwen/Qwen3-4B-Instruct-2507 on Tinker, tiny-chat locally."""
+    """Base model. Default: Qwen/Qwen3-4B-Instruct-2507 on Tinker, tiny-instruct locally."""
     lora_rank: int = 8
     """LoRA rank."""
     seed: int = 0
@@ -229,14 +233,14 @@ def resolve_backend(backend: str, environ: Mapping[str, str]) -> str:
 def resolved(cfg: C, environ: Mapping[str, str], lr: float, tiny_lr: float) -> C:
     """A copy of `cfg` with backend, model and lr made explicit (what the run really used).
 
-    `tiny_lr` is the default for tiny-chat: a random-initialised 0.85M-parameter model needs
-    bigger steps than the seed's pretrained Qwen.
+    `tiny_lr` is the default for the built-in tiny models: a 0.85M-parameter model can need
+    other steps than the seed's Qwen (SFT: bigger ones).
     """
     backend = resolve_backend(cfg.backend, environ)
     recorded = warm_start_model(cfg)  # checked first: a clashing --model fails here
     model = (cfg.model or recorded
              or (TINKER_DEFAULT_MODEL if backend == "tinker" else LOCAL_DEFAULT_MODEL))
-    default_lr = tiny_lr if model == LOCAL_DEFAULT_MODEL else lr
+    default_lr = tiny_lr if model in TINY_MODELS else lr
     run_lr = default_lr if cfg.lr is None else cfg.lr
     return dataclasses.replace(cfg, backend=backend, model=model, lr=run_lr)
 

@@ -49,7 +49,7 @@ KINDS = ("prompt", "sampled", "trained")
 """Token kinds, in the order they are reported; each maps to one rate of `Prices`."""
 RATES = ("prefill", "sample", "train")
 # local_tinker.models' names, not imported: that module imports torch. Both share one tokenizer.
-TINY_MODELS = ("tiny-chat", "tiny-math")
+TINY_MODELS = ("tiny-chat", "tiny-math", "tiny-instruct")
 # Qwen-style chat templates wrap each message in <|im_start|>, role, "\n", ..., <|im_end|>, "\n",
 # and the generation prompt is <|im_start|>assistant\n. The approximate counts add these.
 TEMPLATE_TOKENS_PER_MESSAGE = 5

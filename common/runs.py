@@ -121,11 +121,14 @@ def save_if_due(training_client: Any, tracker: Tracker, step: int, every: int,
         tracker.log_final_checkpoint(path)
 
 
-def end_of_run(tracker: Tracker, meter: Any, metrics: dict[str, float], keys: list[str]) -> None:
+def end_of_run(tracker: Tracker, meter: Any, metrics: dict[str, float], keys: list[str],
+               warning: str | None = None) -> None:
     """Totals into the run summary; the last console lines: tokens and cost, headline numbers
-    and where the weights are."""
+    and where the weights are, and `warning` (e.g. "trained on nothing") where there is one."""
     tracker.set_summary({**metrics, **meter.totals()})
     print(meter.summary_line())
     values = ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
     final = tracker.summary_value("checkpoint/final")
-    print(f"done: {values}; final checkpoint {final}; run files in {tracker.run_dir}")
+    # The warning goes on the last line itself: it is the line a user reads.
+    tail = f"; WARNING: {warning}" if warning else ""
+    print(f"done: {values}; final checkpoint {final}; run files in {tracker.run_dir}{tail}")

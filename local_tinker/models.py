@@ -6,6 +6,8 @@ template) and a ~0.85M-parameter Qwen3 decoder. Its base weights come from a fix
 process builds the identical base model; the `seed` of a training client only drives LoRA init.
 `tiny-math` is the same network with shipped weights pretrained on worked arithmetic
 (data/make_tiny_math.py), so the local RL pipeline starts from a base that can do its task.
+`tiny-instruct` is tiny-math fine-tuned on the task's prompts (data/make_tiny_instruct.py): like
+the seed's instruct model it follows the system prompt some of the time, so RL learns from it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ TINY_CHAT_BASE_SEED = 0
 TINY_MATH = "tiny-math"
 TINY_MATH_WEIGHTS = Path(__file__).resolve().parent / "weights" / "tiny-math.safetensors"
 """tiny-chat's network pretrained on worked arithmetic; written by data/make_tiny_math.py."""
+TINY_INSTRUCT = "tiny-instruct"
+TINY_INSTRUCT_WEIGHTS = TINY_MATH_WEIGHTS.with_name("tiny-instruct.safetensors")
+"""tiny-math fine-tuned to follow the task's instructions; written by data/make_tiny_instruct.py."""
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # Qwen's template, including the newline after <|im_end|> (the seed's datums train on it too).
 CHAT_TEMPLATE = (
@@ -95,19 +100,29 @@ def build_tiny_chat() -> BaseModel:
     return BaseModel(TINY_CHAT, model.eval(), tokenizer, stop_ids)
 
 
-def build_tiny_math(weights: Path = TINY_MATH_WEIGHTS) -> BaseModel:
-    """tiny-chat's network and tokenizer with the shipped pretrained arithmetic weights."""
+def _build_shipped(name: str, weights: Path, maker: str, minutes: int) -> BaseModel:
+    """tiny-chat's network and tokenizer with shipped weights (`maker` remakes them)."""
     from safetensors.torch import load_file
 
     if not weights.is_file():
         raise UnknownModelError(
-            f"{TINY_MATH} weights not found at {weights}; recreate them with "
-            "`python data/make_tiny_math.py` (about 18 minutes on 2 CPU cores)"
+            f"{name} weights not found at {weights}; recreate them with "
+            f"`python {maker}` (about {minutes} minutes on 2 CPU cores)"
         )
     base = build_tiny_chat()
     # strict: a file from another architecture must fail here, not train a half-loaded model.
     base.model.load_state_dict(load_file(str(weights)), strict=True)
-    return BaseModel(TINY_MATH, base.model, base.tokenizer, base.stop_token_ids)
+    return BaseModel(name, base.model, base.tokenizer, base.stop_token_ids)
+
+
+def build_tiny_math(weights: Path = TINY_MATH_WEIGHTS) -> BaseModel:
+    """tiny-chat's network and tokenizer with the shipped pretrained arithmetic weights."""
+    return _build_shipped(TINY_MATH, weights, "data/make_tiny_math.py", 18)
+
+
+def build_tiny_instruct(weights: Path = TINY_INSTRUCT_WEIGHTS) -> BaseModel:
+    """tiny-math fine-tuned on the arithmetic task's instructions (the local default model)."""
+    return _build_shipped(TINY_INSTRUCT, weights, "data/make_tiny_instruct.py", 7)
 
 
 def cached_hub_models() -> list[str]:
@@ -121,7 +136,7 @@ def cached_hub_models() -> list[str]:
 
 
 def available_models() -> list[str]:
-    return [TINY_CHAT, TINY_MATH, *cached_hub_models()]
+    return [TINY_CHAT, TINY_MATH, TINY_INSTRUCT, *cached_hub_models()]
 
 
 def load_hf_model(name: str) -> BaseModel:
@@ -153,6 +168,8 @@ def load_base_model(name: str) -> BaseModel:
         return build_tiny_chat()
     if name == TINY_MATH:
         return build_tiny_math()
+    if name == TINY_INSTRUCT:
+        return build_tiny_instruct()
     return load_hf_model(name)
 
 

@@ -142,7 +142,7 @@ def test_config_parsing_aliases_yaml_and_errors(tmp_path):
 
 def test_resolved_defaults_depend_on_backend_and_model():
     local = resolved(SFTConfig(), {}, lr=5e-4, tiny_lr=2e-3)
-    assert (local.backend, local.model, local.lr) == ("local", "tiny-chat", 2e-3)
+    assert (local.backend, local.model, local.lr) == ("local", "tiny-instruct", 2e-3)
     remote = resolved(SFTConfig(), {"TINKER_API_KEY": "k"}, lr=5e-4, tiny_lr=2e-3)
     assert (remote.backend, remote.model, remote.lr) == (
         "tinker", "Qwen/Qwen3-4B-Instruct-2507", 5e-4)

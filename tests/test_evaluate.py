@@ -47,7 +47,7 @@ def test_eval_json_agrees_with_every_sampled_row(arithmetic_eval, sft_runs):
     report, run_dir = arithmetic_eval
     saved = json.loads((run_dir / "eval.json").read_text())
     assert saved["models"] == json.loads(json.dumps(report["models"]))
-    assert [m["label"] for m in saved["models"]] == ["base:tiny-chat", "sft-a"]
+    assert [m["label"] for m in saved["models"]] == ["base:tiny-instruct", "sft-a"]
     final = [c for c in read_jsonl(sft_runs[0] / "checkpoints.jsonl")
              if c["kind"] == "sampler"][-1]["path"]
     assert [m["path"] for m in saved["models"]] == [None, final]
@@ -70,7 +70,7 @@ def test_eval_json_agrees_with_every_sampled_row(arithmetic_eval, sft_runs):
     # The same seeds give the same problems and answers to both models' samplers in turn.
     assert [r["numbers"] for r in samples[:12]] == [r["numbers"] for r in samples[12:]]
     markdown = (run_dir / "eval.md").read_text()
-    assert "| base:tiny-chat" in markdown and "| sft-a" in markdown and "3 pairs" in markdown
+    assert "| base:tiny-instruct" in markdown and "| sft-a" in markdown and "3 pairs" in markdown
     assert (run_dir / "accuracy.png").read_bytes().startswith(PNG_MAGIC)
 
 
@@ -88,7 +88,7 @@ def test_eval_is_a_wandb_run_in_the_training_runs_group(arithmetic_eval):
     assert wandb_run.summary["eval/sft-a/path"] == trained["path"]
     table = wandb_run.table("samples/step_000000")
     assert len(table.rows) == 2 * 12
-    assert {r["model"] for r in table.rows} == {"base:tiny-chat", "sft-a"}
+    assert {r["model"] for r in table.rows} == {"base:tiny-instruct", "sft-a"}
     assert {"completion", "answer", "reward", "correct"} <= set(table.columns)
     assert any(row.get("eval/accuracy_plot._type") == "image-file" for row in wandb_run.history)
 
@@ -114,7 +114,7 @@ def test_chat_eval_gives_a_finite_nll(sft_runs, tmp_path):
         backend="local", task="chat", dataset="foo", checkpoint=[final], num_problems=4,
         max_tokens=8, wandb_mode="disabled", log_dir=tmp_path / "chat"))
     run_id = final.removeprefix("tinker://").split("/")[0]
-    assert [m["label"] for m in report["models"]] == ["base:tiny-chat", f"{run_id}/final"]
+    assert [m["label"] for m in report["models"]] == ["base:tiny-instruct", f"{run_id}/final"]
     for model in report["models"]:
         assert math.isfinite(model["nll"]) and model["nll"] > 0
         assert model["n"] == 4 and 0.0 <= model["exact_match"] <= 1.0

@@ -20,7 +20,10 @@ def rl_config(tmp_path, **overrides) -> train_rl.Config:
     # From scratch tiny-chat never writes an answer tag, but with the seed's concise bonus (paid
     # with or without an answer) on from the start, rewards differ within a group (by length),
     # so every step trains.
-    values = dict(backend="local", log_dir=tmp_path / "rl", wandb_mode="offline", batch_size=2,
+    # tiny-chat, not the default tiny-instruct: these check plumbing, and the untrained network
+    # is the fastest to sample from.
+    values = dict(backend="local", model="tiny-chat", log_dir=tmp_path / "rl",
+                  wandb_mode="offline", batch_size=2,
                   group_size=4, max_tokens=24, max_steps=3, concise_bonus_after=0,
                   concise_needs_answer=False, sample_every=1, eval_problems=6, save_every=2)
     return train_rl.Config(**{**values, **overrides})
@@ -56,6 +59,28 @@ def test_rl_run_is_tracked_step_by_step(tmp_path, capsys):
         assert history[step]["reward/mean"] == pytest.approx(mean_reward)
     names = [r["name"] for r in run.table("checkpoints").rows]
     assert names == ["000002", "000002", "final", "final"]
+
+
+def test_a_run_that_trains_on_nothing_says_so(tmp_path, capsys):
+    # No concise bonus and no answer tags: every reward is 0, every group tied, no datum.
+    final = train_rl.main(rl_config(tmp_path, max_steps=2, concise_bonus_after=None,
+                                    max_tokens=4, sample_every=0, eval_problems=0))
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last_line.startswith("done: ")
+    assert "WARNING: trained on nothing in every step" in last_line
+    metrics = [json.loads(line)
+               for line in (tmp_path / "rl/metrics.jsonl").read_text().splitlines()]
+    assert [m["rl/steps_without_training"] for m in metrics] == [1, 2]
+    assert not any("train/loss" in m for m in metrics)  # no loss was computed: none is logged
+    assert final["rl/steps_without_training"] == 2
+    summary = json.loads((tmp_path / "rl/summary.json").read_text())
+    assert summary["rl/steps_without_training"] == 2
+
+
+def test_untrained_warning_counts_steps():
+    assert train_rl.untrained_warning(0, 10) is None
+    assert "in 3 of 10 steps" in train_rl.untrained_warning(3, 10)
+    assert "in every step" in train_rl.untrained_warning(10, 10)
 
 
 def test_rl_resume_continues_exactly(tmp_path):

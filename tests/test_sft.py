@@ -60,7 +60,7 @@ def test_sft_run_learns_and_is_tracked(tmp_path, monkeypatch):
     assert [c["kind"] for c in checkpoints] == ["sampler", "state"] * 2
     assert wandb_run.summary["checkpoint/final"] == checkpoints[-2]["path"]
     assert checkpoints[-2]["path"].endswith("/sampler_weights/final")
-    assert wandb_run.config["lr"] == 2e-3 and wandb_run.config["model"] == "tiny-chat"
+    assert wandb_run.config["lr"] == 2e-3 and wandb_run.config["model"] == "tiny-instruct"
 
     checkpoint_root = Path(os.environ["LOCAL_TINKER_ROOT"])
     for secret in SECRETS.values():
