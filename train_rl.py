@@ -211,12 +211,12 @@ def main(cfg: Config) -> dict[str, float]:
             bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}",
                             acc=f"{metrics['rl/accuracy']:.0%}")
             if stop.requested and step < cfg.max_steps:
-                stop_here(training_client, tracker, step)
+                stop_here(training_client, tracker, step, stop)
                 break
         end_of_run(tracker, meter, metrics,
                    ["reward/mean", "rl/accuracy", "eval/accuracy", "completions/mean_words"])
     if stop.requested and step < cfg.max_steps:
-        raise SystemExit(130)  # stopped by Ctrl-C, cleanly: the checkpoint is saved
+        raise SystemExit(stop.exit_code)  # stopped by a signal, cleanly: the checkpoint is saved
     return metrics
 
 
@@ -231,7 +231,7 @@ def train_on(training_client, datums: list[types.Datum], cfg: Config, step: int
     tokens = sum(d.model_input.length for d in datums)
     if not datums:  # every group had equal rewards: nothing to learn from this batch
         next_sampler = training_client.save_weights_and_get_sampling_client()
-        return {"tokens/trained": 0, "train/loss": 0.0}, next_sampler
+        return {"tokens/trained": 0}, next_sampler  # no loss: nothing was trained
     fwd_bwd = training_client.forward_backward(datums, cfg.loss_fn)
     optim = training_client.optim_step(types.AdamParams(learning_rate=cfg.lr))
     next_sampler = training_client.save_weights_and_get_sampling_client()
