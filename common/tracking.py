@@ -216,6 +216,7 @@ class Tracker:
         self._metric_summaries = dict(METRIC_SUMMARIES if metric_summaries is None
                                       else metric_summaries)
         self._tables: dict[str, Any] = {}  # key -> the wandb.Table its increments come from
+        self._history_keys: set[str] = set()  # keys this process logged to W&B's history
         tables_path = self.run_dir / TABLES
         self._table_log: dict[str, list[dict[str, Any]]] = (
             json.loads(tables_path.read_text()) if tables_path.exists() else {})
@@ -311,6 +312,7 @@ class Tracker:
             return
         self._wandb("log", lambda run: run.log(row, step=step))
         self._wandb_step = max(step, self._wandb_step)
+        self._history_keys.update(row)
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         """Append rows to samples.jsonl and add them to the W&B table `key` as one increment."""
@@ -411,12 +413,13 @@ class Tracker:
         self.set_summary(values)
 
     def set_summary(self, values: Mapping[str, Any]) -> None:
-        """Merge into the run summary: summary.json (rewritten atomically) and W&B's. Keys whose
-        W&B summary define_metric computes (best and last) are left to W&B there."""
+        """Merge into the run summary: summary.json (rewritten atomically) and W&B's. Logged
+        keys whose W&B summary define_metric computes (best and last) are left to W&B there."""
         values = redact(_plain(values))
         self._summary.update(values)
         _write_atomic(self.run_dir / SUMMARY, json.dumps(self._summary, indent=2) + "\n")
-        to_wandb = {k: v for k, v in values.items() if k not in self._metric_summaries}
+        to_wandb = {k: v for k, v in values.items()
+                    if not (k in self._metric_summaries and k in self._history_keys)}
         if to_wandb:
             self._wandb("summary", lambda run: run.summary.update(to_wandb))
 
@@ -436,6 +439,7 @@ class Tracker:
                 values = {k: v for k, v in row.items() if k not in ("step", "_time")}
                 self._wandb("log", lambda run, v=values, s=row["step"]: run.log(v, step=s))
                 self._wandb_step = row["step"]
+                self._history_keys.update(values)
         last = (
             self._checkpoints[-1][CHECKPOINT_COLUMNS.index("path")] if self._checkpoints else None
         )

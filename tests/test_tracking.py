@@ -77,11 +77,12 @@ def test_offline_run_round_trip(tmp_path: Path) -> None:
         assert isinstance(file_row.pop("_time"), float)
         assert file_row == {k: v for k, v in wb_row.items() if not k.startswith("_")}
     assert metrics[4]["train/loss"] == 0.2 and metrics[0]["train/tokens"] == 10
-    # Each step's samples are a table of their own; the files hold the same rows.
-    assert wb.table("samples/step_000001").rows[0] == dict(
-        step=1, prompt="1+1=", completion="answer 1", reward=1.0
-    )
-    assert [r["completion"] for r in wb.table("samples/step_000003").rows] == ["answer 3", "4"]
+    # One samples table, one increment per logged step; the files hold the same rows.
+    assert list(wb.tables) == ["samples"]
+    increments = wb.tables["samples"]
+    assert [t.step for t in increments] == [1, 3]
+    assert increments[0].rows[0] == dict(step=1, prompt="1+1=", completion="answer 1", reward=1.0)
+    assert [r["completion"] for r in increments[1].rows] == ["answer 3", "4"]
     samples = read_jsonl(tmp_path / "samples.jsonl")
     assert [(s["table"], s["step"], s["completion"]) for s in samples] == [
         ("samples", 1, "answer 1"),
@@ -89,9 +90,8 @@ def test_offline_run_round_trip(tmp_path: Path) -> None:
         ("samples", 3, "answer 3"),
         ("samples", 3, "4"),
     ]
-    # The checkpoints table is logged whole each time: its latest version has every row.
-    assert len(wb.tables["checkpoints"]) == 2
-    assert [r["name"] for r in wb.table("checkpoints").rows] == ["000002", "000004"]
+    # No bookkeeping charts: no checkpoints table, no per-step table keys.
+    assert not [k for row in wb.history for k in row if k.startswith("checkpoints")]
     assert [c["name"] for c in read_checkpoints(tmp_path)] == ["000002", "000004"]
     assert wb.summary["checkpoint/final"] == "local://run/sampler_weights/final"
     assert wb.summary["checkpoint/last"] == "local://run/weights/000004"
@@ -329,3 +329,110 @@ def test_a_failing_online_run_continues_offline(tmp_path: Path, capsys) -> None:
     run = read_offline_run(tmp_path)
     assert [r["_step"] for r in run.history if "train/loss" in r] == [1, 2, 3]
     assert set(run.run_ids) == {tracker.run_id}  # the same W&B run, continued
+
+
+def wandb_records(run_dir: Path, kind: str) -> list[dict]:
+    return [r[kind] for r in read_offline_run(run_dir).records if r["type"] == kind]
+
+
+def test_each_sampler_checkpoint_is_a_model_reference_artifact(tmp_path: Path) -> None:
+    config = {"model": "tiny-math", "backend": "local", "lora_rank": 32, "lr": 2.0e-4}
+    with make_tracker(tmp_path, config=config) as tracker:
+        for step, name in ((20, "000020"), (40, "000040"), (50, "final")):
+            tracker.log({"train/loss": 1.0 / step}, step=step)
+            # As save_checkpoint records them: the state first, then the sampler weights.
+            tracker.log_checkpoint(step, name, f"local://r/weights/{name}", "state")
+            tracker.log_checkpoint(step, name, f"local://r/sampler_weights/{name}", "sampler")
+        tracker.log_final_checkpoint("local://r/sampler_weights/final")
+    artifacts = [a for a in wandb_records(tmp_path, "artifact") if a["type"] == "model"]
+    assert [a["name"] for a in artifacts] == [f"model-{tracker.run_id}"] * 3  # one collection
+    assert [sorted(a["aliases"]) for a in artifacts] == [
+        ["latest", "step-000020"], ["latest", "step-000040"], ["final", "latest", "step-000050"]]
+    for artifact, name, step in zip(artifacts, ("000020", "000040", "final"), (20, 40, 50),
+                                    strict=True):
+        (entry,) = artifact["manifest"]["contents"]
+        assert entry["ref"] == f"local://r/sampler_weights/{name}" and entry["path"] == "weights"
+        assert json.loads(artifact["metadata"]) == {
+            "step": step, "name": name, "base_model": "tiny-math", "lora_rank": 32,
+            "backend": "local", "sampler_path": f"local://r/sampler_weights/{name}",
+            "state_path": f"local://r/weights/{name}"}
+    # checkpoints.jsonl keeps both records of every save (resume reads the state ones).
+    assert [c["kind"] for c in read_checkpoints(tmp_path)] == ["state", "sampler"] * 3
+    summary = read_offline_run(tmp_path).summary
+    assert summary["checkpoint/artifact"] == f"model-{tracker.run_id}:final"
+
+
+def test_summaries_rank_by_best_and_bookkeeping_is_hidden(tmp_path: Path) -> None:
+    config = {"model": "tiny-chat", "backend": "local"}
+    with make_tracker(tmp_path, config=config) as tracker:
+        for step, (loss, accuracy) in enumerate([(3.0, 0.2), (1.0, 0.6), (2.0, 0.4)], start=1):
+            tracker.log({"train/loss": loss, "eval/loss": loss + 1, "eval/accuracy": accuracy,
+                         "progress/step": step, "cost/step_usd": 0.0}, step=step)
+        tracker.set_summary({"train/loss": 2.0, "eval/accuracy": 0.4, "tokens/total": 7})
+    metrics = {m.get("name") or m.get("glob_name"): m for m in wandb_records(tmp_path, "metric")}
+    assert metrics["train/loss"]["summary"] == {"min": True, "last": True}
+    assert metrics["eval/accuracy"]["summary"] == {"max": True, "last": True}
+    assert metrics["rl/accuracy"]["summary"] == {"max": True, "last": True}
+    assert metrics["progress/step"]["options"]["hidden"] is True
+    assert metrics["cost/*"]["options"]["hidden"] is True  # the local backend costs nothing
+    summary = read_offline_run(tmp_path).summary
+    # The end-of-run summary update leaves W&B's best-and-last alone.
+    assert summary["train/loss"] == {"min": 1.0, "last": 2.0}
+    assert summary["eval/loss"] == {"min": 2.0, "last": 3.0}
+    assert summary["eval/accuracy"] == {"max": 0.6, "last": 0.4}
+    assert summary["tokens/total"] == 7
+    assert json.loads((tmp_path / "summary.json").read_text())["train/loss"] == 2.0
+
+
+def test_a_resumed_run_continues_the_samples_table_from_its_checkpoint(tmp_path: Path) -> None:
+    """The killed attempt logged increments for steps 2, 4, 6 and saved at 4; the resumed one
+    redoes 6 and goes on: its table is steps 2, 4 (first attempt) + 6, 8 (second)."""
+    tracker = make_tracker(tmp_path)
+    for step in (2, 4, 6):
+        tracker.log_table("samples", SAMPLE_COLUMNS, [[step, "q", f"first {step}", 0.0]], step)
+    tracker._run.finish(exit_code=137)  # as good as killed: no Tracker.finish
+    with make_tracker(tmp_path, resume=True) as tracker:
+        tracker.truncate_after(4)
+        for step in (6, 8):
+            tracker.log_table("samples", SAMPLE_COLUMNS, [[step, "q", f"again {step}", 0.0]], step)
+    wb = read_offline_run(tmp_path)
+    history = [r["history"]["item"] for r in wb.records if r["type"] == "history"
+               and "samples._type" in r["history"]["item"]]
+    assert {h["samples._type"] for h in history} == {"incremental-table-file"}
+    first, second = history[:3], history[3:]
+    # What the W&B UI shows for the table at the end: the last increment plus the ones it lists.
+    shown = [*second[-1]["samples.previous_increments_paths"], second[-1]["samples.artifact_path"]]
+    assert shown == [first[0]["samples.artifact_path"], first[1]["samples.artifact_path"],
+                     second[0]["samples.artifact_path"], second[1]["samples.artifact_path"]]
+    assert [h["samples.increment_num"] for h in history] == [0, 1, 2, 2, 3]
+    rows = {(t.step, r["completion"]) for t in wb.tables["samples"] for r in t.rows}
+    assert {(2, "first 2"), (4, "first 4"), (6, "again 6"), (8, "again 8")} <= rows
+    assert [s["completion"] for s in read_jsonl(tmp_path / "samples.jsonl")] == [
+        "first 2", "first 4", "again 6", "again 8"]
+
+
+def test_signal_stop_ends_the_wandb_run_preempting_with_its_exit_code(tmp_path: Path) -> None:
+    with make_tracker(tmp_path) as tracker:
+        tracker.log({"train/loss": 1.0}, step=1)
+        tracker.stopped(143)
+    assert wandb_records(tmp_path, "exit")[0]["exit_code"] == 143
+    assert len(wandb_records(tmp_path, "preempting")) == 1
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_wandb_options_tags_notes_group_and_config(tmp_path: Path, capsys) -> None:
+    config = {"model": "Qwen/Qwen3-4B-Instruct-2507", "backend": "tinker", "lr": 1e-4,
+              "wandb_mode": "offline", "run_name": None, "resume": False, "dry_run": False,
+              "wandb_project": None, "wandb_group": None}
+    make_tracker(tmp_path, config=config, tags=["try-1"], notes="first try").finish()
+    (run,) = wandb_records(tmp_path, "run")
+    assert run["tags"] == ["try-1", "backend:tinker", "model:Qwen3-4B-Instruct-2507"]
+    assert run["notes"] == "first try" and run["run_group"] == "tests"
+    # W&B's config is what defines the run; config.yaml keeps every flag.
+    assert read_offline_run(tmp_path).config == {
+        "model": "Qwen/Qwen3-4B-Instruct-2507", "backend": "tinker", "lr": 1e-4}
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["wandb_mode"] == "offline"
+    assert (tmp_path / "wandb_group").read_text() == "tests"
+    diff = (tmp_path / "git_diff.patch").read_text()
+    assert diff.startswith("# commit ") and len(diff.split()[2]) == 40
+    assert "git_diff.patch" in {p.name for p in tmp_path.glob("wandb/offline-run-*/files/*")}
