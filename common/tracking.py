@@ -9,7 +9,7 @@ Everything lands in the run directory, so the files alone describe a run:
   summary.json       the run summary, merged and rewritten atomically on every update
   wandb_run_id       the W&B run id; a Tracker made with resume=True continues that W&B run
   wandb_group        the W&B group the run joined (evaluate.py puts its run in the same one)
-  wandb_tables.json  where each W&B samples-table increment went, so a resumed run continues it
+  wandb_tables.json  the W&B tables logged and at which steps, so a resumed run continues them
   git_diff.patch     `git diff HEAD` of the code that ran (first line: the commit); W&B gets it too
   wandb/             W&B's own files. Unlike DESIGN's `./wandb`, each run dir is self-contained:
                      browse with `wandb leet <run_dir>/wandb`, upload with `wandb sync`.
@@ -20,9 +20,10 @@ and a W&B error later turns W&B off for the rest of the run (one printed line ea
 Every string that reaches the console, a file or W&B goes through `common.secrets.redact`.
 What W&B shows, following its documented conventions:
 - samples: one table key per script, logged with log_mode="INCREMENTAL" (W&B's pattern for tables
-  over time; W&B Server >= 0.70, i.e. W&B's cloud). A resumed run continues the same table: the
-  increments kept are those up to the step it resumed from (an online resume alone would also
-  keep the killed attempt's later increments; an offline one would start the table over).
+  over time; W&B Server >= 0.70, i.e. W&B's cloud). A resumed run continues the table: its
+  first increment holds the rows kept from before (samples.jsonl up to the step it resumed
+  from), then one increment per sample step as before. W&B's own resume would instead chain
+  the killed attempt's increments, including steps past the checkpoint and ones the kill lost.
 - checkpoints: one `model` reference artifact per saved sampler checkpoint (`model-<run id>`, the
   `tinker://` / `local://` URI, aliases `step-NNNNNN`, `latest` and `final`; the state path for
   resuming in its metadata); evaluate.py declares the ones it scores as inputs of its run.
@@ -218,7 +219,8 @@ class Tracker:
         self._tables: dict[str, Any] = {}  # key -> the wandb.Table its increments come from
         self._history_keys: set[str] = set()  # keys this process logged to W&B's history
         tables_path = self.run_dir / TABLES
-        self._table_log: dict[str, list[dict[str, Any]]] = (
+        # key -> {"columns", "steps"}: the tables this run logged to W&B, and at which steps.
+        self._table_log: dict[str, dict[str, Any]] = (
             json.loads(tables_path.read_text()) if tables_path.exists() else {})
         self._run: Any = None
         self._status: str | None = None
@@ -322,31 +324,34 @@ class Tracker:
         ]
         _append_jsonl(self.run_dir / SAMPLES, records)
 
+        self._wandb_increment(key, columns, rows, step)
+
+    def _wandb_increment(self, key: str, columns: list[str], rows: list[list[Any]],
+                         step: int) -> None:
         def log(run: Any) -> None:
-            table = self._tables.get(key) or self._new_table(key, columns, run)
+            table = self._tables.get(key) or self._new_table(key, columns)
             for row in rows:
                 table.add_data(*row)
             # Not below W&B's current step, or W&B would drop it; the rows carry their step.
             run.log({key: table}, step=max(step, self._wandb_step))
-            increments = self._table_log.setdefault(key, [])
-            increments.append({"step": step, "increment": table._increment_num,
-                               "path": table._get_artifact_entry_ref_url()})
-            _write_atomic(self.run_dir / TABLES, json.dumps(self._table_log, indent=1) + "\n")
+            logged = self._table_log.setdefault(key, {"columns": list(columns), "steps": []})
+            logged["steps"].append(step)
+            _write_atomic(self.run_dir / TABLES, json.dumps(self._table_log) + "\n")
 
         self._wandb("table", log)
         self._wandb_step = max(step, self._wandb_step)
 
-    def _new_table(self, key: str, columns: list[str], run: Any) -> Any:
-        """An INCREMENTAL table; in a resumed run, it continues the increments logged up to the
-        step the run resumed from (W&B's table state for a resumed run is the last increment's
-        summary, which offline runs do not have and a killed attempt may have gone past)."""
+    def _new_table(self, key: str, columns: list[str]) -> Any:
+        """An INCREMENTAL table. A resumed run starts it over (W&B would otherwise continue
+        from the killed attempt's last increment, which may be past the step the run resumed
+        from, or lost with the process); truncate_after gives it the rows kept so far."""
         import wandb
 
         # Mixed types in a column (None next to str, int next to str) must not fail a log.
         table = wandb.Table(columns=list(columns), log_mode="INCREMENTAL", allow_mixed_types=True)
-        if earlier := self._table_log.get(key):
-            table._increment_num = max(i["increment"] for i in earlier) + 1
-            table._previous_increments_paths = [i["path"] for i in earlier if i["path"]]
+        if key in self._table_log:
+            table._increment_num = len(self._table_log[key]["steps"])
+            table._previous_increments_paths = []
         self._tables[key] = table
         return table
 
@@ -427,10 +432,6 @@ class Tracker:
         """Drop records with step > `step` (metrics, checkpoints, samples): a resumed run redoes
         them. Call it right after resuming from the checkpoint saved at `step`."""
         self._keep_rows(lambda row: row.get("step", -1) <= step)
-        for key, increments in self._table_log.items():  # the redone steps log theirs again
-            self._table_log[key] = [i for i in increments if i["step"] <= step]
-        if (self.run_dir / TABLES).exists():
-            _write_atomic(self.run_dir / TABLES, json.dumps(self._table_log, indent=1) + "\n")
         # A killed process loses what W&B still buffered, so W&B may lack kept rows: replay
         # those it may not have. W&B keeps the first copy of a step (a resumed online run
         # starts at `starting_step`; an offline one is de-duplicated by `wandb sync`).
@@ -440,6 +441,13 @@ class Tracker:
                 self._wandb("log", lambda run, v=values, s=row["step"]: run.log(v, step=s))
                 self._wandb_step = row["step"]
                 self._history_keys.update(values)
+        # The W&B tables continue with the rows kept (one increment at `step`); the redone
+        # steps log theirs again.
+        kept = [row for _, row in _read_jsonl(self.run_dir / SAMPLES)]
+        for key, logged in list(self._table_log.items()):
+            rows = [[r.get(c) for c in logged["columns"]] for r in kept if r.get("table") == key]
+            if rows and self._run is not None:
+                self._wandb_increment(key, logged["columns"], rows, step)
         last = (
             self._checkpoints[-1][CHECKPOINT_COLUMNS.index("path")] if self._checkpoints else None
         )

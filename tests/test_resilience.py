@@ -82,12 +82,57 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     assert summary["status"] == "interrupted"
     states = [c for c in read_jsonl(log_dir / "checkpoints.jsonl") if c["kind"] == "state"]
     assert states[-1]["step"] == stopped == len(read_jsonl(log_dir / "metrics.jsonl"))
-    assert read_offline_run(log_dir).exit_codes == [0]  # the W&B run was finished, not killed
+    run = read_offline_run(log_dir)
+    assert run.exit_codes == [130]  # W&B shows it stopped, not finished
+    assert [r for r in run.records if r["type"] == "preempting"]  # ... and expects the resume
 
     resumed = start_sft(log_dir, "--resume")
     assert resumed.wait(timeout=300) == 0
     assert [m["step"] for m in read_jsonl(log_dir / "metrics.jsonl")] == list(range(1, 25))
     assert json.loads((log_dir / "summary.json").read_text())["status"] == "finished"
+
+
+def test_sigterm_saves_the_step_and_ends_the_run_with_exit_code_143(tmp_path):
+    """What `wandb agent`, Slurm and `docker stop` send: handled like Ctrl-C."""
+    log_dir = tmp_path / "run"
+    process = start_sft(log_dir)
+    wait_for_steps(log_dir, 3, process)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, output
+    assert "SIGTERM: finishing this step, then saving a checkpoint" in output
+    stopped = json.loads((log_dir / "summary.json").read_text())["interrupted_at_step"]
+    assert stopped == read_jsonl(log_dir / "metrics.jsonl")[-1]["step"]
+    saved = [(c["step"], c["kind"]) for c in read_jsonl(log_dir / "checkpoints.jsonl")]
+    assert (stopped, "state") in saved and (stopped, "sampler") in saved
+    run = read_offline_run(log_dir)
+    assert run.exit_codes == [143]
+    assert [r for r in run.records if r["type"] == "preempting"]
+    artifacts = [r["artifact"] for r in run.records
+                 if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+    assert f"step-{stopped:06d}" in artifacts[-1]["aliases"]
+
+
+def test_samples_table_covers_every_sampled_step_across_sigkill_and_resume(tmp_path):
+    log_dir = tmp_path / "run"
+    flags = ("--max_steps", "12", "--sample_every", "2", "--sample_prompts", "1")
+    victim = start_sft(log_dir, *flags)
+    wait_for_steps(log_dir, 7, victim)  # saved at 4; sampled at 2, 4, 6
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    resumed = start_sft(log_dir, *flags, "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+
+    run = read_offline_run(log_dir)
+    assert list(run.tables) == ["samples"]
+    assert len(run.run_ids) == 2 and len(set(run.run_ids)) == 1  # one W&B run, two attempts
+    # The table W&B shows at the end: each sampled step once, from the attempt that counts.
+    # (The resumed attempt's first increment holds the rows kept from the killed one.)
+    shown = run.incremental_table("samples")
+    assert [[r["step"] for r in t.rows] for t in shown] == [[2, 4], [6], [8], [10], [12]]
+    samples = read_jsonl(log_dir / "samples.jsonl")
+    assert [s["step"] for s in samples] == list(range(2, 13, 2))
+    assert [r["completion"] for t in shown for r in t.rows] == [s["completion"] for s in samples]
 
 
 def test_injected_faults_do_not_change_the_result(tmp_path, monkeypatch):

@@ -43,8 +43,10 @@ def test_rl_run_is_tracked_step_by_step(tmp_path, capsys):
     assert sorted(history) == [1, 2, 3]
     for m in metrics:
         assert history[m["step"]]["reward/mean"] == pytest.approx(m["reward/mean"])
-    for step in (1, 2, 3):
-        rows = run.table(f"samples/step_{step:06d}").rows
+    assert list(run.tables) == ["samples"]
+    for step, table in zip((1, 2, 3), run.tables["samples"], strict=True):
+        rows = table.rows
+        assert {r["step"] for r in rows} == {step}
         assert len(rows) == 2 * 4
         for row in rows:
             parts = row["format"] + row["correct"] + row["concise"]
@@ -54,8 +56,25 @@ def test_rl_run_is_tracked_step_by_step(tmp_path, capsys):
             assert abs(np.mean(advantages)) < 1e-6
         mean_reward = np.mean([r["reward"] for r in rows])
         assert history[step]["reward/mean"] == pytest.approx(mean_reward)
-    names = [r["name"] for r in run.table("checkpoints").rows]
-    assert names == ["000002", "000002", "final", "final"]
+    artifacts = [r["artifact"] for r in run.records
+                 if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+    assert [sorted(a["aliases"]) for a in artifacts] == [
+        ["latest", "step-000002"], ["final", "latest", "step-000003"]]
+
+
+def test_an_rl_step_that_trains_nothing_logs_no_loss(tmp_path):
+    """Without the concise bonus, tiny-chat earns 0 everywhere: every group ties, no datum is
+    trained, and no step may show a train/loss (a flat 0.0 would be a value that never was)."""
+    train_rl.main(rl_config(tmp_path, max_steps=2, concise_bonus_after=None, sample_every=0,
+                            eval_problems=0, save_every=0, group_size=2, max_tokens=8))
+    metrics = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text()
+               .splitlines()]
+    assert [m["rl/frac_groups_zero_std"] for m in metrics] == [1.0, 1.0]
+    assert all(m["tokens/trained"] == 0 and "train/loss" not in m for m in metrics)
+    run = read_offline_run(tmp_path / "rl")
+    assert sorted(r["_step"] for r in run.history if "reward/mean" in r) == [1, 2]
+    assert not [r for r in run.history if "train/loss" in r]
+    assert "train/loss" not in run.summary
 
 
 def test_rl_resume_continues_exactly(tmp_path):

@@ -49,16 +49,29 @@ def test_sft_run_learns_and_is_tracked(tmp_path, monkeypatch):
             assert history[row["step"]][key] == pytest.approx(row[key])
     assert sorted(s for s, r in history.items() if "eval/loss" in r) == [10, 20, 30, 40]
 
-    for step in (10, 20, 30, 40):
-        table = wandb_run.table(f"samples/step_{step:06d}")
-        assert len(table.rows) == 2 and table.rows[0]["step"] == step
-    assert wandb_run.table("samples/step_000040").rows[0]["completion"] == "foo<|im_end|>"
-    names = [row["name"] for row in wandb_run.table("checkpoints").rows]
-    assert names == ["000020", "000020", "final", "final"]
+    # One samples table: an increment per sample step, every row carrying its step.
+    assert list(wandb_run.tables) == ["samples"]
+    increments = wandb_run.tables["samples"]
+    assert [t.step for t in increments] == [10, 20, 30, 40]
+    for table in increments:
+        assert len(table.rows) == 2 and {r["step"] for r in table.rows} == {table.step}
+    assert increments[-1].rows[0]["completion"] == "foo<|im_end|>"
     checkpoints = read_jsonl(run_dir / "checkpoints.jsonl")
+    assert [(c["name"], c["kind"]) for c in checkpoints] == [
+        ("000020", "state"), ("000020", "sampler"), ("final", "state"), ("final", "sampler")]
+    # Each sampler checkpoint is a `model` reference artifact of this run.
+    artifacts = [r["artifact"] for r in wandb_run.records
+                 if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+    assert [[e["ref"] for e in a["manifest"]["contents"]] for a in artifacts] == [
+        [c["path"]] for c in checkpoints if c["kind"] == "sampler"]
+    assert [sorted(a["aliases"]) for a in artifacts] == [
+        ["latest", "step-000020"], ["final", "latest", "step-000040"]]
+    assert json.loads(artifacts[-1]["metadata"])["state_path"] == checkpoints[-2]["path"]
     assert wandb_run.summary["checkpoint/final"] == checkpoints[-1]["path"]
     assert checkpoints[-1]["path"].endswith("/sampler_weights/final")
     assert wandb_run.config["lr"] == 2e-3 and wandb_run.config["model"] == "tiny-chat"
+    assert "wandb_mode" not in wandb_run.config and "dry_run" not in wandb_run.config
+    assert wandb_run.summary["train/loss"]["min"] == min(m["train/loss"] for m in metrics)
 
     checkpoint_root = Path(os.environ["LOCAL_TINKER_ROOT"])
     for secret in SECRETS.values():

@@ -386,29 +386,33 @@ def test_summaries_rank_by_best_and_bookkeeping_is_hidden(tmp_path: Path) -> Non
 
 def test_a_resumed_run_continues_the_samples_table_from_its_checkpoint(tmp_path: Path) -> None:
     """The killed attempt logged increments for steps 2, 4, 6 and saved at 4; the resumed one
-    redoes 6 and goes on: its table is steps 2, 4 (first attempt) + 6, 8 (second)."""
+    continues the table with the rows kept (steps 2 and 4), then redoes 6 and goes on to 8."""
     tracker = make_tracker(tmp_path)
-    for step in (2, 4, 6):
-        tracker.log_table("samples", SAMPLE_COLUMNS, [[step, "q", f"first {step}", 0.0]], step)
+    for step in (1, 2, 3, 4, 5, 6):
+        tracker.log({"train/loss": 1.0 / step}, step)
+        if step % 2 == 0:
+            tracker.log_table("samples", SAMPLE_COLUMNS, [[step, "q", f"first {step}", 0.0]], step)
     tracker._run.finish(exit_code=137)  # as good as killed: no Tracker.finish
     with make_tracker(tmp_path, resume=True) as tracker:
         tracker.truncate_after(4)
-        for step in (6, 8):
-            tracker.log_table("samples", SAMPLE_COLUMNS, [[step, "q", f"again {step}", 0.0]], step)
+        for step in (5, 6, 7, 8):
+            tracker.log({"train/loss": 2.0 / step}, step)
+            if step % 2 == 0:
+                tracker.log_table("samples", SAMPLE_COLUMNS, [[step, "q", f"again {step}", 0.0]],
+                                  step)
     wb = read_offline_run(tmp_path)
-    history = [r["history"]["item"] for r in wb.records if r["type"] == "history"
-               and "samples._type" in r["history"]["item"]]
-    assert {h["samples._type"] for h in history} == {"incremental-table-file"}
-    first, second = history[:3], history[3:]
-    # What the W&B UI shows for the table at the end: the last increment plus the ones it lists.
-    shown = [*second[-1]["samples.previous_increments_paths"], second[-1]["samples.artifact_path"]]
-    assert shown == [first[0]["samples.artifact_path"], first[1]["samples.artifact_path"],
-                     second[0]["samples.artifact_path"], second[1]["samples.artifact_path"]]
-    assert [h["samples.increment_num"] for h in history] == [0, 1, 2, 2, 3]
-    rows = {(t.step, r["completion"]) for t in wb.tables["samples"] for r in t.rows}
-    assert {(2, "first 2"), (4, "first 4"), (6, "again 6"), (8, "again 8")} <= rows
+    increments = wb.tables["samples"]
+    assert {t.info["_type"] for t in increments} == {"incremental-table-file"}
+    assert [t.info["increment_num"] for t in increments] == [0, 1, 2, 3, 4, 5]
+    # What W&B's UI shows for the table at the end: this attempt's increments, starting with
+    # the rows kept from the killed one; every sampled step once, none past the checkpoint.
+    shown = wb.incremental_table("samples")
+    assert [[r["completion"] for r in t.rows] for t in shown] == [
+        ["first 2", "first 4"], ["again 6"], ["again 8"]]
     assert [s["completion"] for s in read_jsonl(tmp_path / "samples.jsonl")] == [
         "first 2", "first 4", "again 6", "again 8"]
+    # Metrics the killed attempt had logged before its checkpoint are still replayed first.
+    assert [r["_step"] for r in wb.history if "train/loss" in r] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_signal_stop_ends_the_wandb_run_preempting_with_its_exit_code(tmp_path: Path) -> None:
