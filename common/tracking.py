@@ -27,8 +27,10 @@ What W&B shows, following its documented conventions:
 - checkpoints: one `model` reference artifact per saved sampler checkpoint (`model-<run id>`, the
   `tinker://` / `local://` URI, aliases `step-NNNNNN`, `latest` and `final`; the state path for
   resuming in its metadata); evaluate.py declares the ones it scores as inputs of its run.
-- summaries: define_metric gives losses min + last, accuracies and rewards max + last; bookkeeping
-  (`progress/step`, which `_step` already is; `cost/*` on the free local backend) is hidden.
+- summaries: define_metric gives losses min + last, accuracies and rewards max + last.
+- no bookkeeping charts: W&B does not get `progress/step` (its own `_step` is the same number)
+  nor, on the free local backend, `cost/*` (a flat $0); metrics.jsonl keeps both. W&B's UI
+  and `wandb leet` then open on losses, rewards and accuracies, not on step counters.
 - run states: a run stopped by a signal ends with the signal's exit code (130 SIGINT, 143
   SIGTERM), marked preempting so W&B expects the resume; a failure ends with exit code 1.
 """
@@ -68,7 +70,7 @@ METRIC_SUMMARIES = {
     **dict.fromkeys(["eval/accuracy", "eval/reward", "rl/accuracy", "reward/mean",
                      "reward/format", "reward/correct", "reward/concise"], "max,last"),
 }
-HIDDEN_METRICS = ("progress/step",)  # W&B's own `_step` is the same number
+NOT_TO_WANDB = ("progress/step",)  # W&B's own `_step` is the same number
 # Flags that say how a run is tracked, not what it is: kept in config.yaml, not in W&B's config.
 NOT_WANDB_CONFIG = ("wandb_mode", "wandb_project", "wandb_entity", "wandb_group", "wandb_tags",
                     "wandb_notes", "run_name", "resume", "dry_run")
@@ -292,14 +294,10 @@ class Tracker:
         return None
 
     def _define_metrics(self, run: Any) -> None:
-        """Summaries that rank (best and last), bookkeeping hidden. Repeated on every attempt
-        of a run: W&B keeps definitions per process."""
+        """Summaries that rank (best and last). Repeated on every attempt of a run: W&B keeps
+        definitions per process."""
         for key, summary in self._metric_summaries.items():
             run.define_metric(key, summary=summary)
-        for key in HIDDEN_METRICS:
-            run.define_metric(key, hidden=True)
-        if self.config.get("backend") == "local":  # $0 on every step: a flat, empty chart
-            run.define_metric("cost/*", hidden=True)
 
     def log(self, metrics: Mapping[str, float | int], step: int) -> None:
         """Append one row to metrics.jsonl and log the same values to W&B at `step`."""
@@ -312,9 +310,16 @@ class Tracker:
                 self._noted_old_steps = True
                 self._say(f"W&B is at step {self._wandb_step}; earlier steps go to {METRICS} only")
             return
-        self._wandb("log", lambda run: run.log(row, step=step))
+        to_wandb = self._for_wandb(row)
+        self._wandb("log", lambda run: run.log(to_wandb, step=step))
         self._wandb_step = max(step, self._wandb_step)
-        self._history_keys.update(row)
+        self._history_keys.update(to_wandb)
+
+    def _for_wandb(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """The values of a metrics row that W&B gets (see the module docstring)."""
+        free = self.config.get("backend") == "local"
+        return {k: v for k, v in row.items()
+                if k not in NOT_TO_WANDB and not (free and k.startswith("cost/"))}
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         """Append rows to samples.jsonl and add them to the W&B table `key` as one increment."""
@@ -437,7 +442,8 @@ class Tracker:
         # starts at `starting_step`; an offline one is de-duplicated by `wandb sync`).
         for _, row in _read_jsonl(self.run_dir / METRICS):
             if self._run is not None and row["step"] >= self._wandb_step:
-                values = {k: v for k, v in row.items() if k not in ("step", "_time")}
+                values = self._for_wandb(
+                    {k: v for k, v in row.items() if k not in ("step", "_time")})
                 self._wandb("log", lambda run, v=values, s=row["step"]: run.log(v, step=s))
                 self._wandb_step = row["step"]
                 self._history_keys.update(values)

@@ -13,7 +13,7 @@ from tests.wandb_records import read_offline_run
 
 SECRETS = {"TINKER_API_KEY": "tml-PLANTED-tinker-secret-123", "WANDB_API_KEY": "planted0wandb0key0"}
 STEP_KEYS = {"train/loss", "train/lr", "train/tokens", "train/grad_norm", "tokens/trained",
-             "time/step", "progress/step", "progress/epoch", "progress/done_frac"}
+             "time/step", "progress/epoch", "progress/done_frac"}
 
 
 def sft_config(tmp_path: Path, **overrides) -> train_sft.Config:
@@ -45,6 +45,9 @@ def test_sft_run_learns_and_is_tracked(tmp_path, monkeypatch):
     assert sorted(history) == list(range(1, 41))
     for row in metrics:  # metrics.jsonl and the W&B history agree value for value
         assert STEP_KEYS <= set(history[row["step"]])
+        # ... except bookkeeping: W&B has _step, and the local backend costs nothing.
+        assert not [k for k in history[row["step"]] if k.startswith(("progress/step", "cost/"))]
+        assert row["progress/step"] == row["step"] and row["cost/step_usd"] == 0.0
         for key in STEP_KEYS:
             assert history[row["step"]][key] == pytest.approx(row[key])
     assert sorted(s for s, r in history.items() if "eval/loss" in r) == [10, 20, 30, 40]

@@ -362,7 +362,7 @@ def test_each_sampler_checkpoint_is_a_model_reference_artifact(tmp_path: Path) -
     assert summary["checkpoint/artifact"] == f"model-{tracker.run_id}:final"
 
 
-def test_summaries_rank_by_best_and_bookkeeping_is_hidden(tmp_path: Path) -> None:
+def test_summaries_rank_by_best_and_bookkeeping_stays_in_the_files(tmp_path: Path) -> None:
     config = {"model": "tiny-chat", "backend": "local"}
     with make_tracker(tmp_path, config=config) as tracker:
         for step, (loss, accuracy) in enumerate([(3.0, 0.2), (1.0, 0.6), (2.0, 0.4)], start=1):
@@ -373,9 +373,12 @@ def test_summaries_rank_by_best_and_bookkeeping_is_hidden(tmp_path: Path) -> Non
     assert metrics["train/loss"]["summary"] == {"min": True, "last": True}
     assert metrics["eval/accuracy"]["summary"] == {"max": True, "last": True}
     assert metrics["rl/accuracy"]["summary"] == {"max": True, "last": True}
-    assert metrics["progress/step"]["options"]["hidden"] is True
-    assert metrics["cost/*"]["options"]["hidden"] is True  # the local backend costs nothing
-    summary = read_offline_run(tmp_path).summary
+    wb = read_offline_run(tmp_path)
+    # No step counter beside W&B's own _step, no $0 cost chart for the free local backend;
+    # metrics.jsonl keeps both.
+    assert not [k for row in wb.history for k in row if k.startswith(("progress/", "cost/"))]
+    assert read_jsonl(tmp_path / "metrics.jsonl")[0]["cost/step_usd"] == 0.0
+    summary = wb.summary
     # The end-of-run summary update leaves W&B's best-and-last alone.
     assert summary["train/loss"] == {"min": 1.0, "last": 2.0}
     assert summary["eval/loss"] == {"min": 2.0, "last": 3.0}
