@@ -172,3 +172,35 @@ def test_bad_inputs_fail_clearly_before_any_run_starts(tmp_path, overrides, erro
     with pytest.raises(error, match=message):
         evaluate.main(cfg)
     assert not (tmp_path / "eval").exists()
+
+
+def test_a_wandb_artifact_names_a_checkpoint_online(monkeypatch):
+    """`--checkpoint entity/project/model-<id>:alias` (W&B's Api is faked: no server here)."""
+    import types
+
+    import wandb
+
+    name = "team/tinker-experiments/model-abc12345:final"
+    with pytest.raises(ConfigError, match="needs W&B online"):
+        evaluate.checkpoint_target(name, None, "tiny-chat", "offline")
+
+    class Artifact:
+        name = "model-abc12345:v3"
+        metadata = {"base_model": "Qwen/Qwen3-4B-Instruct-2507", "lora_rank": 32}
+        manifest = types.SimpleNamespace(
+            entries={"weights": types.SimpleNamespace(ref="tinker://abc/sampler_weights/final")})
+
+        def logged_by(self):
+            return types.SimpleNamespace(group="rlvr-seed")
+
+    asked = []
+    monkeypatch.setattr(wandb, "Api", lambda: types.SimpleNamespace(
+        artifact=lambda n, type=None: asked.append((n, type)) or Artifact()))
+    target = evaluate.checkpoint_target(name, None, "tiny-chat", "online")
+    assert asked == [(name, "model")]
+    assert (target.label, target.base_model, target.path, target.group) == (
+        "model-abc12345:v3", "Qwen/Qwen3-4B-Instruct-2507", "tinker://abc/sampler_weights/final",
+        "rlvr-seed")
+    used = []
+    evaluate.declare_inputs(types.SimpleNamespace(use_artifact=used.append), [target])
+    assert used == [name]  # run.use_artifact(name): the lineage edge to that version

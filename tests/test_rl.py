@@ -89,6 +89,21 @@ def test_rl_resume_continues_exactly(tmp_path):
         assert resumed[key] == straight[key]
 
 
+def test_a_warm_started_run_records_the_warm_starts_rank_and_model(tmp_path):
+    import train_sft
+
+    train_sft.main(train_sft.Config(backend="local", log_dir=tmp_path / "warm", lora_rank=4,
+                                    max_steps=1, save_every=0, sample_every=0, eval_every=0,
+                                    wandb_mode="disabled"))
+    train_rl.main(rl_config(tmp_path, load_checkpoint=str(tmp_path / "warm"), max_steps=1,
+                            sample_every=0, eval_problems=0))
+    run = read_offline_run(tmp_path / "rl")
+    assert run.config["lora_rank"] == 4 and run.config["model"] == "tiny-chat"  # not --lora_rank 8
+    (artifact,) = [r["artifact"] for r in run.records
+                   if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+    assert json.loads(artifact["metadata"])["lora_rank"] == 4
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"group_size": 1}, "--group_size: 1 leaves group advantages always zero"),
     ({"max_tokens": 0}, "--max_tokens: must be >= 1"),

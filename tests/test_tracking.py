@@ -443,3 +443,25 @@ def test_wandb_options_tags_notes_group_and_config(tmp_path: Path, capsys) -> No
     diff = (tmp_path / "git_diff.patch").read_text()
     assert diff.startswith("# commit ") and len(diff.split()[2]) == 40
     assert "git_diff.patch" in {p.name for p in tmp_path.glob("wandb/offline-run-*/files/*")}
+
+
+def test_an_online_run_prints_its_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """W&B's own "View run at" line is silenced (Settings(silent=True)); ours replaces it."""
+    import wandb
+
+    real_init = wandb.init
+
+    def init(**kwargs):  # an offline run that says it is online (no server here)
+        run = real_init(**{**kwargs, "mode": "offline"})
+        url = property(lambda self: f"https://wandb.ai/e/p/runs/{self.id}")
+        monkeypatch.setattr(type(run), "url", url)
+        return run
+
+    monkeypatch.setattr(wandb, "init", init)
+    make_tracker(tmp_path, mode="online").finish()
+    out = capsys.readouterr().out
+    run_id = (tmp_path / "wandb_run_id").read_text()
+    assert f"tracking: W&B run: https://wandb.ai/e/p/runs/{run_id}" in out
+    assert "wandb sync" not in out
