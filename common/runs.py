@@ -10,7 +10,14 @@ from typing import Any
 
 from common.checkpoints import checkpoint_name, last_state, save_checkpoint
 from common.config import ConfigError, as_dict
-from common.tracking import CONFIG, Tracker, default_group, default_project, run_name
+from common.tracking import (
+    CONFIG,
+    Tracker,
+    default_group,
+    default_project,
+    read_group,
+    run_name,
+)
 
 RUNS_DIR = Path("runs")
 
@@ -32,10 +39,18 @@ def open_tracker(cfg: Any, script: str, job_type: str) -> Tracker:
               "(use a new --log_dir to start over)")
     return Tracker(run_dir, project=cfg.wandb_project or default_project(cfg.backend),
                    mode=cfg.wandb_mode, run_name=name,
-                   # Without --wandb_group the run is its own group, so evaluations join it.
-                   group=cfg.wandb_group or default_group(name), job_type=job_type,
+                   # Without --wandb_group: a warm start's group (warm start -> RL is one
+                   # experiment), else the run's own; evaluations join it.
+                   group=cfg.wandb_group or warm_start_group(cfg) or default_group(name),
+                   job_type=job_type,
                    config=as_dict(cfg), resume=cfg.resume or saved is not None,
                    entity=cfg.wandb_entity, tags=cfg.wandb_tags, notes=cfg.wandb_notes)
+
+
+def warm_start_group(cfg: Any) -> str | None:
+    """The W&B group of the run directory named by --load_checkpoint, if it recorded one."""
+    source = getattr(cfg, "load_checkpoint", None)
+    return read_group(Path(source)) if source and Path(source).is_dir() else None
 
 
 def check_finite(value: float, name: str, step: int) -> None:

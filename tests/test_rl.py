@@ -99,6 +99,10 @@ def test_a_warm_started_run_records_the_warm_starts_rank_and_model(tmp_path):
                             sample_every=0, eval_problems=0))
     run = read_offline_run(tmp_path / "rl")
     assert run.config["lora_rank"] == 4 and run.config["model"] == "tiny-chat"  # not --lora_rank 8
+    # warm start -> RL is one experiment: the RL run joins the warm start's W&B group.
+    (record,) = [r["run"] for r in run.records if r["type"] == "run"]
+    assert record["run_group"] == (tmp_path / "warm" / "wandb_group").read_text()
+    assert record["run_group"].startswith("train_sft-tiny-chat-")
     (artifact,) = [r["artifact"] for r in run.records
                    if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
     assert json.loads(artifact["metadata"])["lora_rank"] == 4
