@@ -7,8 +7,9 @@ score is the held-out NLL per reference token (teacher-forced through the sampli
 compute_logprobs, no training client needed) and the exact-match rate of a sampled answer.
 Results go to the console, eval.json, eval.md, accuracy.png and a W&B run (job_type "eval")
 in the training run's group, which declares each checkpoint it scores as an input (the training
-run's `model` artifact), so W&B's lineage graph reads training run -> checkpoint -> evaluation. --compare reads finished runs' metrics.jsonl and config.yaml
-instead: final and best values, the config keys that differ, and overlaid curves.
+run's `model` artifact), so W&B's lineage graph reads training run -> checkpoint -> evaluation.
+--compare reads finished runs' metrics.jsonl and config.yaml instead: final and best values, the
+config keys that differ, and overlaid curves.
 
 Deviations from the seed's "Testing" section: a fixed held-out set (data/arithmetic_heldout.jsonl,
 100 problems per pair count, from a random stream of its own; one-pair problems can still equal a

@@ -127,6 +127,5 @@ def end_of_run(tracker: Tracker, meter: Any, metrics: dict[str, float], keys: li
     values = ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
     final = tracker.summary_value("checkpoint/final")
     artifact = tracker.summary_value("checkpoint/artifact")
-    print(f"done: {values}; final checkpoint {final}"
-          f"{f' (W&B artifact {artifact})' if artifact and tracker.wandb_mode != 'disabled' else ''}"
-          f"; run files in {tracker.run_dir}")
+    named = f" (W&B artifact {artifact})" if artifact and tracker.wandb_mode != "disabled" else ""
+    print(f"done: {values}; final checkpoint {final}{named}; run files in {tracker.run_dir}")

@@ -3,7 +3,7 @@
     python sweeps/run_offline.py sweeps/sft_lr.yaml --parallel 2     # the whole grid, 2 at a time
     python sweeps/run_offline.py sweeps/rl_lr.yaml --count 6 --parallel 2 --group rl-lr-try1
     python sweeps/run_offline.py SWEEP.yaml [--count N] [--parallel K] [--group NAME] [--out DIR]
-                                            [--wandb_mode offline|online|auto|disabled]
+                                            [--project P] [--wandb_mode offline|online|...]
 
 `wandb agent` asks the W&B server for each run's parameters; this asks the same engine directly
 (the open-source `sweeps` package: `next_run` for grid / random / bayes, `stop_runs` for
@@ -11,7 +11,9 @@
 YAML's `command` with the agent's macros expanded (`${env}`, `${interpreter}` = this Python,
 `${program}` relative to the repo root, `${args}` = `--name=value`), plus `--wandb_mode`,
 `--wandb_group` (one group for the whole sweep), `--log_dir <out>/<run>`, `--run_name <run>` and,
-when the YAML names a `project`, `--wandb_project`.
+with --project, `--wandb_project`. The YAML's `project` is where `wandb sweep` creates the sweep;
+here the scripts' default applies unless --project says otherwise (so a local sweep's runs go to
+tinker-experiments-local, not among real Tinker runs).
 Runs start in the repo root; each one's output goes to `<out>/<run>/stdout.log`.
 
 It stops after --count runs, or when a grid is exhausted. Failed runs are listed as failed and
@@ -170,8 +172,8 @@ def start(config: SweepConfig, suggestion: SweepRun, index: int, args: argparse.
                          params)
     cmd += [f"--wandb_mode={args.wandb_mode}", f"--wandb_group={args.group}",
             f"--log_dir={log_dir}", f"--run_name={log_dir.name}"]
-    if config.get("project"):  # where `wandb sweep` would put the runs
-        cmd.append(f"--wandb_project={config['project']}")
+    if args.project:
+        cmd.append(f"--wandb_project={args.project}")
     print(f"[sweep] start {log_dir.name}: {shlex.join(cmd)}", flush=True)
     with (log_dir / "stdout.log").open("w") as log:  # the child keeps its own descriptor
         log.write(f"$ {shlex.join(cmd)}\n")
@@ -317,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=1, help="runs at once")
     parser.add_argument("--group", help="W&B group of every run (default: <yaml>-<time>)")
     parser.add_argument("--out", type=Path, help="sweep directory (default: runs/sweeps/<group>)")
+    parser.add_argument("--project", help="W&B project of every run (default: the scripts' "
+                        "default: tinker-experiments, or tinker-experiments-local on the local "
+                        "backend)")
     parser.add_argument("--wandb_mode", default="offline",
                         choices=["offline", "online", "auto", "disabled"])
     parser.add_argument("--poll", type=float, default=2.0, help="seconds between checks")
