@@ -181,7 +181,9 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     metrics = read_jsonl(log_dir / "metrics.jsonl")
     checkpoints = read_jsonl(log_dir / "checkpoints.jsonl")
     assert checkpoints[-1]["step"] == metrics[-1]["step"]  # last logged step = last good one
-    assert read_offline_run(log_dir).summary["status"] == "failed"
+    run = read_offline_run(log_dir)
+    assert run.summary["status"] == "failed" and run.exit_codes == [1]  # failed, not stopped
+    assert not [r for r in run.records if r["type"] == "preempting"]
 
 
 def test_secrets_never_reach_rl_run_files(tmp_path, monkeypatch):
