@@ -125,9 +125,11 @@ def test_samples_table_covers_every_sampled_step_across_sigkill_and_resume(tmp_p
 
     run = read_offline_run(log_dir)
     assert list(run.tables) == ["samples"]
-    assert len(run.run_ids) == 2 and len(set(run.run_ids)) == 1  # one W&B run, two attempts
-    # The table W&B shows at the end: each sampled step once, from the attempt that counts.
-    # (The resumed attempt's first increment holds the rows kept from the killed one.)
+    # One W&B run. (W&B may have lost the killed attempt's records entirely: its service can
+    # die with the process before writing them.)
+    assert set(run.run_ids) == {(log_dir / "wandb_run_id").read_text()}
+    # The table W&B shows at the end: each sampled step once, whatever the kill lost: the
+    # resumed attempt's first increment holds the rows kept from before (samples.jsonl).
     shown = run.incremental_table("samples")
     assert [[r["step"] for r in t.rows] for t in shown] == [[2, 4], [6], [8], [10], [12]]
     samples = read_jsonl(log_dir / "samples.jsonl")

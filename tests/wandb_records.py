@@ -5,7 +5,8 @@ Python-level reader any more), one JSON object per record of `run-<id>.wandb`. T
 stored by W&B as files under `files/media/table/...table.json`; history rows only point at
 them, so they are returned parsed. A resumed run writes one more `offline-run-*` directory
 for the same id (W&B adds `-1`, `-2` when two start in the same second): all are read, in
-order, and merged.
+order, and merged. An attempt killed with SIGKILL may have left no records at all (W&B's service
+died with it before writing); its directory is skipped.
 """
 
 from __future__ import annotations
@@ -85,7 +86,10 @@ def read_offline_run(run_dir: Path) -> OfflineRun:
     dirs = offline_run_dirs(run_dir)
     assert dirs, f"no offline W&B run under {run_dir}/wandb"
     for offline_dir in dirs:
-        (wandb_file,) = offline_dir.glob("run-*.wandb")
+        wandb_files = list(offline_dir.glob("run-*.wandb"))
+        if not wandb_files:  # a process killed (SIGKILL) before W&B's service wrote anything
+            continue
+        (wandb_file,) = wandb_files
         for record in read_records(wandb_file):
             run.records.append(record)
             kind = record["type"]
