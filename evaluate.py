@@ -133,6 +133,9 @@ class Target:
     named artifact (used by name)."""
     group: str | None = None
     """The W&B group of the run that made the weights, if known."""
+    project: str | None = None
+    """The W&B project of the run that made the weights (where its artifact lives), if known."""
+    entity: str | None = None
 
 
 def validate(cfg: Config) -> None:
@@ -219,9 +222,11 @@ def checkpoint_target(arg: str, model: str | None, default_model: str,
                                        sampler["path"])
     group = (read_group(run_dir) or run_config.get("wandb_group") or run_config.get("run_name")
              or run_dir.resolve().name)  # the last two: runs made before wandb_group was kept
+    project = run_config.get("wandb_project") or default_project(run_config.get("backend"))
     return Target(run_dir.resolve().name, model or run_config.get("model") or default_model,
                   path=sampler["path"], run_dir=str(run_dir), artifact=artifact,
-                  artifact_metadata=metadata, group=group)
+                  artifact_metadata=metadata, group=group, project=project,
+                  entity=run_config.get("wandb_entity"))
 
 
 def artifact_target(name: str, model: str | None, default_model: str, wandb_mode: str) -> Target:
@@ -239,7 +244,8 @@ def artifact_target(name: str, model: str | None, default_model: str, wandb_mode
         raise ConfigError(f"--checkpoint {name}: not a checkpoint reference artifact")
     producer = artifact.logged_by()
     return Target(artifact.name, model or artifact.metadata.get("base_model") or default_model,
-                  path=entry.ref, artifact=name, group=producer.group if producer else None)
+                  path=entry.ref, artifact=name, group=producer.group if producer else None,
+                  project=artifact.project, entity=artifact.entity)
 
 
 def declare_inputs(tracker: Tracker, targets: list[Target]) -> None:
@@ -262,16 +268,20 @@ def load_items(cfg: Config) -> list[Any]:
 
 
 def open_tracker(cfg: Config, targets: list[Target]) -> Tracker:
-    """The eval run, in the group of the (first) training run it scores."""
+    """The eval run, in the group (and project) of the (first) training run it scores."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = cfg.run_name or re.sub(r"[^A-Za-z0-9._+-]+", "-",
                                   f"evaluate-{cfg.model.rsplit('/', 1)[-1]}-{stamp}")
+    # By default where the (first) training run is: its group, and its project and entity, where
+    # the checkpoint artifacts this run declares as inputs live.
+    trained = next((t for t in targets if t.project), None)
     group = cfg.wandb_group or next((t.group for t in targets if t.group), None)
+    project = cfg.wandb_project or (trained.project if trained else default_project(cfg.backend))
+    entity = cfg.wandb_entity or (trained.entity if trained else None)
     run_dir = Path(cfg.log_dir) if cfg.log_dir else RUNS_DIR / name
     # One scoring pass: the summary is the values themselves, no best-of-steps.
-    return Tracker(run_dir, project=cfg.wandb_project or default_project(cfg.backend),
-                   mode=cfg.wandb_mode, run_name=name, group=group, job_type="eval",
-                   config=as_dict(cfg), entity=cfg.wandb_entity, tags=cfg.wandb_tags,
+    return Tracker(run_dir, project=project, mode=cfg.wandb_mode, run_name=name, group=group,
+                   job_type="eval", config=as_dict(cfg), entity=entity, tags=cfg.wandb_tags,
                    notes=cfg.wandb_notes, metric_summaries={})
 
 

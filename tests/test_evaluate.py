@@ -185,7 +185,7 @@ def test_a_wandb_artifact_names_a_checkpoint_online(monkeypatch):
         evaluate.checkpoint_target(name, None, "tiny-chat", "offline")
 
     class Artifact:
-        name = "model-abc12345:v3"
+        name, project, entity = "model-abc12345:v3", "tinker-experiments", "team"
         metadata = {"base_model": "Qwen/Qwen3-4B-Instruct-2507", "lora_rank": 32}
         manifest = types.SimpleNamespace(
             entries={"weights": types.SimpleNamespace(ref="tinker://abc/sampler_weights/final")})
@@ -198,9 +198,9 @@ def test_a_wandb_artifact_names_a_checkpoint_online(monkeypatch):
         artifact=lambda n, type=None: asked.append((n, type)) or Artifact()))
     target = evaluate.checkpoint_target(name, None, "tiny-chat", "online")
     assert asked == [(name, "model")]
-    assert (target.label, target.base_model, target.path, target.group) == (
+    assert (target.label, target.base_model, target.path, target.group, target.project) == (
         "model-abc12345:v3", "Qwen/Qwen3-4B-Instruct-2507", "tinker://abc/sampler_weights/final",
-        "rlvr-seed")
+        "rlvr-seed", "tinker-experiments")
     used = []
     evaluate.declare_inputs(types.SimpleNamespace(use_artifact=used.append), [target])
     assert used == [name]  # run.use_artifact(name): the lineage edge to that version
