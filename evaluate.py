@@ -282,7 +282,8 @@ def open_tracker(cfg: Config, targets: list[Target]) -> Tracker:
     # One scoring pass: the summary is the values themselves, no best-of-steps.
     return Tracker(run_dir, project=project, mode=cfg.wandb_mode, run_name=name, group=group,
                    job_type="eval", config=as_dict(cfg), entity=entity, tags=cfg.wandb_tags,
-                   notes=cfg.wandb_notes, metric_summaries={})
+                   notes=cfg.wandb_notes, metric_summaries={},
+                   incremental_tables=cfg.wandb_incremental_tables)
 
 
 def score(cfg: Config, client: Any, items: list[Any], params: types.SamplingParams

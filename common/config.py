@@ -69,6 +69,9 @@ class TrackingConfig:
     """W&B run notes (a line on what this run tries)."""
     sample_every: int = 10
     """Log a table of samples every N steps (0: never)."""
+    wandb_incremental_tables: bool = True
+    """Add each step's samples to W&B's table as an increment (W&B Server >= 0.70, W&B's cloud);
+    --nowandb_incremental_tables relogs the whole table instead, for older self-hosted servers."""
 
 
 @dataclass

@@ -44,7 +44,8 @@ def open_tracker(cfg: Any, script: str, job_type: str) -> Tracker:
                    group=cfg.wandb_group or warm_start_group(cfg) or default_group(name),
                    job_type=job_type,
                    config=as_dict(cfg), resume=cfg.resume or saved is not None,
-                   entity=cfg.wandb_entity, tags=cfg.wandb_tags, notes=cfg.wandb_notes)
+                   entity=cfg.wandb_entity, tags=cfg.wandb_tags, notes=cfg.wandb_notes,
+                   incremental_tables=cfg.wandb_incremental_tables)
 
 
 def warm_start_group(cfg: Any) -> str | None:

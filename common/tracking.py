@@ -24,6 +24,8 @@ What W&B shows, following its documented conventions:
   first increment holds the rows kept from before (samples.jsonl up to the step it resumed
   from), then one increment per sample step as before. W&B's own resume would instead chain
   the killed attempt's increments, including steps past the checkpoint and ones the kill lost.
+  For W&B servers older than 0.70, `incremental_tables=False` logs the whole table so far under
+  the same key instead (a new version each time; quadratic in rows, so not the default).
 - checkpoints: one `model` reference artifact per saved sampler checkpoint (`model-<run id>`, the
   `tinker://` / `local://` URI, aliases `step-NNNNNN`, `latest` and `final`; the state path for
   resuming in its metadata); evaluate.py declares the ones it scores as inputs of its run.
@@ -73,7 +75,7 @@ METRIC_SUMMARIES = {
 NOT_TO_WANDB = ("progress/step",)  # W&B's own `_step` is the same number
 # Flags that say how a run is tracked, not what it is: kept in config.yaml, not in W&B's config.
 NOT_WANDB_CONFIG = ("wandb_mode", "wandb_project", "wandb_entity", "wandb_group", "wandb_tags",
-                    "wandb_notes", "run_name", "resume", "dry_run")
+                    "wandb_notes", "wandb_incremental_tables", "run_name", "resume", "dry_run")
 ROOT = Path(__file__).resolve().parent.parent
 # api.wandb.ai, plus wandb 0.31's default host, plus a self-hosted server's if one is set.
 _WANDB_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
@@ -197,6 +199,7 @@ class Tracker:
         tags: Sequence[str] = (),
         notes: str | None = None,
         metric_summaries: Mapping[str, str] | None = None,
+        incremental_tables: bool = True,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -219,6 +222,7 @@ class Tracker:
         self._metric_summaries = dict(METRIC_SUMMARIES if metric_summaries is None
                                       else metric_summaries)
         self._tables: dict[str, Any] = {}  # key -> the wandb.Table its increments come from
+        self._incremental = incremental_tables  # False: the whole table at each log (old servers)
         self._history_keys: set[str] = set()  # keys this process logged to W&B's history
         tables_path = self.run_dir / TABLES
         # key -> {"columns", "steps"}: the tables this run logged to W&B, and at which steps.
@@ -334,9 +338,16 @@ class Tracker:
     def _wandb_increment(self, key: str, columns: list[str], rows: list[list[Any]],
                          step: int) -> None:
         def log(run: Any) -> None:
-            table = self._tables.get(key) or self._new_table(key, columns)
-            for row in rows:
-                table.add_data(*row)
+            if self._incremental:
+                table = self._tables.get(key) or self._new_table(key, columns)
+                for row in rows:
+                    table.add_data(*row)
+            else:  # every row so far (samples.jsonl) as one new version of the table
+                import wandb
+
+                table = wandb.Table(columns=list(columns), allow_mixed_types=True, data=[
+                    [r.get(c) for c in columns] for _, r in _read_jsonl(self.run_dir / SAMPLES)
+                    if r.get("table") == key])
             # Not below W&B's current step, or W&B would drop it; the rows carry their step.
             run.log({key: table}, step=max(step, self._wandb_step))
             logged = self._table_log.setdefault(key, {"columns": list(columns), "steps": []})

@@ -465,3 +465,13 @@ def test_an_online_run_prints_its_url(
     run_id = (tmp_path / "wandb_run_id").read_text()
     assert f"tracking: W&B run: https://wandb.ai/e/p/runs/{run_id}" in out
     assert "wandb sync" not in out
+
+
+def test_old_servers_get_the_whole_table_under_one_key_when_asked(tmp_path: Path) -> None:
+    """--nowandb_incremental_tables (W&B Server < 0.70): still one key, every row so far."""
+    with make_tracker(tmp_path, incremental_tables=False) as tracker:
+        for step in (1, 2):
+            tracker.log_table("samples", SAMPLE_COLUMNS, [[step, "q", f"a{step}", 0.5]], step)
+    versions = read_offline_run(tmp_path).tables["samples"]
+    assert [t.info["_type"] for t in versions] == ["table-file", "table-file"]
+    assert [[r["completion"] for r in t.rows] for t in versions] == [["a1"], ["a1", "a2"]]
