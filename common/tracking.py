@@ -439,7 +439,7 @@ class Tracker:
         values = redact(_plain(values))
         self._summary.update(values)
         _write_atomic(self.run_dir / SUMMARY, json.dumps(self._summary, indent=2) + "\n")
-        to_wandb = {k: v for k, v in values.items()
+        to_wandb = {k: v for k, v in self._for_wandb(values).items()
                     if not (k in self._metric_summaries and k in self._history_keys)}
         if to_wandb:
             self._wandb("summary", lambda run: run.summary.update(to_wandb))

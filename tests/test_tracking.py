@@ -368,7 +368,8 @@ def test_summaries_rank_by_best_and_bookkeeping_stays_in_the_files(tmp_path: Pat
         for step, (loss, accuracy) in enumerate([(3.0, 0.2), (1.0, 0.6), (2.0, 0.4)], start=1):
             tracker.log({"train/loss": loss, "eval/loss": loss + 1, "eval/accuracy": accuracy,
                          "progress/step": step, "cost/step_usd": 0.0}, step=step)
-        tracker.set_summary({"train/loss": 2.0, "eval/accuracy": 0.4, "tokens/total": 7})
+        tracker.set_summary({"train/loss": 2.0, "eval/accuracy": 0.4, "tokens/total": 7,
+                             "progress/step": 3, "cost/cumulative_usd": 0.0})
     metrics = {m.get("name") or m.get("glob_name"): m for m in wandb_records(tmp_path, "metric")}
     assert metrics["train/loss"]["summary"] == {"min": True, "last": True}
     assert metrics["eval/accuracy"]["summary"] == {"max": True, "last": True}
@@ -384,6 +385,7 @@ def test_summaries_rank_by_best_and_bookkeeping_stays_in_the_files(tmp_path: Pat
     assert summary["eval/loss"] == {"min": 2.0, "last": 3.0}
     assert summary["eval/accuracy"] == {"max": 0.6, "last": 0.4}
     assert summary["tokens/total"] == 7
+    assert "progress/step" not in summary and "cost/cumulative_usd" not in summary
     assert json.loads((tmp_path / "summary.json").read_text())["train/loss"] == 2.0
 
 
