@@ -34,16 +34,18 @@ def open_tracker(cfg: Any, script: str, job_type: str) -> Tracker:
     if cfg.resume and not (run_dir / CONFIG).exists():
         raise ConfigError(f"--resume: no run in {run_dir} to continue")
     saved = last_state(run_dir)
+    continuing = cfg.resume or saved is not None
     if saved:
         print(f"continuing the run in {run_dir} after step {saved['step']} "
               "(use a new --log_dir to start over)")
     return Tracker(run_dir, project=cfg.wandb_project or default_project(cfg.backend),
                    mode=cfg.wandb_mode, run_name=name,
-                   # Without --wandb_group: a warm start's group (warm start -> RL is one
-                   # experiment), else the run's own; evaluations join it.
-                   group=cfg.wandb_group or warm_start_group(cfg) or default_group(name),
+                   # Without --wandb_group: the group it had (a continued run), a warm start's
+                   # (warm start -> RL is one experiment), else its own; evaluations join it.
+                   group=(cfg.wandb_group or (read_group(run_dir) if continuing else None)
+                          or warm_start_group(cfg) or default_group(name)),
                    job_type=job_type,
-                   config=as_dict(cfg), resume=cfg.resume or saved is not None,
+                   config=as_dict(cfg), resume=continuing,
                    entity=cfg.wandb_entity, tags=cfg.wandb_tags, notes=cfg.wandb_notes,
                    incremental_tables=cfg.wandb_incremental_tables)
 

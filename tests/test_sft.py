@@ -95,8 +95,13 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
     assert resumed["eval/loss"] == straight["eval/loss"]
     steps = [m["step"] for m in read_jsonl(tmp_path / "b" / "metrics.jsonl")]
     assert steps == list(range(1, 13))
-    assert (tmp_path / "b" / "wandb_run_id").read_text() == read_offline_run(
-        tmp_path / "b").run_ids[0]
+    run = read_offline_run(tmp_path / "b")
+    assert (tmp_path / "b" / "wandb_run_id").read_text() == run.run_ids[0]
+    # Both attempts are one run in one group (the group of the first attempt is kept, though the
+    # default run name carries the time it started).
+    groups = [r["run"]["run_group"] for r in run.records if r["type"] == "run"]
+    recorded = (tmp_path / "b" / "wandb_group").read_text()
+    assert len(groups) == 2 and groups[0] == groups[1] == recorded
 
 
 @pytest.mark.parametrize("overrides, error, message", [
