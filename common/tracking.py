@@ -421,11 +421,13 @@ class Tracker:
 
         self._wandb("use_artifact", use)
 
-    def use_artifact(self, name: str) -> Any:
-        """`run.use_artifact(name)` for an artifact named on the command line (online only)."""
-        if self._run is None or self.wandb_mode != "online":
-            raise RuntimeError(f"W&B artifact {name}: needs an online W&B run")
-        return self._run.use_artifact(name)
+    def use_artifact(self, name: str) -> None:
+        """`run.use_artifact(name)` for an artifact named on the command line. Only an online
+        run can (W&B resolves the name on its server); one that fell back to offline says so."""
+        if self._run is not None and self.wandb_mode != "online":
+            self._say(f"W&B is {self.wandb_mode}: this run cannot record that it used {name}")
+            return
+        self._wandb("use_artifact", lambda run: run.use_artifact(name))
 
     def summary_value(self, key: str) -> Any:
         return self._summary.get(key)
