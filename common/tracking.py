@@ -249,9 +249,11 @@ class Tracker:
             self._say(f"W&B unavailable ({_error(e)}); continuing with files only")
             self.wandb_mode = "disabled"
             return None
-        attempts = ["online", "offline"] if self.wandb_mode == "online" else ["offline"]
+        # Offline is tried twice: W&B's local service can fail to start in time on a loaded
+        # machine, and a second try is cheaper than a run without its W&B record.
+        attempts = [*(["online"] if self.wandb_mode == "online" else []), "offline", "offline"]
         wandb_config = {k: v for k, v in self.config.items() if k not in NOT_WANDB_CONFIG}
-        for attempt in attempts:
+        for i, attempt in enumerate(attempts):
             try:
                 run = wandb.init(
                     project=project,
@@ -275,7 +277,9 @@ class Tracker:
                         run.save(str(self.run_dir / GIT_DIFF), base_path=str(self.run_dir),
                                  policy="now")
             except Exception as e:
-                then = "falling back to offline" if attempt == "online" else "files only from now"
+                then = {"online": "falling back to offline", "offline": "trying once more",
+                        None: "files only from now"}[attempts[i + 1] if i + 1 < len(attempts)
+                                                     else None]
                 self._say(f"W&B {attempt} init failed ({_error(e)}); {then}")
                 _teardown_wandb()
                 continue

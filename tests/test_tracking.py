@@ -166,11 +166,14 @@ def test_failed_offline_init_continues_with_files(
 ) -> None:
     import wandb
 
-    monkeypatch.setattr(wandb, "init", lambda **kwargs: 1 / 0)
+    modes = []
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: modes.append(kwargs["mode"]) or 1 / 0)
     with make_tracker(tmp_path, mode="online") as tracker:
         tracker.log({"train/loss": 1.0}, step=0)
     assert tracker.wandb_mode == "disabled"
-    assert "files only" in capsys.readouterr().out
+    assert modes == ["online", "offline", "offline"]  # offline twice: a slow service start
+    out = capsys.readouterr().out
+    assert "trying once more" in out and "files only" in out
     assert read_jsonl(tmp_path / "metrics.jsonl")[0]["train/loss"] == 1.0
 
 
