@@ -29,9 +29,13 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def start_sft(log_dir: Path, *extra: str) -> subprocess.Popen:
+    # A process of its own, as from a shell: not attached to the W&B service of this pytest
+    # process (W&B hands it to children via WANDB_SERVICE), which would still hold a killed
+    # run's id when its resumed attempt starts ("run ID is in use").
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     return subprocess.Popen([sys.executable, str(ROOT / "train_sft.py"), "--log_dir", str(log_dir),
                              *SFT_FLAGS, *extra], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def wait_for_steps(log_dir: Path, steps: int, process: subprocess.Popen) -> None:
