@@ -6,8 +6,10 @@ Accuracy comes with a Wilson 95% interval, overall and per pair count. With --ta
 score is the held-out NLL per reference token (teacher-forced through the sampling client's
 compute_logprobs, no training client needed) and the exact-match rate of a sampled answer.
 Results go to the console, eval.json, eval.md, accuracy.png and a W&B run (job_type "eval")
-in the training run's group. --compare reads finished runs' metrics.jsonl and config.yaml
-instead: final and best values, the config keys that differ, and overlaid curves.
+in the training run's group, which declares each checkpoint it scores as an input (the training
+run's `model` artifact), so W&B's lineage graph reads training run -> checkpoint -> evaluation.
+--compare reads finished runs' metrics.jsonl and config.yaml instead: final and best values, the
+config keys that differ, and overlaid curves.
 
 Deviations from the seed's "Testing" section: a fixed held-out set (data/arithmetic_heldout.jsonl,
 100 problems per pair count, from a random stream of its own; one-pair problems can still equal a
@@ -19,6 +21,7 @@ saved sampler weights, so evaluation runs any time after training, not inside th
 
     python evaluate.py --checkpoint runs/train_rl-tiny-chat-lr1e-03-bs8-s0-20261125-101500
     python evaluate.py --compare runs/sft-a runs/sft-b --compare_keys train/loss eval/loss
+    python evaluate.py --checkpoint my-team/tinker-experiments/model-1a2b3c4d:final   # online
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from tinker import types
 
 from common import rundir
 from common.backend import connect, get_tokenizer, is_refusal, refusal_reason
-from common.checkpoints import final_sampler_path
+from common.checkpoints import last_checkpoint
 from common.cli import run_main
 from common.config import (
     LOCAL_DEFAULT_MODEL,
@@ -66,7 +69,18 @@ from common.evaluation import (
 from common.runs import RUNS_DIR
 from common.secrets import redact, redact_name
 from common.tasks import DEFAULT_HELDOUT, load_heldout
-from common.tracking import CHECKPOINTS, Tracker, read_run_config
+from common.tracking import (
+    CHECKPOINTS,
+    RUN_ID,
+    Tracker,
+    checkpoint_metadata,
+    default_project,
+    model_artifact_name,
+    read_checkpoints,
+    read_group,
+    read_run_config,
+    resolve_wandb_mode,
+)
 
 DEFAULT_COMPARE_KEYS = ("train/loss", "eval/loss", "reward/mean", "rl/accuracy", "eval/accuracy")
 # Identify a run rather than configure it; they differ between any two runs.
@@ -77,7 +91,8 @@ NOT_CONFIG = ("log_dir", "run_name")
 class Config(ServiceConfig, TrackingConfig):
     # --- what to score
     checkpoint: list[str] = field(default_factory=list)
-    """Sampler weights (tinker://...) or run directories: --checkpoint A B."""
+    """Sampler weights (tinker://...), run directories, or (online) W&B model artifacts
+    (entity/project/model-<run id>:final): --checkpoint A B."""
     base_model: bool = True
     """Also score the untrained base model (--nobase_model to skip)."""
     compare: list[str] = field(default_factory=list)
@@ -114,6 +129,17 @@ class Target:
     path: str | None = None
     """Sampler weights; None scores the base model itself."""
     run_dir: str | None = None
+    artifact: str | None = None
+    """The W&B `model` artifact of the weights: `name:alias` of the training run's checkpoint,
+    or the artifact named on the command line."""
+    artifact_metadata: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    """The metadata of the training run's artifact (rebuilt from its files), or None for a
+    named artifact (used by name)."""
+    group: str | None = None
+    """The W&B group of the run that made the weights, if known."""
+    project: str | None = None
+    """The W&B project of the run that made the weights (where its artifact lives), if known."""
+    entity: str | None = None
 
 
 def validate(cfg: Config) -> None:
@@ -145,6 +171,7 @@ def main(cfg: Config) -> dict[str, Any]:
     params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature,
                                   seed=cfg.seed)
     with open_tracker(cfg, targets) as tracker:
+        declare_inputs(tracker, targets)
         results = []
         for target, client in zip(targets, clients, strict=True):
             print(f"scoring {target.label} on {len(items)} {cfg.task} items")
@@ -158,7 +185,8 @@ def eval_targets(cfg: Config) -> list[Target]:
     """Base model(s) first, then the checkpoints in the order given."""
     default_model = cfg.model or (TINKER_DEFAULT_MODEL if cfg.backend == "tinker"
                                   else LOCAL_DEFAULT_MODEL)
-    checkpoints = [checkpoint_target(arg, cfg.model, default_model) for arg in cfg.checkpoint]
+    checkpoints = [checkpoint_target(arg, cfg.model, default_model, cfg.wandb_mode)
+                   for arg in cfg.checkpoint]
     # One base per distinct base model among the checkpoints (usually just one).
     bases = list(dict.fromkeys(t.base_model for t in checkpoints)) or [default_model]
     targets = [Target(f"base:{m}", m) for m in bases] if cfg.base_model else []
@@ -178,16 +206,21 @@ def sampling_client(future: Any, target: Target) -> Any:
         raise ConfigError(f"{flag}: {refusal_reason(exc)}") from None
 
 
-def checkpoint_target(arg: str, model: str | None, default_model: str) -> Target:
-    """A sampler path as given, or a run directory's final sampler checkpoint and base model."""
+def checkpoint_target(arg: str, model: str | None, default_model: str,
+                      wandb_mode: str = "disabled") -> Target:
+    """A sampler path as given, a run directory's final sampler checkpoint and base model, or
+    (online) a W&B `model` artifact's weights and base model."""
     if "://" in arg:
         # tinker://<run>/sampler_weights/final -> "<run>/final"
         parts = arg.split("://", 1)[1].strip("/").split("/")
         return Target(f"{parts[0]}/{parts[-1]}", model or default_model, path=arg)
     run_dir = Path(arg)
+    if not run_dir.is_dir() and ":" in arg:
+        return artifact_target(arg, model, default_model, wandb_mode)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"--checkpoint {arg}: neither a checkpoint path "
-                                "(tinker://...) nor a run directory")
+                                "(tinker://...), a run directory nor a W&B artifact "
+                                "(entity/project/model-<run id>:final)")
     if not (run_dir / CHECKPOINTS).is_file():
         raise FileNotFoundError(f"--checkpoint {arg}: no {CHECKPOINTS} in {run_dir} (not a run "
                                 "directory, or the run saved no checkpoint yet)")
@@ -196,8 +229,53 @@ def checkpoint_target(arg: str, model: str | None, default_model: str) -> Target
     require(model is None or recorded in (None, model), "model",
             f"{model} is not the base model of {arg}, which trained {recorded}; drop --model "
             "(a run directory brings its own)")
+    sampler = last_checkpoint(run_dir, "sampler")
+    if sampler is None:
+        raise FileNotFoundError(f"{run_dir}: no sampler checkpoints in {CHECKPOINTS}")
+    artifact = metadata = None
+    if (run_dir / "wandb").is_dir() and (run_dir / RUN_ID).is_file():  # it logged to W&B
+        state = next((c["path"] for c in read_checkpoints(run_dir) if c["kind"] == "state"
+                      and (c["step"], c["name"]) == (sampler["step"], sampler["name"])), None)
+        artifact = (f"{model_artifact_name((run_dir / RUN_ID).read_text().strip())}"
+                    f":step-{sampler['step']:06d}")
+        metadata = checkpoint_metadata(run_config, sampler["step"], sampler["name"], state,
+                                       sampler["path"])
+    group = (read_group(run_dir) or run_config.get("wandb_group") or run_config.get("run_name")
+             or run_dir.resolve().name)  # the last two: runs made before wandb_group was kept
+    project = run_config.get("wandb_project") or default_project(run_config.get("backend"))
     return Target(run_dir.resolve().name, model or recorded or default_model,
-                  path=final_sampler_path(run_dir), run_dir=str(run_dir))
+                  path=sampler["path"], run_dir=str(run_dir), artifact=artifact,
+                  artifact_metadata=metadata, group=group, project=project,
+                  entity=run_config.get("wandb_entity"))
+
+
+def artifact_target(name: str, model: str | None, default_model: str, wandb_mode: str) -> Target:
+    """A W&B `model` artifact (`entity/project/model-<run id>:alias`) as logged by the training
+    scripts: its reference is the sampler weights, its metadata the base model."""
+    if resolve_wandb_mode(wandb_mode) != "online":
+        raise ConfigError(f"--checkpoint {name}: a W&B artifact name needs W&B online (a W&B "
+                          "login and --wandb_mode auto/online); offline, pass the run directory "
+                          "or the checkpoint path")
+    import wandb
+
+    artifact = wandb.Api().artifact(name, type="model")
+    entry = artifact.manifest.entries.get("weights")
+    if entry is None or not entry.ref:
+        raise ConfigError(f"--checkpoint {name}: not a checkpoint reference artifact")
+    producer = artifact.logged_by()
+    return Target(artifact.name, model or artifact.metadata.get("base_model") or default_model,
+                  path=entry.ref, artifact=name, group=producer.group if producer else None,
+                  project=artifact.project, entity=artifact.entity)
+
+
+def declare_inputs(tracker: Tracker, targets: list[Target]) -> None:
+    """Each scored checkpoint as an input of this run: W&B's lineage from its training run."""
+    for target in targets:
+        if target.artifact and target.artifact_metadata is None:  # named on the command line
+            tracker.use_artifact(target.artifact)
+        elif target.artifact and target.path and target.artifact_metadata is not None:
+            name, alias = target.artifact.split(":", 1)
+            tracker.use_checkpoint(name, target.path, target.artifact_metadata, alias)
 
 
 def load_items(cfg: Config) -> list[Any]:
@@ -210,20 +288,24 @@ def load_items(cfg: Config) -> list[Any]:
 
 
 def open_tracker(cfg: Config, targets: list[Target]) -> Tracker:
-    """The eval run, in the group of the (first) training run it scores."""
+    """The eval run, in the group (and project) of the (first) training run it scores."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = redact(cfg.run_name or re.sub(r"[^A-Za-z0-9._+-]+", "-",
                                          f"evaluate-{cfg.model.rsplit('/', 1)[-1]}-{stamp}"))
-    group = redact(cfg.wandb_group)
-    for target in targets:
-        if group is None and target.run_dir:
-            run_config = read_run_config(Path(target.run_dir))
-            group = (run_config.get("wandb_group") or run_config.get("run_name")
-                     or Path(target.run_dir).resolve().name)
+    # By default where the (first) training run is: its group, and its project and entity, where
+    # the checkpoint artifacts this run declares as inputs live.
+    trained = next((t for t in targets if t.project), None)
+    group = cfg.wandb_group or next((t.group for t in targets if t.group), None)
+    project = cfg.wandb_project or (trained.project if trained else default_project(cfg.backend))
+    entity = cfg.wandb_entity or (trained.entity if trained else None)
     run_dir = Path(cfg.log_dir) if cfg.log_dir else RUNS_DIR / redact_name(name)
     rundir.lock(run_dir)  # one process writes a run directory
-    return Tracker(run_dir, project=cfg.wandb_project, mode=cfg.wandb_mode, run_name=name,
-                   group=redact(group), job_type="eval", config=as_dict(cfg))
+    # One scoring pass: the summary is the values themselves, no best-of-steps.
+    return Tracker(run_dir, project=project, mode=cfg.wandb_mode, run_name=name,
+                   group=redact(group) if group else None, job_type="eval",
+                   config=as_dict(cfg), entity=entity, tags=cfg.wandb_tags,
+                   notes=cfg.wandb_notes, metric_summaries={},
+                   incremental_tables=cfg.wandb_incremental_tables)
 
 
 def score(cfg: Config, client: Any, items: list[Any], params: types.SamplingParams

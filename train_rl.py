@@ -227,14 +227,14 @@ def main(cfg: Config) -> dict[str, float]:
             bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}",
                             acc=f"{metrics['rl/accuracy']:.0%}")
             if stop.requested and step < cfg.max_steps:
-                stop_here(training_client, tracker, step)
+                stop_here(training_client, tracker, step, stop)
                 break
         end_of_run(tracker, meter, metrics,
                    ["reward/mean", "rl/accuracy", "eval/accuracy", "completions/mean_words"],
                    warning=untrained_warning(
                        untrained_steps, int(metrics.get("progress/step", done_steps))))
     if stop.requested and step < cfg.max_steps:
-        raise SystemExit(130)  # stopped by Ctrl-C, cleanly: the checkpoint is saved
+        raise SystemExit(stop.exit_code)  # stopped by a signal, cleanly: the checkpoint is saved
     return metrics
 
 

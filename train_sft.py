@@ -202,11 +202,11 @@ def main(cfg: Config) -> dict[str, float]:
             save_if_due(training_client, tracker, step, cfg.save_every, total_steps)
             bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{lr:.2e}")
             if stop.requested and step < total_steps:
-                stop_here(training_client, tracker, step)
+                stop_here(training_client, tracker, step, stop)
                 break
         end_of_run(tracker, meter, metrics, ["train/loss", "eval/loss"])
     if stop.requested and step < total_steps:
-        raise SystemExit(130)  # stopped by Ctrl-C, cleanly: the checkpoint is saved
+        raise SystemExit(stop.exit_code)  # stopped by a signal, cleanly: the checkpoint is saved
     return metrics
 
 

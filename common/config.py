@@ -63,14 +63,23 @@ class TrackingConfig:
     """Run directory (metrics, config, checkpoints, W&B files). Default: runs/<run_name>."""
     run_name: str | None = None
     """W&B run name. Default: <script>-<model>-lr<lr>-bs<batch>-s<seed>-<time>."""
-    wandb_project: str = "tinker-experiments"
-    """W&B project."""
+    wandb_project: str | None = None
+    """W&B project. Default: tinker-experiments; tinker-experiments-local on the local backend."""
+    wandb_entity: str | None = None
+    """W&B entity (user or team). Default: your W&B default entity."""
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     """auto: online when W&B credentials exist, else offline (sync later with `wandb sync`)."""
     wandb_group: str | None = None
     """W&B group (the experiment); evaluations of this run join it."""
+    wandb_tags: list[str] = field(default_factory=list)
+    """W&B tags, added to the automatic backend:<backend> and model:<model> tags."""
+    wandb_notes: str | None = None
+    """W&B run notes (a line on what this run tries)."""
     sample_every: int = 10
     """Log a table of samples every N steps (0: never)."""
+    wandb_incremental_tables: bool = True
+    """Add each step's samples to W&B's table as an increment (W&B Server >= 0.70, W&B's cloud);
+    --nowandb_incremental_tables relogs the whole table instead, for older self-hosted servers."""
 
 
 @dataclass
@@ -95,8 +104,11 @@ def parse_config(config_class: type[C], argv: Sequence[str] | None = None) -> C:
     Every problem is a ConfigError naming the flag or the file and key: argparse's own errors
     included (no usage dump, no exit from inside the parser). Flags must be spelled out in full
     (argparse would take `--learning_rat` for `--learning_rate`).
+    An optional field also takes `None` (or `null`), as W&B's agent writes a sweep's null value
+    (`--concise_bonus_after=None`): argparse alone would reject it as "invalid int".
     """
     argv = _negative_values_attached(list(sys.argv[1:] if argv is None else argv))
+    argv, nulls = _null_flags(config_class, argv)
     values = _config_file_values(config_class, argv)
     parser = simple_parsing.ArgumentParser(nested_mode=NestedMode.WITHOUT_ROOT, allow_abbrev=False)
     parser.error = _parser_error  # type: ignore[method-assign]
@@ -105,11 +117,12 @@ def parse_config(config_class: type[C], argv: Sequence[str] | None = None) -> C:
     default = config_class(**values) if values else None
     parser.add_arguments(config_class, dest="config", default=default)
     try:
-        return parser.parse_args(argv).config
+        cfg = parser.parse_args(argv).config
     except (TypeError, ValueError) as exc:  # a value simple-parsing's own decoding refused
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"bad flag value ({exc})") from None
+    return dataclasses.replace(cfg, **nulls) if nulls else cfg
 
 
 def _negative_values_attached(argv: list[str]) -> list[str]:
@@ -136,6 +149,29 @@ def _is_negative_number(text: str) -> bool:
 
 def _parser_error(message: str) -> NoReturn:
     raise ConfigError(message)
+
+
+NULLS = ("None", "none", "null", "Null", "NULL", "~")
+
+
+def _null_flags(config_class: type, argv: list[str]) -> tuple[list[str], dict[str, None]]:
+    """(argv without `--field None` / `--field=None` of optional fields, {field: None})."""
+    hints = typing.get_type_hints(config_class)
+    optional = {f.name for f in dataclasses.fields(config_class)
+                if type(None) in typing.get_args(hints.get(f.name))}
+    kept, nulls, i = [], {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if name in optional and eq and value in NULLS:
+            nulls[name] = None
+        elif name in optional and not eq and i + 1 < len(argv) and argv[i + 1] in NULLS:
+            nulls[name] = None
+            i += 1
+        else:
+            kept.append(arg)
+        i += 1
+    return kept, nulls
 
 
 def _config_path_arg(argv: list[str]) -> str | None:
@@ -242,7 +278,16 @@ def resolved(cfg: C, environ: Mapping[str, str], lr: float, tiny_lr: float) -> C
              or (TINKER_DEFAULT_MODEL if backend == "tinker" else LOCAL_DEFAULT_MODEL))
     default_lr = tiny_lr if model in TINY_MODELS else lr
     run_lr = default_lr if cfg.lr is None else cfg.lr
-    return dataclasses.replace(cfg, backend=backend, model=model, lr=run_lr)
+    # The warm start's weights carry their LoRA rank (loading them ignores --lora_rank): record
+    # the rank the run really trains, or its config (and its checkpoint artifacts) would lie.
+    rank = warm_start_config(cfg).get("lora_rank") or cfg.lora_rank
+    return dataclasses.replace(cfg, backend=backend, model=model, lr=run_lr, lora_rank=rank)
+
+
+def warm_start_config(cfg: Any) -> dict[str, Any]:
+    """The recorded config of the run directory named by --load_checkpoint ({} otherwise)."""
+    source = getattr(cfg, "load_checkpoint", None)
+    return read_run_config(Path(source)) if source and Path(source).is_dir() else {}
 
 
 def warm_start_model(cfg: Any) -> str | None:

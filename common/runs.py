@@ -12,7 +12,15 @@ from common import rundir
 from common.checkpoints import checkpoint_name, last_state, save_checkpoint
 from common.config import ConfigError, as_dict
 from common.secrets import redact, redact_name
-from common.tracking import CONFIG, Tracker, read_run_config, run_name
+from common.tracking import (
+    CONFIG,
+    Tracker,
+    default_group,
+    default_project,
+    read_group,
+    read_run_config,
+    run_name,
+)
 
 RUNS_DIR = Path("runs")
 
@@ -39,7 +47,8 @@ def open_tracker(cfg: Any, script: str, job_type: str, may_change: tuple[str, ..
     rundir.lock(run_dir)
     saved = last_state(run_dir)
     config = as_dict(cfg)
-    if saved or cfg.resume:
+    continuing = cfg.resume or saved is not None
+    if continuing:
         changed = rundir.check_same_run(run_dir, read_run_config(run_dir), redact(config),
                                         may_change)
         print(redact(f"continuing the run in {run_dir} after step {saved['step'] if saved else 0}"
@@ -47,11 +56,21 @@ def open_tracker(cfg: Any, script: str, job_type: str, may_change: tuple[str, ..
         if changed:
             print(redact("continuing with changed settings: " + "; ".join(
                 f"{k} {old} -> {new}" for k, (old, new) in changed.items())))
-    group = redact(cfg.wandb_group) if cfg.wandb_group else name
-    return Tracker(run_dir, project=cfg.wandb_project, mode=cfg.wandb_mode, run_name=name,
-                   # Without --wandb_group the run is its own group, so evaluations join it.
-                   group=group, job_type=job_type, config=config,
-                   resume=cfg.resume or saved is not None)
+    # Without --wandb_group: the group it had (a continued run), a warm start's (warm start ->
+    # RL is one experiment), else its own; evaluations join it.
+    group = (cfg.wandb_group or (read_group(run_dir) if continuing else None)
+             or warm_start_group(cfg) or default_group(name))
+    return Tracker(run_dir, project=cfg.wandb_project or default_project(cfg.backend),
+                   mode=cfg.wandb_mode, run_name=name, group=redact(group), job_type=job_type,
+                   config=config, resume=continuing,
+                   entity=cfg.wandb_entity, tags=cfg.wandb_tags, notes=cfg.wandb_notes,
+                   incremental_tables=cfg.wandb_incremental_tables)
+
+
+def warm_start_group(cfg: Any) -> str | None:
+    """The W&B group of the run directory named by --load_checkpoint, if it recorded one."""
+    source = getattr(cfg, "load_checkpoint", None)
+    return read_group(Path(source)) if source and Path(source).is_dir() else None
 
 
 def check_finite(value: float, name: str, step: int) -> None:
@@ -79,33 +98,45 @@ def due(step: int, every: int, last_step: int) -> bool:
 
 
 class GracefulStop:
-    """Ctrl-C finishes the current step, saves a checkpoint and ends the run cleanly (W&B run
-    finished, status "interrupted"); a second Ctrl-C stops at once."""
+    """SIGINT (Ctrl-C), SIGTERM (`wandb agent`, Slurm, `docker stop`) and SIGHUP finish the
+    current step, save a checkpoint and end the run as stopped: exit code 128 + the signal
+    (130, 143, 129), in W&B too, marked preempting. A second signal stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
 
     def __enter__(self) -> GracefulStop:
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
-        print("\nCtrl-C: finishing this step, then saving a checkpoint "
+        self.requested, self.signum = True, signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: finishing this step, then saving a checkpoint "
               "(Ctrl-C again to stop at once)", flush=True)
 
 
-def stop_here(training_client: Any, tracker: Tracker, step: int) -> None:
-    """After an interrupted step: save it (unless just saved) and mark the run interrupted."""
+def stop_here(training_client: Any, tracker: Tracker, step: int,
+              stop: GracefulStop | None = None) -> None:
+    """After an interrupted step: save it (unless just saved) and mark the run stopped, so it
+    ends with the signal's exit code (W&B: not "finished", resumable)."""
     saved = last_state(tracker.run_dir)
     if not saved or saved["step"] != step:
         save_checkpoint(training_client, tracker, step, checkpoint_name(step))
-    tracker.set_status("interrupted")
+    tracker.stopped(stop.exit_code if stop else 130)
     tracker.summary(interrupted_at_step=step)
     print(f"stopped after step {step}; continue with: --resume --log_dir {tracker.run_dir}")
 
@@ -129,6 +160,8 @@ def end_of_run(tracker: Tracker, meter: Any, metrics: dict[str, float], keys: li
     print(meter.summary_line())
     values = ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
     final = tracker.summary_value("checkpoint/final")
+    artifact = tracker.summary_value("checkpoint/artifact")
+    named = f" (W&B artifact {artifact})" if artifact and tracker.wandb_mode != "disabled" else ""
     # The warning goes on the last line itself: it is the line a user reads.
     tail = f"; WARNING: {warning}" if warning else ""
-    print(f"done: {values}; final checkpoint {final}; run files in {tracker.run_dir}{tail}")
+    print(f"done: {values}; final checkpoint {final}{named}; run files in {tracker.run_dir}{tail}")

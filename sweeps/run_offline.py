@@ -3,7 +3,7 @@
     python sweeps/run_offline.py sweeps/sft_lr.yaml --parallel 2     # the whole grid, 2 at a time
     python sweeps/run_offline.py sweeps/rl_lr.yaml --count 6 --parallel 2 --group rl-lr-try1
     python sweeps/run_offline.py SWEEP.yaml [--count N] [--parallel K] [--group NAME] [--out DIR]
-                                            [--wandb_mode offline|online|auto|disabled]
+                                            [--project P] [--wandb_mode offline|online|...]
 
 `wandb agent` asks the W&B server for each run's parameters; this asks the same engine directly
 (the open-source `sweeps` package: `next_run` for grid / random / bayes, `stop_runs` for
@@ -11,16 +11,20 @@
 YAML's `command` with the agent's macros expanded (`${env}`, `${interpreter}` = this Python,
 `${program}` relative to the repo root, `${args}` = `--name=value`), plus `--wandb_mode`,
 `--wandb_group` (one group for the whole sweep), `--log_dir <out>/<run>`, `--run_name <run>` and,
-when the YAML names a `project`, `--wandb_project`.
+with --project, `--wandb_project`. The YAML's `project` is where `wandb sweep` creates the sweep;
+here the scripts' default applies unless --project says otherwise (so a local sweep's runs go to
+tinker-experiments-local, not among real Tinker runs).
 Runs start in the repo root; each one's output goes to `<out>/<run>/stdout.log`.
 
 It stops after --count runs, or when a grid is exhausted. Failed runs are listed as failed and
-the sweep goes on; runs that hyperband stopped are listed as stopped. The leaderboard ranks
-finished runs by the metric's final value, i.e. the last logged one (what W&B's run summary and
-sweep table show); `best` is the run's extremum, which is what bayes itself optimises.
-It is printed and written to `<out>/leaderboard.md` and `<out>/leaderboard.json`, also after
-Ctrl-C (which stops the running runs: SIGINT, SIGKILL after a grace period or a second Ctrl-C).
-The exit status is 1 when no run finished.
+the sweep goes on; runs that hyperband stopped are listed as stopped. Runs are stopped the way
+`wandb agent` stops them: SIGTERM (the scripts finish the step, save a checkpoint and end their
+W&B run with exit code 143), SIGKILL after a grace period. The leaderboard ranks finished and
+stopped runs by the metric's best value (min or max by the goal): what the scripts' W&B summary
+shows for the metric (define_metric), and what bayes and hyperband themselves compare; `final`
+is the last logged value. It is printed and written to `<out>/leaderboard.md` and
+`<out>/leaderboard.json`, also after Ctrl-C (which stops the running runs, as above; a second
+Ctrl-C kills them). The exit status is 1 when no run finished.
 Offline W&B runs upload later with `wandb sync <out>/*/wandb/offline-run-*` (as grouped runs;
 W&B only attaches runs to a sweep when a server-side sweep started them).
 """
@@ -61,7 +65,7 @@ RUNNER_FLAGS = ("wandb_mode", "wandb_group", "log_dir", "run_name")
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 MACROS = ("env", "interpreter", "program", "args", "args_no_hyphens", "args_no_equals",
           "args_json")
-STOP_GRACE_S = 60.0  # after SIGINT the scripts finish the step (a Tinker step can be slow),
+STOP_GRACE_S = 60.0  # after SIGTERM the scripts finish the step (a Tinker step can be slow),
 #                      save a checkpoint and close their W&B run; then SIGKILL
 
 
@@ -168,8 +172,8 @@ def start(config: SweepConfig, suggestion: SweepRun, index: int, args: argparse.
                          params)
     cmd += [f"--wandb_mode={args.wandb_mode}", f"--wandb_group={args.group}",
             f"--log_dir={log_dir}", f"--run_name={log_dir.name}"]
-    if config.get("project"):  # where `wandb sweep` would put the runs
-        cmd.append(f"--wandb_project={config['project']}")
+    if args.project:
+        cmd.append(f"--wandb_project={args.project}")
     print(f"[sweep] start {log_dir.name}: {shlex.join(cmd)}", flush=True)
     with (log_dir / "stdout.log").open("w") as log:  # the child keeps its own descriptor
         log.write(f"$ {shlex.join(cmd)}\n")
@@ -182,10 +186,11 @@ def start(config: SweepConfig, suggestion: SweepRun, index: int, args: argparse.
 
 
 def stop(trial: Trial) -> None:
-    """SIGINT first (the run closes its tracker as stopped), SIGKILL after STOP_GRACE_S."""
+    """SIGTERM first, as `wandb agent` stops a run (the run saves and closes its tracker as
+    stopped), SIGKILL after STOP_GRACE_S."""
     if trial.stop_sent is None:
         trial.stop_sent = time.time()
-        trial.proc.send_signal(signal.SIGINT)
+        trial.proc.send_signal(signal.SIGTERM)
     elif time.time() - trial.stop_sent > STOP_GRACE_S:
         kill(trial)
 
@@ -257,7 +262,7 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, trials: list[Trial]
 
 
 def leaderboard(trials: list[Trial], metric: dict[str, str] | None) -> list[dict[str, Any]]:
-    """Finished runs ranked by the metric's final value, then the rest (unranked)."""
+    """Finished and stopped runs ranked by the metric's best value, then the rest (unranked)."""
     name, goal = (metric or {}).get("name"), (metric or {}).get("goal", "minimize")
     rows = []
     for t in trials:
@@ -269,11 +274,11 @@ def leaderboard(trials: list[Trial], metric: dict[str, str] | None) -> list[dict
             best = None
         state = state_of(t.run)
         rows.append({"rank": None, "name": t.run.name, "state": state, "exit_code": t.exit_code,
-                     "params": t.params, "metric": final, "best": best,
+                     "params": t.params, "metric": best, "final": final,
                      "seconds": round(t.seconds, 1), "log_dir": str(t.log_dir)})
     sign = -1 if goal == "maximize" else 1
-    ranked = sorted((r for r in rows if r["state"] == "finished" and r["metric"] is not None),
-                    key=lambda r: sign * r["metric"])
+    ranked = sorted((r for r in rows if r["state"] in ("finished", "stopped")
+                     and r["metric"] is not None), key=lambda r: sign * r["metric"])
     for rank, row in enumerate(ranked, start=1):
         row["rank"] = rank
     return ranked + [r for r in rows if r["rank"] is None]
@@ -282,18 +287,24 @@ def leaderboard(trials: list[Trial], metric: dict[str, str] | None) -> list[dict
 def markdown(rows: list[dict[str, Any]], config: SweepConfig, args: argparse.Namespace) -> str:
     metric = config.get("metric") or {"name": "-", "goal": "-"}
     swept = swept_names(config)
+    best = {"maximize": "max", "minimize": "min"}.get(metric["goal"], "best")
     lines = [f"Sweep {args.sweep} ({config['method']}), W&B group `{args.group}`: ranked by the "
-             f"final {metric['name']} ({metric['goal']}; the last logged value, as in W&B's "
-             "summary); best = the run's extremum.", "",
-             f"| rank | run | state | {', '.join(swept)} | {metric['name']} | best | time |",
+             f"best {metric['name']} ({best}, as in the runs' W&B summary); final = the last "
+             "logged value; stopped runs rank with what they reached.", "",
+             f"| rank | run | state | {', '.join(swept)} | {metric['name']} ({best}) | final "
+             "| time |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         params = ", ".join(f"{r['params'][k]:.4g}" if isinstance(r["params"][k], float)
                            else str(r["params"][k]) for k in swept)
         state = r["state"] if r["state"] != "failed" else f"failed (exit {r['exit_code']})"
         lines.append(f"| {r['rank'] or '-'} | {r['name']} | {state} | {params} | "
-                     f"{_num(r['metric'])} | {_num(r['best'])} | {r['seconds']:.0f}s |")
+                     f"{_num(r['metric'])} | {_num(r['final'])} | {r['seconds']:.0f}s |")
     return "\n".join(lines) + "\n"
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _num(value: float | None) -> str:
@@ -308,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=1, help="runs at once")
     parser.add_argument("--group", help="W&B group of every run (default: <yaml>-<time>)")
     parser.add_argument("--out", type=Path, help="sweep directory (default: runs/sweeps/<group>)")
+    parser.add_argument("--project", help="W&B project of every run (default: the scripts' "
+                        "default: tinker-experiments, or tinker-experiments-local on the local "
+                        "backend)")
     parser.add_argument("--wandb_mode", default="offline",
                         choices=["offline", "online", "auto", "disabled"])
     parser.add_argument("--poll", type=float, default=2.0, help="seconds between checks")
@@ -323,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "sweep.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
 
     trials: list[Trial] = []
+    # SIGTERM (a scheduler, `docker stop`) ends the sweep the way Ctrl-C does: runs stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         run_sweep(config, args, trials)
     except KeyboardInterrupt:
@@ -333,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "leaderboard.md").write_text(f"# Leaderboard: {args.group}\n\n{table}")
     (args.out / "leaderboard.json").write_text(json.dumps(
         {"sweep": str(args.sweep), "group": args.group, "method": config["method"],
-         "metric": config.get("metric"), "ranked_by": "final (last logged) metric value",
+         "metric": config.get("metric"), "ranked_by": "best (min or max by goal) metric value",
          "runs": rows}, indent=2) + "\n")
     print(f"[sweep] {len(trials)} runs in {args.out} (leaderboard.md, leaderboard.json)")
     return 0 if any(r["state"] == "finished" for r in rows) else 1

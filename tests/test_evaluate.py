@@ -74,23 +74,47 @@ def test_eval_json_agrees_with_every_sampled_row(arithmetic_eval, sft_runs):
     assert (run_dir / "accuracy.png").read_bytes().startswith(PNG_MAGIC)
 
 
-def test_eval_is_a_wandb_run_in_the_training_runs_group(arithmetic_eval):
+def test_eval_is_a_wandb_run_in_the_training_runs_group(arithmetic_eval, sft_runs):
     report, run_dir = arithmetic_eval
     wandb_run = read_offline_run(run_dir)
     (run_record,) = [r["run"] for r in wandb_run.records if r["type"] == "run"]
     assert run_record["job_type"] == "eval"
-    assert run_record["run_group"] == "sft-a"  # no wandb_group in its config: its name
+    # Trained with --log_dir and no --run_name or --wandb_group: the group W&B recorded for the
+    # training run, not the directory's name.
+    (train_record,) = [r["run"] for r in read_offline_run(sft_runs[0]).records
+                       if r["type"] == "run"]
+    assert run_record["run_group"] == train_record["run_group"] != "sft-a"
+    assert run_record["project"] == train_record["project"] == "tinker-experiments-local"
     base, trained = report["models"]
     for model in (base, trained):
         for key in ("accuracy", "accuracy_low", "accuracy_high", "reward", "reward_format"):
             assert wandb_run.summary[f"eval/{model['label']}/{key}"] == pytest.approx(model[key])
     assert wandb_run.summary["eval/accuracy"] == pytest.approx(trained["accuracy"])
     assert wandb_run.summary["eval/sft-a/path"] == trained["path"]
-    table = wandb_run.table("samples/step_000000")
+    (table,) = wandb_run.tables["samples"]
     assert len(table.rows) == 2 * 12
     assert {r["model"] for r in table.rows} == {"base:tiny-instruct", "sft-a"}
     assert {"completion", "answer", "reward", "correct"} <= set(table.columns)
     assert any(row.get("eval/accuracy_plot._type") == "image-file" for row in wandb_run.history)
+
+
+def test_eval_run_uses_the_training_runs_checkpoint_artifact(arithmetic_eval, sft_runs):
+    """W&B lineage: the training run logged `model-<id>` (a reference to the final sampler
+    weights); the eval run declares the same artifact (same digest) as its input."""
+    _, run_dir = arithmetic_eval
+    train_id = (sft_runs[0] / "wandb_run_id").read_text()
+    final = read_jsonl(sft_runs[0] / "checkpoints.jsonl")[-1]
+    (logged,) = [r["artifact"] for r in read_offline_run(sft_runs[0]).records
+                 if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+    assert logged["name"] == f"model-{train_id}"
+    assert {"final", "latest", f"step-{final['step']:06d}"} <= set(logged["aliases"])
+    (used,) = [r["artifact"] for r in read_offline_run(run_dir).records
+               if r["type"] == "artifact" and r["artifact"].get("use_after_commit")]
+    assert used["name"] == logged["name"] and used["type"] == "model"
+    assert used["digest"] == logged["digest"]  # W&B matches the input to the logged version
+    assert [e["ref"] for e in used["manifest"]["contents"]] == [final["path"]]
+    assert json.loads(used["metadata"]) == json.loads(logged["metadata"])
+    assert json.loads(used["metadata"])["state_path"].endswith("/weights/final")
 
 
 def test_compare_reports_finals_bests_and_config_differences(sft_runs, tmp_path):
@@ -150,3 +174,35 @@ def test_bad_inputs_fail_clearly_before_any_run_starts(tmp_path, overrides, erro
     with pytest.raises(error, match=message):
         evaluate.main(cfg)
     assert not (tmp_path / "eval").exists()
+
+
+def test_a_wandb_artifact_names_a_checkpoint_online(monkeypatch):
+    """`--checkpoint entity/project/model-<id>:alias` (W&B's Api is faked: no server here)."""
+    import types
+
+    import wandb
+
+    name = "team/tinker-experiments/model-abc12345:final"
+    with pytest.raises(ConfigError, match="needs W&B online"):
+        evaluate.checkpoint_target(name, None, "tiny-chat", "offline")
+
+    class Artifact:
+        name, project, entity = "model-abc12345:v3", "tinker-experiments", "team"
+        metadata = {"base_model": "Qwen/Qwen3-4B-Instruct-2507", "lora_rank": 32}
+        manifest = types.SimpleNamespace(
+            entries={"weights": types.SimpleNamespace(ref="tinker://abc/sampler_weights/final")})
+
+        def logged_by(self):
+            return types.SimpleNamespace(group="rlvr-seed")
+
+    asked = []
+    monkeypatch.setattr(wandb, "Api", lambda: types.SimpleNamespace(
+        artifact=lambda n, type=None: asked.append((n, type)) or Artifact()))
+    target = evaluate.checkpoint_target(name, None, "tiny-chat", "online")
+    assert asked == [(name, "model")]
+    assert (target.label, target.base_model, target.path, target.group, target.project) == (
+        "model-abc12345:v3", "Qwen/Qwen3-4B-Instruct-2507", "tinker://abc/sampler_weights/final",
+        "rlvr-seed", "tinker-experiments")
+    used = []
+    evaluate.declare_inputs(types.SimpleNamespace(use_artifact=used.append), [target])
+    assert used == [name]  # run.use_artifact(name): the lineage edge to that version

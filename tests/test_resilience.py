@@ -32,8 +32,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def start_sft(log_dir: Path, *extra: str) -> subprocess.Popen:
-    # Its own wandb-core: one inherited from this process (WANDB_SERVICE) would write the run's
-    # W&B files on its own schedule, after the child has exited.
+    # A process of its own, as from a shell: not attached to the W&B service of this pytest
+    # process (W&B hands it to children via WANDB_SERVICE), which would still hold a killed
+    # run's id when its resumed attempt starts ("run ID is in use").
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     return subprocess.Popen([sys.executable, str(ROOT / "train_sft.py"), "--log_dir", str(log_dir),
                              *SFT_FLAGS, *extra], cwd=ROOT, stdout=subprocess.PIPE,
@@ -88,12 +89,63 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     assert summary["status"] == "interrupted"
     states = [c for c in read_jsonl(log_dir / "checkpoints.jsonl") if c["kind"] == "state"]
     assert states[-1]["step"] == stopped == len(read_jsonl(log_dir / "metrics.jsonl"))
-    assert read_offline_run(log_dir).exit_codes == [0]  # the W&B run was finished, not killed
+    run = read_offline_run(log_dir)
+    assert run.exit_codes == [130]  # W&B shows it stopped, not finished
+    assert [r for r in run.records if r["type"] == "preempting"]  # ... and expects the resume
 
     resumed = start_sft(log_dir, "--resume")
     assert resumed.wait(timeout=300) == 0
     assert [m["step"] for m in read_jsonl(log_dir / "metrics.jsonl")] == list(range(1, 25))
     assert json.loads((log_dir / "summary.json").read_text())["status"] == "finished"
+
+
+def test_sigterm_saves_the_step_and_ends_the_run_with_exit_code_143(tmp_path):
+    """What `wandb agent`, Slurm and `docker stop` send: handled like Ctrl-C."""
+    log_dir = tmp_path / "run"
+    process = start_sft(log_dir)
+    wait_for_steps(log_dir, 3, process)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, output
+    assert "SIGTERM: finishing this step, then saving a checkpoint" in output
+    stopped = json.loads((log_dir / "summary.json").read_text())["interrupted_at_step"]
+    assert stopped == read_jsonl(log_dir / "metrics.jsonl")[-1]["step"]
+    saved = [(c["step"], c["kind"]) for c in read_jsonl(log_dir / "checkpoints.jsonl")]
+    assert (stopped, "state") in saved and (stopped, "sampler") in saved
+    run = read_offline_run(log_dir)
+    assert run.exit_codes == [143]
+    assert [r for r in run.records if r["type"] == "preempting"]
+    artifacts = [r["artifact"] for r in run.records
+                 if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+    assert f"step-{stopped:06d}" in artifacts[-1]["aliases"]
+
+
+def test_samples_table_covers_every_sampled_step_across_sigkill_and_resume(tmp_path):
+    log_dir = tmp_path / "run"
+    flags = ("--max_steps", "12", "--sample_every", "2", "--sample_prompts", "1")
+    victim = start_sft(log_dir, *flags)
+    wait_for_steps(log_dir, 7, victim)  # saved at 4; sampled at 2, 4, 6
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    resumed = start_sft(log_dir, *flags, "--resume")
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    # (Tracking never stops training: had W&B failed, the run would go on with files alone.)
+    assert not [line for line in output.splitlines()
+                if line.startswith("tracking: W&B") and "failed" in line], output
+
+    run = read_offline_run(log_dir)
+    assert list(run.tables) == ["samples"]
+    # One W&B run. (W&B may have lost the killed attempt's records entirely: its service can
+    # die with the process before writing them.)
+    assert set(run.run_ids) == {(log_dir / "wandb_run_id").read_text()}
+    # The table W&B shows at the end: each sampled step once, whatever the kill lost: the
+    # resumed attempt's first increment holds the rows kept from before (samples.jsonl).
+    shown = run.incremental_table("samples")
+    assert [[r["step"] for r in t.rows] for t in shown] == [[2, 4], [6], [8], [10], [12]], output
+    samples = read_jsonl(log_dir / "samples.jsonl")
+    assert [s["step"] for s in samples] == list(range(2, 13, 2))
+    assert [r["completion"] for t in shown for r in t.rows] == [s["completion"] for s in samples]
 
 
 def test_injected_faults_do_not_change_the_result(tmp_path, monkeypatch):
@@ -142,7 +194,9 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     metrics = read_jsonl(log_dir / "metrics.jsonl")
     checkpoints = read_jsonl(log_dir / "checkpoints.jsonl")
     assert checkpoints[-1]["step"] == metrics[-1]["step"]  # last logged step = last good one
-    assert read_offline_run(log_dir).summary["status"] == "failed"
+    run = read_offline_run(log_dir)
+    assert run.summary["status"] == "failed" and run.exit_codes == [1]  # failed, not stopped
+    assert not [r for r in run.records if r["type"] == "preempting"]
     # The loss is computed before the update: a finite loss with a NaN grad norm wrote NaN into
     # the weights. No such update may be saved: every saved checkpoint is finite.
     assert all(math.isfinite(m.get("train/grad_norm", 0.0)) for m in metrics)
@@ -153,8 +207,8 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def local_checkpoint_dir(path: str) -> Path:
-    """local://<run>/weights/<name> -> its directory under the local backend's root."""
-    return Path(os.environ["LOCAL_TINKER_ROOT"]) / path.removeprefix("local://")
+    """tinker://<run>/weights/<name> -> its directory under the local server's root."""
+    return Path(os.environ["LOCAL_TINKER_ROOT"]) / path.split("://", 1)[1]
 
 
 def test_secrets_never_reach_rl_run_files(tmp_path, monkeypatch):

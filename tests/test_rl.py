@@ -46,8 +46,10 @@ def test_rl_run_is_tracked_step_by_step(tmp_path, capsys):
     assert sorted(history) == [1, 2, 3]
     for m in metrics:
         assert history[m["step"]]["reward/mean"] == pytest.approx(m["reward/mean"])
-    for step in (1, 2, 3):
-        rows = run.table(f"samples/step_{step:06d}").rows
+    assert list(run.tables) == ["samples"]
+    for step, table in zip((1, 2, 3), run.tables["samples"], strict=True):
+        rows = table.rows
+        assert {r["step"] for r in rows} == {step}
         assert len(rows) == 2 * 4
         for row in rows:
             parts = row["format"] + row["correct"] + row["concise"]
@@ -57,8 +59,25 @@ def test_rl_run_is_tracked_step_by_step(tmp_path, capsys):
             assert abs(np.mean(advantages)) < 1e-6
         mean_reward = np.mean([r["reward"] for r in rows])
         assert history[step]["reward/mean"] == pytest.approx(mean_reward)
-    names = [r["name"] for r in run.table("checkpoints").rows]
-    assert names == ["000002", "000002", "final", "final"]
+    artifacts = [r["artifact"] for r in run.records
+                 if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+    assert [sorted(a["aliases"]) for a in artifacts] == [
+        ["latest", "step-000002"], ["final", "latest", "step-000003"]]
+
+
+def test_an_rl_step_that_trains_nothing_logs_no_loss(tmp_path):
+    """Without the concise bonus, tiny-chat earns 0 everywhere: every group ties, no datum is
+    trained, and no step may show a train/loss (a flat 0.0 would be a value that never was)."""
+    train_rl.main(rl_config(tmp_path, max_steps=2, concise_bonus_after=None, sample_every=0,
+                            eval_problems=0, save_every=0, group_size=2, max_tokens=8))
+    metrics = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text()
+               .splitlines()]
+    assert [m["rl/frac_groups_zero_std"] for m in metrics] == [1.0, 1.0]
+    assert all(m["tokens/trained"] == 0 and "train/loss" not in m for m in metrics)
+    run = read_offline_run(tmp_path / "rl")
+    assert sorted(r["_step"] for r in run.history if "reward/mean" in r) == [1, 2]
+    assert not [r for r in run.history if "train/loss" in r]
+    assert "train/loss" not in run.summary
 
 
 def test_a_run_that_trains_on_nothing_says_so(tmp_path, capsys):
@@ -93,6 +112,25 @@ def test_rl_resume_continues_exactly(tmp_path):
     for key in ("reward/mean", "train/loss", "completions/mean_tokens",
                 "tokens/cumulative/sampled", "tokens/cumulative/trained"):
         assert resumed[key] == straight[key]
+
+
+def test_a_warm_started_run_records_the_warm_starts_rank_and_model(tmp_path):
+    import train_sft
+
+    train_sft.main(train_sft.Config(backend="local", log_dir=tmp_path / "warm", lora_rank=4,
+                                    max_steps=1, save_every=0, sample_every=0, eval_every=0,
+                                    wandb_mode="disabled"))
+    train_rl.main(rl_config(tmp_path, load_checkpoint=str(tmp_path / "warm"), max_steps=1,
+                            sample_every=0, eval_problems=0))
+    run = read_offline_run(tmp_path / "rl")
+    assert run.config["lora_rank"] == 4 and run.config["model"] == "tiny-chat"  # not --lora_rank 8
+    # warm start -> RL is one experiment: the RL run joins the warm start's W&B group.
+    (record,) = [r["run"] for r in run.records if r["type"] == "run"]
+    assert record["run_group"] == (tmp_path / "warm" / "wandb_group").read_text()
+    assert record["run_group"].startswith("train_sft-tiny-chat-")
+    (artifact,) = [r["artifact"] for r in run.records
+                   if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+    assert json.loads(artifact["metadata"])["lora_rank"] == 4
 
 
 @pytest.mark.parametrize("overrides, message", [

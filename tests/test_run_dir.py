@@ -31,7 +31,7 @@ def sft(log_dir: Path, *flags: str) -> int:
 
 
 def local_dir(path: str) -> Path:
-    return Path(os.environ["LOCAL_TINKER_ROOT"]) / path.removeprefix("local://")
+    return Path(os.environ["LOCAL_TINKER_ROOT"]) / path.split("://", 1)[1]
 
 
 def states(run_dir: Path) -> list[dict]:

@@ -13,7 +13,7 @@ from tests.wandb_records import read_offline_run
 
 SECRETS = {"TINKER_API_KEY": "tml-PLANTED-tinker-secret-123", "WANDB_API_KEY": "planted0wandb0key0"}
 STEP_KEYS = {"train/loss", "train/lr", "train/tokens", "train/grad_norm", "tokens/trained",
-             "time/step", "progress/step", "progress/epoch", "progress/done_frac"}
+             "time/step", "progress/epoch", "progress/done_frac"}
 
 
 def sft_config(tmp_path: Path, **overrides) -> train_sft.Config:
@@ -45,22 +45,37 @@ def test_sft_run_learns_and_is_tracked(tmp_path, monkeypatch):
     assert sorted(history) == list(range(1, 41))
     for row in metrics:  # metrics.jsonl and the W&B history agree value for value
         assert STEP_KEYS <= set(history[row["step"]])
+        # ... except bookkeeping: W&B has _step, and the local backend costs nothing.
+        assert not [k for k in history[row["step"]] if k.startswith(("progress/step", "cost/"))]
+        assert row["progress/step"] == row["step"] and row["cost/step_usd"] == 0.0
         for key in STEP_KEYS:
             assert history[row["step"]][key] == pytest.approx(row[key])
     assert sorted(s for s, r in history.items() if "eval/loss" in r) == [10, 20, 30, 40]
 
-    for step in (10, 20, 30, 40):
-        table = wandb_run.table(f"samples/step_{step:06d}")
-        assert len(table.rows) == 2 and table.rows[0]["step"] == step
-    assert wandb_run.table("samples/step_000040").rows[0]["completion"] == "foo<|im_end|>"
-    names = [row["name"] for row in wandb_run.table("checkpoints").rows]
-    assert names == ["000020", "000020", "final", "final"]
+    # One samples table: an increment per sample step, every row carrying its step.
+    assert list(wandb_run.tables) == ["samples"]
+    increments = wandb_run.tables["samples"]
+    assert [t.step for t in increments] == [10, 20, 30, 40]
+    for table in increments:
+        assert len(table.rows) == 2 and {r["step"] for r in table.rows} == {table.step}
+    assert increments[-1].rows[0]["completion"] == "foo<|im_end|>"
     checkpoints = read_jsonl(run_dir / "checkpoints.jsonl")
     # Each checkpoint's sampler record comes before its state record (resume keys on states).
-    assert [c["kind"] for c in checkpoints] == ["sampler", "state"] * 2
+    assert [(c["name"], c["kind"]) for c in checkpoints] == [
+        ("000020", "sampler"), ("000020", "state"), ("final", "sampler"), ("final", "state")]
+    # Each sampler checkpoint is a `model` reference artifact of this run.
+    artifacts = [r["artifact"] for r in wandb_run.records
+                 if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+    assert [[e["ref"] for e in a["manifest"]["contents"]] for a in artifacts] == [
+        [c["path"]] for c in checkpoints if c["kind"] == "sampler"]
+    assert [sorted(a["aliases"]) for a in artifacts] == [
+        ["latest", "step-000020"], ["final", "latest", "step-000040"]]
+    assert json.loads(artifacts[-1]["metadata"])["state_path"] == checkpoints[-1]["path"]
     assert wandb_run.summary["checkpoint/final"] == checkpoints[-2]["path"]
     assert checkpoints[-2]["path"].endswith("/sampler_weights/final")
     assert wandb_run.config["lr"] == 2e-3 and wandb_run.config["model"] == "tiny-instruct"
+    assert "wandb_mode" not in wandb_run.config and "dry_run" not in wandb_run.config
+    assert wandb_run.summary["train/loss"]["min"] == min(m["train/loss"] for m in metrics)
 
     checkpoint_root = Path(os.environ["LOCAL_TINKER_ROOT"])
     for secret in SECRETS.values():
@@ -81,8 +96,13 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
     assert resumed["eval/loss"] == straight["eval/loss"]
     steps = [m["step"] for m in read_jsonl(tmp_path / "b" / "metrics.jsonl")]
     assert steps == list(range(1, 13))
-    assert (tmp_path / "b" / "wandb_run_id").read_text() == read_offline_run(
-        tmp_path / "b").run_ids[0]
+    run = read_offline_run(tmp_path / "b")
+    assert (tmp_path / "b" / "wandb_run_id").read_text() == run.run_ids[0]
+    # Both attempts are one run in one group (the group of the first attempt is kept, though the
+    # default run name carries the time it started).
+    groups = [r["run"]["run_group"] for r in run.records if r["type"] == "run"]
+    recorded = (tmp_path / "b" / "wandb_group").read_text()
+    assert len(groups) == 2 and groups[0] == groups[1] == recorded
 
 
 @pytest.mark.parametrize("overrides, error, message", [

@@ -88,6 +88,28 @@ def test_engine_suggestions_parse_as_the_agent_passes_them(path):
         assert getattr(cfg, name) == pytest.approx(value), name
 
 
+def test_a_null_sweep_value_reaches_the_script_as_none():
+    import train_rl
+
+    argv = run_offline.expand_command(["${args}"], "train_rl.py",
+                                      {"concise_bonus_after": None, "lr": 1e-4})
+    assert argv == ["--concise_bonus_after=None", "--lr=0.0001"]  # as `wandb agent` writes it
+    cfg = parse_config(train_rl.Config, argv)
+    assert cfg.concise_bonus_after is None and cfg.lr == 1e-4
+    spaced = parse_config(train_rl.Config, ["--concise_bonus_after", "null"])
+    assert spaced.concise_bonus_after is None
+    assert parse_config(train_rl.Config, []).concise_bonus_after == 6
+
+
+@pytest.mark.parametrize("path", [p for p in YAMLS if p.name.startswith("rl_")],
+                         ids=lambda p: p.name)
+def test_rl_sweeps_rank_on_a_heldout_metric_logged_more_than_once(path):
+    config = load(path)
+    params = {k: v.get("value") for k, v in config["parameters"].items()}
+    assert config["metric"] == {"name": "eval/accuracy", "goal": "maximize"}
+    assert 0 < params["eval_every"] < params["max_steps"]
+
+
 def test_lr_flag_in_agent_style_parses():
     import train_rl
 
@@ -137,7 +159,7 @@ def read_board(out: Path) -> list[dict]:
     return json.loads((out / "leaderboard.json").read_text())["runs"]
 
 
-def test_grid_ranks_by_final_value_and_lists_failed_runs(tmp_path):
+def test_grid_ranks_by_best_value_and_lists_failed_runs(tmp_path):
     path = fake_sweep(tmp_path, method="grid", parameters={
         "lr": {"values": [3.0, -1.0, 1.0, 2.0]}, "steps": {"value": 2}})
     result = run_runner(path, "--out", tmp_path / "out", "--group", "g1", "--poll", "0.1")
@@ -146,7 +168,7 @@ def test_grid_ranks_by_final_value_and_lists_failed_runs(tmp_path):
     assert [(r["params"]["lr"], r["rank"], r["state"]) for r in runs] == [
         (1.0, 1, "finished"), (2.0, 2, "finished"), (3.0, 3, "finished"),
         (-1.0, None, "failed")]
-    assert runs[0]["metric"] == 1.5 and runs[0]["best"] == 1.5  # final value at step 2
+    assert runs[0]["metric"] == 1.5 and runs[0]["final"] == 1.5  # best = final (at step 2)
     assert runs[3]["exit_code"] == 3
     table = (tmp_path / "out" / "leaderboard.md").read_text()
     assert table.startswith("# Leaderboard: g1\n") and "failed (exit 3)" in table
@@ -190,6 +212,11 @@ def test_hyperband_stops_runs_that_fall_behind(tmp_path):
     states = {r["params"]["lr"]: r["state"] for r in read_board(tmp_path / "out")}
     assert states[1.0] == "finished" and states[4.0] == "stopped", result.stdout
     assert "hyperband stops" in result.stdout
+    runs = read_board(tmp_path / "out")
+    stopped = [r for r in runs if r["state"] == "stopped"]
+    # Stopped as `wandb agent` stops a run (SIGTERM), and ranked with what it reached.
+    assert {r["exit_code"] for r in stopped} == {-signal.SIGTERM}
+    assert all(r["rank"] is not None and r["metric"] is not None for r in runs)
 
 
 def test_ctrl_c_stops_the_runs_and_still_writes_the_leaderboard(tmp_path):

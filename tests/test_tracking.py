@@ -77,11 +77,12 @@ def test_offline_run_round_trip(tmp_path: Path) -> None:
         assert isinstance(file_row.pop("_time"), float)
         assert file_row == {k: v for k, v in wb_row.items() if not k.startswith("_")}
     assert metrics[4]["train/loss"] == 0.2 and metrics[0]["train/tokens"] == 10
-    # Each step's samples are a table of their own; the files hold the same rows.
-    assert wb.table("samples/step_000001").rows[0] == dict(
-        step=1, prompt="1+1=", completion="answer 1", reward=1.0
-    )
-    assert [r["completion"] for r in wb.table("samples/step_000003").rows] == ["answer 3", "4"]
+    # One samples table, one increment per logged step; the files hold the same rows.
+    assert list(wb.tables) == ["samples"]
+    increments = wb.tables["samples"]
+    assert [t.step for t in increments] == [1, 3]
+    assert increments[0].rows[0] == dict(step=1, prompt="1+1=", completion="answer 1", reward=1.0)
+    assert [r["completion"] for r in increments[1].rows] == ["answer 3", "4"]
     samples = read_jsonl(tmp_path / "samples.jsonl")
     assert [(s["table"], s["step"], s["completion"]) for s in samples] == [
         ("samples", 1, "answer 1"),
@@ -89,9 +90,8 @@ def test_offline_run_round_trip(tmp_path: Path) -> None:
         ("samples", 3, "answer 3"),
         ("samples", 3, "4"),
     ]
-    # The checkpoints table is logged whole each time: its latest version has every row.
-    assert len(wb.tables["checkpoints"]) == 2
-    assert [r["name"] for r in wb.table("checkpoints").rows] == ["000002", "000004"]
+    # No bookkeeping charts: no checkpoints table, no per-step table keys.
+    assert not [k for row in wb.history for k in row if k.startswith("checkpoints")]
     assert [c["name"] for c in read_checkpoints(tmp_path)] == ["000002", "000004"]
     assert wb.summary["checkpoint/final"] == "local://run/sampler_weights/final"
     assert wb.summary["checkpoint/last"] == "local://run/weights/000004"
@@ -166,11 +166,14 @@ def test_failed_offline_init_continues_with_files(
 ) -> None:
     import wandb
 
-    monkeypatch.setattr(wandb, "init", lambda **kwargs: 1 / 0)
+    modes = []
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: modes.append(kwargs["mode"]) or 1 / 0)
     with make_tracker(tmp_path, mode="online") as tracker:
         tracker.log({"train/loss": 1.0}, step=0)
     assert tracker.wandb_mode == "disabled"
-    assert "files only" in capsys.readouterr().out
+    assert modes == ["online", "offline", "offline"]  # offline twice: a slow service start
+    out = capsys.readouterr().out
+    assert "trying once more" in out and "files only" in out
     assert read_jsonl(tmp_path / "metrics.jsonl")[0]["train/loss"] == 1.0
 
 
@@ -329,3 +332,151 @@ def test_a_failing_online_run_continues_offline(tmp_path: Path, capsys) -> None:
     run = read_offline_run(tmp_path)
     assert [r["_step"] for r in run.history if "train/loss" in r] == [1, 2, 3]
     assert set(run.run_ids) == {tracker.run_id}  # the same W&B run, continued
+
+
+def wandb_records(run_dir: Path, kind: str) -> list[dict]:
+    return [r[kind] for r in read_offline_run(run_dir).records if r["type"] == kind]
+
+
+def test_each_sampler_checkpoint_is_a_model_reference_artifact(tmp_path: Path) -> None:
+    config = {"model": "tiny-math", "backend": "local", "lora_rank": 32, "lr": 2.0e-4}
+    with make_tracker(tmp_path, config=config) as tracker:
+        for step, name in ((20, "000020"), (40, "000040"), (50, "final")):
+            tracker.log({"train/loss": 1.0 / step}, step=step)
+            # As save_checkpoint records them: the state first, then the sampler weights.
+            tracker.log_checkpoint(step, name, f"local://r/weights/{name}", "state")
+            tracker.log_checkpoint(step, name, f"local://r/sampler_weights/{name}", "sampler")
+        tracker.log_final_checkpoint("local://r/sampler_weights/final")
+    artifacts = [a for a in wandb_records(tmp_path, "artifact") if a["type"] == "model"]
+    assert [a["name"] for a in artifacts] == [f"model-{tracker.run_id}"] * 3  # one collection
+    assert [sorted(a["aliases"]) for a in artifacts] == [
+        ["latest", "step-000020"], ["latest", "step-000040"], ["final", "latest", "step-000050"]]
+    for artifact, name, step in zip(artifacts, ("000020", "000040", "final"), (20, 40, 50),
+                                    strict=True):
+        (entry,) = artifact["manifest"]["contents"]
+        assert entry["ref"] == f"local://r/sampler_weights/{name}" and entry["path"] == "weights"
+        assert json.loads(artifact["metadata"]) == {
+            "step": step, "name": name, "base_model": "tiny-math", "lora_rank": 32,
+            "backend": "local", "sampler_path": f"local://r/sampler_weights/{name}",
+            "state_path": f"local://r/weights/{name}"}
+    # checkpoints.jsonl keeps both records of every save (resume reads the state ones).
+    assert [c["kind"] for c in read_checkpoints(tmp_path)] == ["state", "sampler"] * 3
+    summary = read_offline_run(tmp_path).summary
+    assert summary["checkpoint/artifact"] == f"model-{tracker.run_id}:final"
+
+
+def test_summaries_rank_by_best_and_bookkeeping_stays_in_the_files(tmp_path: Path) -> None:
+    config = {"model": "tiny-chat", "backend": "local"}
+    with make_tracker(tmp_path, config=config) as tracker:
+        for step, (loss, accuracy) in enumerate([(3.0, 0.2), (1.0, 0.6), (2.0, 0.4)], start=1):
+            tracker.log({"train/loss": loss, "eval/loss": loss + 1, "eval/accuracy": accuracy,
+                         "progress/step": step, "cost/step_usd": 0.0}, step=step)
+        tracker.set_summary({"train/loss": 2.0, "eval/accuracy": 0.4, "tokens/total": 7,
+                             "progress/step": 3, "cost/cumulative_usd": 0.0})
+    metrics = {m.get("name") or m.get("glob_name"): m for m in wandb_records(tmp_path, "metric")}
+    assert metrics["train/loss"]["summary"] == {"min": True, "last": True}
+    assert metrics["eval/accuracy"]["summary"] == {"max": True, "last": True}
+    assert metrics["rl/accuracy"]["summary"] == {"max": True, "last": True}
+    wb = read_offline_run(tmp_path)
+    # No step counter beside W&B's own _step, no $0 cost chart for the free local backend;
+    # metrics.jsonl keeps both.
+    assert not [k for row in wb.history for k in row if k.startswith(("progress/", "cost/"))]
+    assert read_jsonl(tmp_path / "metrics.jsonl")[0]["cost/step_usd"] == 0.0
+    summary = wb.summary
+    # The end-of-run summary update leaves W&B's best-and-last alone.
+    assert summary["train/loss"] == {"min": 1.0, "last": 2.0}
+    assert summary["eval/loss"] == {"min": 2.0, "last": 3.0}
+    assert summary["eval/accuracy"] == {"max": 0.6, "last": 0.4}
+    assert summary["tokens/total"] == 7
+    assert "progress/step" not in summary and "cost/cumulative_usd" not in summary
+    assert json.loads((tmp_path / "summary.json").read_text())["train/loss"] == 2.0
+
+
+def test_a_resumed_run_continues_the_samples_table_from_its_checkpoint(tmp_path: Path) -> None:
+    """The killed attempt logged increments for steps 2, 4, 6 and saved at 4; the resumed one
+    continues the table with the rows kept (steps 2 and 4), then redoes 6 and goes on to 8."""
+    tracker = make_tracker(tmp_path)
+    for step in (1, 2, 3, 4, 5, 6):
+        tracker.log({"train/loss": 1.0 / step}, step)
+        if step % 2 == 0:
+            tracker.log_table("samples", SAMPLE_COLUMNS, [[step, "q", f"first {step}", 0.0]], step)
+    tracker._run.finish(exit_code=137)  # as good as killed: no Tracker.finish
+    with make_tracker(tmp_path, resume=True) as tracker:
+        tracker.truncate_after(4)
+        for step in (5, 6, 7, 8):
+            tracker.log({"train/loss": 2.0 / step}, step)
+            if step % 2 == 0:
+                tracker.log_table("samples", SAMPLE_COLUMNS, [[step, "q", f"again {step}", 0.0]],
+                                  step)
+    wb = read_offline_run(tmp_path)
+    increments = wb.tables["samples"]
+    assert {t.info["_type"] for t in increments} == {"incremental-table-file"}
+    assert [t.info["increment_num"] for t in increments] == [0, 1, 2, 3, 4, 5]
+    # What W&B's UI shows for the table at the end: this attempt's increments, starting with
+    # the rows kept from the killed one; every sampled step once, none past the checkpoint.
+    shown = wb.incremental_table("samples")
+    assert [[r["completion"] for r in t.rows] for t in shown] == [
+        ["first 2", "first 4"], ["again 6"], ["again 8"]]
+    assert [s["completion"] for s in read_jsonl(tmp_path / "samples.jsonl")] == [
+        "first 2", "first 4", "again 6", "again 8"]
+    # Metrics the killed attempt had logged before its checkpoint are still replayed first.
+    assert [r["_step"] for r in wb.history if "train/loss" in r] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_signal_stop_ends_the_wandb_run_preempting_with_its_exit_code(tmp_path: Path) -> None:
+    with make_tracker(tmp_path) as tracker:
+        tracker.log({"train/loss": 1.0}, step=1)
+        tracker.stopped(143)
+    assert wandb_records(tmp_path, "exit")[0]["exit_code"] == 143
+    assert len(wandb_records(tmp_path, "preempting")) == 1
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_wandb_options_tags_notes_group_and_config(tmp_path: Path, capsys) -> None:
+    config = {"model": "Qwen/Qwen3-4B-Instruct-2507", "backend": "tinker", "lr": 1e-4,
+              "wandb_mode": "offline", "run_name": None, "resume": False, "dry_run": False,
+              "wandb_project": None, "wandb_group": None}
+    make_tracker(tmp_path, config=config, tags=["try-1"], notes="first try").finish()
+    (run,) = wandb_records(tmp_path, "run")
+    assert run["tags"] == ["try-1", "backend:tinker", "model:Qwen3-4B-Instruct-2507"]
+    assert run["notes"] == "first try" and run["run_group"] == "tests"
+    # W&B's config is what defines the run; config.yaml keeps every flag.
+    assert read_offline_run(tmp_path).config == {
+        "model": "Qwen/Qwen3-4B-Instruct-2507", "backend": "tinker", "lr": 1e-4}
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["wandb_mode"] == "offline"
+    assert (tmp_path / "wandb_group").read_text() == "tests"
+    diff = (tmp_path / "git_diff.patch").read_text()
+    assert diff.startswith("# commit ") and len(diff.split()[2]) == 40
+    assert "git_diff.patch" in {p.name for p in tmp_path.glob("wandb/offline-run-*/files/*")}
+
+
+def test_an_online_run_prints_its_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """W&B's own "View run at" line is silenced (Settings(silent=True)); ours replaces it."""
+    import wandb
+
+    real_init = wandb.init
+
+    def init(**kwargs):  # an offline run that says it is online (no server here)
+        run = real_init(**{**kwargs, "mode": "offline"})
+        url = property(lambda self: f"https://wandb.ai/e/p/runs/{self.id}")
+        monkeypatch.setattr(type(run), "url", url)
+        return run
+
+    monkeypatch.setattr(wandb, "init", init)
+    make_tracker(tmp_path, mode="online").finish()
+    out = capsys.readouterr().out
+    run_id = (tmp_path / "wandb_run_id").read_text()
+    assert f"tracking: W&B run: https://wandb.ai/e/p/runs/{run_id}" in out
+    assert "wandb sync" not in out
+
+
+def test_old_servers_get_the_whole_table_under_one_key_when_asked(tmp_path: Path) -> None:
+    """--nowandb_incremental_tables (W&B Server < 0.70): still one key, every row so far."""
+    with make_tracker(tmp_path, incremental_tables=False) as tracker:
+        for step in (1, 2):
+            tracker.log_table("samples", SAMPLE_COLUMNS, [[step, "q", f"a{step}", 0.5]], step)
+    versions = read_offline_run(tmp_path).tables["samples"]
+    assert [t.info["_type"] for t in versions] == ["table-file", "table-file"]
+    assert [[r["completion"] for r in t.rows] for t in versions] == [["a1"], ["a1", "a2"]]

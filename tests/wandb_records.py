@@ -5,7 +5,8 @@ Python-level reader any more), one JSON object per record of `run-<id>.wandb`. T
 stored by W&B as files under `files/media/table/...table.json`; history rows only point at
 them, so they are returned parsed. A resumed run writes one more `offline-run-*` directory
 for the same id (W&B adds `-1`, `-2` when two start in the same second): all are read, in
-order, and merged.
+order, and merged. An attempt killed with SIGKILL may have left no records at all (W&B's service
+died with it before writing); its directory is skipped.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class Table:
     step: int
     columns: list[str]
     data: list[list[Any]]
+    info: dict[str, Any] = field(default_factory=dict)
+    """The history item's other fields for this table (artifact_path, increment_num, ...)."""
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -42,13 +45,21 @@ class OfflineRun:
     """Merged summary updates; nested values appear flattened ("checkpoints.path")."""
     config: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, list[Table]] = field(default_factory=dict)
-    """Every logged version of every table key, in logging order."""
+    """Every logged version (or increment) of every table key, in logging order."""
     exit_codes: list[int] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
 
     def table(self, key: str) -> Table:
         """The latest version of a table."""
         return self.tables[key][-1]
+
+    def incremental_table(self, key: str) -> list[Table]:
+        """The increments an INCREMENTAL table shows at the end of the run, in order: those its
+        last increment lists as previous, then itself (what W&B's UI assembles)."""
+        by_path = {t.info["artifact_path"]: t for t in self.tables[key]}
+        last = self.tables[key][-1]
+        return [by_path[p] for p in [*last.info["previous_increments_paths"],
+                                     last.info["artifact_path"]]]
 
 
 def offline_run_dirs(run_dir: Path) -> list[Path]:
@@ -75,7 +86,10 @@ def read_offline_run(run_dir: Path) -> OfflineRun:
     dirs = offline_run_dirs(run_dir)
     assert dirs, f"no offline W&B run under {run_dir}/wandb"
     for offline_dir in dirs:
-        (wandb_file,) = offline_dir.glob("run-*.wandb")
+        wandb_files = list(offline_dir.glob("run-*.wandb"))
+        if not wandb_files:  # a process killed (SIGKILL) before W&B's service wrote anything
+            continue
+        (wandb_file,) = wandb_files
         for record in read_records(wandb_file):
             run.records.append(record)
             kind = record["type"]
@@ -104,7 +118,8 @@ def _split_tables(item: dict[str, Any], offline_dir: Path, run: OfflineRun) -> d
     tables = [k for k in keys if item[f"{k}._type"] in TABLE_TYPES]
     for key in tables:
         content = json.loads((offline_dir / "files" / item[f"{key}.path"]).read_text())
-        table = Table(key, item["_step"], content["columns"], content["data"])
+        info = {k.removeprefix(f"{key}."): v for k, v in item.items() if k.startswith(f"{key}.")}
+        table = Table(key, item["_step"], content["columns"], content["data"], info)
         run.tables.setdefault(key, []).append(table)
     prefixes = tuple(f"{key}." for key in tables)
     return {k: v for k, v in item.items() if not k.startswith(prefixes)}
