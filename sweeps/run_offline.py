@@ -11,7 +11,8 @@
 YAML's `command` with the agent's macros expanded (`${env}`, `${interpreter}` = this Python,
 `${program}` relative to the repo root, `${args}` = `--name=value`), plus `--wandb_mode`,
 `--wandb_group` (one group for the whole sweep), `--log_dir <out>/<run>`, `--run_name <run>` and,
-with --project, `--wandb_project`. The YAML's `project` is where `wandb sweep` creates the sweep;
+with --project, `--wandb_project`, and with --base_url, `--base_url` (runs on the local backend
+then share one `python -m local_tinker serve` instead of starting a server each). The YAML's `project` is where `wandb sweep` creates the sweep;
 here the scripts' default applies unless --project says otherwise (so a local sweep's runs go to
 tinker-experiments-local, not among real Tinker runs).
 Runs start in the repo root; each one's output goes to `<out>/<run>/stdout.log`.
@@ -174,6 +175,8 @@ def start(config: SweepConfig, suggestion: SweepRun, index: int, args: argparse.
             f"--log_dir={log_dir}", f"--run_name={log_dir.name}"]
     if args.project:
         cmd.append(f"--wandb_project={args.project}")
+    if args.base_url:  # every run on one server: a `python -m local_tinker serve`, say
+        cmd.append(f"--base_url={args.base_url}")
     print(f"[sweep] start {log_dir.name}: {shlex.join(cmd)}", flush=True)
     with (log_dir / "stdout.log").open("w") as log:  # the child keeps its own descriptor
         log.write(f"$ {shlex.join(cmd)}\n")
@@ -312,7 +315,7 @@ def _num(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("sweep", type=Path, help="W&B sweep YAML (e.g. sweeps/sft_lr.yaml)")
     parser.add_argument("--count", type=int, help="runs to start (default: the whole grid; "
                         "required for random and bayes, which never run out)")
@@ -322,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", help="W&B project of every run (default: the scripts' "
                         "default: tinker-experiments, or tinker-experiments-local on the local "
                         "backend)")
+    parser.add_argument("--base_url", help="pass --base_url to every run: with the local "
+                        "backend, one `python -m local_tinker serve` that all runs share")
     parser.add_argument("--wandb_mode", default="offline",
                         choices=["offline", "online", "auto", "disabled"])
     parser.add_argument("--poll", type=float, default=2.0, help="seconds between checks")

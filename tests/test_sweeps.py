@@ -239,7 +239,10 @@ def test_ctrl_c_stops_the_runs_and_still_writes_the_leaderboard(tmp_path):
 # --- a real grid: train_sft.py, two LRs, two steps each
 
 
-def test_offline_sft_lr_grid(tmp_path):
+def test_offline_sft_lr_grid(tmp_path, local_server):
+    """Two runs at once, both on one local server (as `python -m local_tinker serve` would be)."""
+    url, server = local_server
+    jobs_before = server.scheduler.jobs_run
     path = tmp_path / "sft_tiny.yaml"
     path.write_text(textwrap.dedent("""\
         program: train_sft.py
@@ -258,7 +261,8 @@ def test_offline_sft_lr_grid(tmp_path):
           - ${args}
         """))
     out = tmp_path / "out"
-    result = run_runner(path, "--out", out, "--group", "sft-lr-test", "--parallel", 1)
+    result = run_runner(path, "--out", out, "--group", "sft-lr-test", "--parallel", 2,
+                        "--base_url", url)
     assert result.returncode == 0, result.stdout + result.stderr
     runs = read_board(out)
     assert [r["state"] for r in runs] == ["finished", "finished"]
@@ -268,6 +272,8 @@ def test_offline_sft_lr_grid(tmp_path):
     differing = {k for k in configs[0] if configs[0][k] != configs[1][k]}
     assert differing == {"lr", "log_dir", "run_name"}
     assert {c["wandb_group"] for c in configs} == {"sft-lr-test"}
+    assert {c["base_url"] for c in configs} == {url}
+    assert server.scheduler.jobs_run > jobs_before  # the shared server did the work
     for run, cfg in zip(runs, configs, strict=True):
         assert cfg["lr"] == run["params"]["lr"] and cfg["max_steps"] == 2
         assert cfg["wandb_mode"] == "offline"
