@@ -12,8 +12,8 @@ YAML's `command` with the agent's macros expanded (`${env}`, `${interpreter}` = 
 `${program}` relative to the repo root, `${args}` = `--name=value`), plus `--wandb_mode`,
 `--wandb_group` (one group for the whole sweep), `--log_dir <out>/<run>`, `--run_name <run>` and,
 with --project, `--wandb_project`, and with --base_url, `--base_url` (runs on the local backend
-then share one `python -m local_tinker serve` instead of starting a server each). The YAML's `project` is where `wandb sweep` creates the sweep;
-here the scripts' default applies unless --project says otherwise (so a local sweep's runs go to
+then share one `python -m local_tinker serve` instead of starting a server each). The YAML's
+`project` is where `wandb sweep` creates the sweep; here the scripts' default applies unless --project says otherwise (so a local sweep's runs go to
 tinker-experiments-local, not among real Tinker runs).
 Runs start in the repo root; each one's output goes to `<out>/<run>/stdout.log`.
 
