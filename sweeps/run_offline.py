@@ -13,8 +13,9 @@ YAML's `command` with the agent's macros expanded (`${env}`, `${interpreter}` = 
 `--wandb_group` (one group for the whole sweep), `--log_dir <out>/<run>`, `--run_name <run>` and,
 with --project, `--wandb_project`, and with --base_url, `--base_url` (runs on the local backend
 then share one `python -m local_tinker serve` instead of starting a server each). The YAML's
-`project` is where `wandb sweep` creates the sweep; here the scripts' default applies unless --project says otherwise (so a local sweep's runs go to
-tinker-experiments-local, not among real Tinker runs).
+`project` is where `wandb sweep` creates the sweep; here the scripts' default applies unless
+--project says otherwise (so a local sweep's runs go to tinker-experiments-local, not among real
+Tinker runs).
 Runs start in the repo root; each one's output goes to `<out>/<run>/stdout.log`.
 
 It stops after --count runs, or when a grid is exhausted. Failed runs are listed as failed and
