@@ -89,6 +89,8 @@ NOT_CONFIG = ("log_dir", "run_name")
 
 @dataclass
 class Config(ServiceConfig, TrackingConfig):
+    """Held-out scores of checkpoints and their base model, or a comparison of runs."""
+
     # --- what to score
     checkpoint: list[str] = field(default_factory=list)
     """Sampler weights (tinker://...), run directories, or (online) W&B model artifacts

@@ -72,6 +72,8 @@ from common.tasks import Difficulty, arithmetic_task
 
 @dataclass
 class Config(ServiceConfig, TrackingConfig, CheckpointConfig):
+    """RL with verifiable rewards on the arithmetic task (the seed's Test 2); every flag below."""
+
     # --- task
     pair_counts: str = "1,2,3"
     """Pairs per problem, comma-separated (the seed: 1,2,3, i.e. 2, 4 or 6 numbers)."""

@@ -64,6 +64,8 @@ from common.schedule import lr_at
 
 @dataclass
 class Config(ServiceConfig, TrackingConfig, CheckpointConfig):
+    """Supervised fine-tuning on chat data (the seed's Test 1); every flag below."""
+
     # --- data
     dataset: str = "foo"
     """Shipped name (foo, arithmetic-solutions), a .jsonl/.json/.parquet/.csv file, or org/name."""
