@@ -33,7 +33,7 @@ def save_checkpoint(training_client: Any, tracker: Tracker, step: int, name: str
     sampler = training_client.save_weights_for_sampler(name)
     state_path, sampler_path = state.result().path, sampler.result().path
     # The state record last: it is the one resume starts from, so it implies both exist.
-    tracker.log_checkpoint(step, name, sampler_path, "sampler")
+    tracker.log_checkpoint(step, name, sampler_path, "sampler", state_path=state_path)
     tracker.log_checkpoint(step, name, state_path, "state")
     return sampler_path
 

@@ -419,17 +419,19 @@ class Tracker:
 
         self._wandb("image", log)
 
-    def log_checkpoint(self, step: int, name: str, path: str, kind: str) -> None:
+    def log_checkpoint(self, step: int, name: str, path: str, kind: str,
+                       state_path: str | None = None) -> None:
         """Record a saved checkpoint in checkpoints.jsonl and the summary (`checkpoint/last`).
         A sampler checkpoint also becomes a W&B `model` artifact, with the state checkpoint of
-        the same step and name (saved just before it) in its metadata."""
+        the same step and name (`state_path`, or an earlier record) in its metadata."""
         record = redact({"step": step, "name": name, "path": str(path), "kind": kind})
         _append_jsonl(self.run_dir / CHECKPOINTS, [{**record, "_time": time.time()}])
         self._checkpoints.append([record[c] for c in CHECKPOINT_COLUMNS])
         self.set_summary({"checkpoint/last": record["path"]})
         if kind == "sampler":
-            state = next((c[2] for c in reversed(self._checkpoints)
-                          if c[0] == step and c[1] == name and c[3] == "state"), None)
+            state = redact(state_path) if state_path else next(
+                (c[2] for c in reversed(self._checkpoints)
+                 if c[0] == step and c[1] == name and c[3] == "state"), None)
             metadata = checkpoint_metadata(self.config, step, name, state, record["path"])
             self._wandb("artifact", lambda run: run.log_artifact(
                 reference_artifact(model_artifact_name(self.run_id), record["path"], metadata),

@@ -103,7 +103,7 @@ def test_eval_run_uses_the_training_runs_checkpoint_artifact(arithmetic_eval, sf
     weights); the eval run declares the same artifact (same digest) as its input."""
     _, run_dir = arithmetic_eval
     train_id = (sft_runs[0] / "wandb_run_id").read_text()
-    final = read_jsonl(sft_runs[0] / "checkpoints.jsonl")[-1]
+    final = [c for c in read_jsonl(sft_runs[0] / "checkpoints.jsonl") if c["kind"] == "sampler"][-1]
     (logged,) = [r["artifact"] for r in read_offline_run(sft_runs[0]).records
                  if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
     assert logged["name"] == f"model-{train_id}"

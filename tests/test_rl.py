@@ -118,6 +118,7 @@ def test_a_warm_started_run_records_the_warm_starts_rank_and_model(tmp_path):
     import train_sft
 
     train_sft.main(train_sft.Config(backend="local", log_dir=tmp_path / "warm", lora_rank=4,
+                                    model="tiny-chat",
                                     max_steps=1, save_every=0, sample_every=0, eval_every=0,
                                     wandb_mode="disabled"))
     train_rl.main(rl_config(tmp_path, load_checkpoint=str(tmp_path / "warm"), max_steps=1,

@@ -10,6 +10,7 @@ import pytest
 from tinker import types
 
 import local_tinker
+from common.backend import get_tokenizer
 from common.config import LOCAL_DEFAULT_MODEL
 from common.datums import chat_tokens
 from common.tasks import Problem, build_messages
@@ -47,10 +48,9 @@ def test_shipped_weights_behave_as_their_card_says():
     assert sum(measured["clipped"].values()) / 3 >= 0.2, measured
 
 
-def test_local_backend_serves_tiny_instruct_with_answer_tags(tmp_path):
-    service = local_tinker.ServiceClient(root=tmp_path)
-    sampler = service.create_sampling_client(base_model=TINY_INSTRUCT).result()
-    tokenizer = sampler.get_tokenizer()
+def test_local_backend_serves_tiny_instruct_with_answer_tags(service_client):
+    sampler = service_client.create_sampling_client(base_model=TINY_INSTRUCT).result()
+    tokenizer = get_tokenizer(sampler, TINY_INSTRUCT)
     messages = build_messages(Problem((12, 7, 3, 4)))  # the task's system prompt + numbers
     prompt = types.ModelInput.from_ints(chat_tokens(tokenizer, messages, True))
     params = types.SamplingParams(max_tokens=256, temperature=0.8, seed=0)
