@@ -242,6 +242,44 @@ def run_trl_sft(spec: dict, work: Path) -> dict:
 # RL: train_rl.py vs GRPOTrainer
 
 
+def run_warm_start(spec: dict, work: Path) -> dict:
+    """The RL base model: tiny-math after a short SFT on plain worked solutions, merged.
+
+    Base tiny-math never writes an answer tag, so every reward would be 0 and train_rl would
+    skip every group (nothing trained on our side). A short warm start on the task's own worked
+    solutions (common/tasks.py; plain ones only, so answers fit in a few dozen tokens) gives
+    groups with mixed rewards. Its LoRA is merged and saved as a plain Hugging Face model, which
+    the local backend serves by path and TRL loads as is: both RL sides start from it.
+    """
+    import torch
+
+    import train_sft
+    from common.checkpoints import last_checkpoint
+    from common.tasks import Difficulty, solutions_dataset
+    from local_tinker.models import load_base_model
+    from local_tinker.runtime import Runtime, _assign, _lora_model
+
+    data = work / "warm-start.jsonl"
+    rows = solutions_dataset(spec["warm_rows"], spec["seed"], Difficulty(), verbose_rate=0.0)
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    log_dir = work / "warm-start"
+    train_sft.main(train_sft.Config(
+        backend="local", model="tiny-math", dataset=str(data), eval_fraction=0.0, batch_size=8,
+        max_steps=spec["warm_steps"], epochs=10**6, lr=2e-3, lora_rank=spec["lora_rank"],
+        seed=spec["seed"], log_dir=log_dir, wandb_mode="disabled", save_every=0, sample_every=0))
+    path = last_checkpoint(log_dir, "sampler")["path"]
+    directory, meta = Runtime(Path(os.environ["LOCAL_TINKER_ROOT"]), torch.device("cpu")) \
+        ._checkpoint(path)
+    base = load_base_model("tiny-math")
+    model = _lora_model(base, meta["lora"], torch.device("cpu"))
+    _assign(model, torch.load(directory / "adapter.pt", map_location="cpu"))
+    out = Path(spec["warm_dir"])
+    model.merge_and_unload().save_pretrained(out)
+    base.tokenizer.save_pretrained(out)
+    return {"side": "warm-start", "model": str(out),
+            "final_loss": read_metrics(log_dir)[-1]["train/loss"]}
+
+
 def rl_config(spec: dict, log_dir: Path | None):
     import train_rl
 
@@ -335,7 +373,7 @@ def run_trl_rl(spec: dict, work: Path) -> dict:
 
 
 RUNNERS = {"ours-sft": run_ours_sft, "trl-sft": run_trl_sft, "ours-rl": run_ours_rl,
-           "trl-rl": run_trl_rl}
+           "trl-rl": run_trl_rl, "warm-start": run_warm_start}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +403,9 @@ def fmt(value: float, digits: int = 2) -> str:
 def report(results: dict[str, dict], spec: dict) -> None:
     print(f"\nSFT: {spec['sft_model']}, foo, batch {spec['sft_batch']}, {spec['sft_steps']} steps, "
           f"LoRA rank {spec['lora_rank']}, lr {spec['sft_lr']:g}")
-    print(f"RL:  {spec['rl_model']}, {spec['rl_problems']} problems x {spec['group']} samples, "
+    rl_model = (f"tiny-math + {spec['warm_steps']}-step SFT warm start"
+                if spec.get("warm_dir") == spec["rl_model"] else spec["rl_model"])
+    print(f"RL:  {rl_model}, {spec['rl_problems']} problems x {spec['group']} samples, "
           f"<= {spec['max_tokens']} tokens, T={spec['temperature']}, {spec['rl_steps']} steps, "
           f"lr {spec['rl_lr']:g}")
     any_result = next(iter(results.values()))
@@ -410,9 +450,12 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--max_tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--rl_model", default="tiny-math",
-                        help="tiny-math: tiny-chat never writes an answer tag, so every reward is "
-                             "0 and train_rl would skip every group")
+    parser.add_argument("--rl_model", default=None,
+                        help="a local model dir; default: tiny-math after a short warm start (base "
+                             "tiny-math and tiny-chat never write an answer tag, so every reward "
+                             "is 0 and train_rl would skip every group)")
+    parser.add_argument("--warm_steps", type=int, default=40, help="SFT steps of the warm start")
+    parser.add_argument("--warm_rows", type=int, default=320)
     parser.add_argument("--rl_lr", type=float, default=2e-4, help="train_rl's default")
     parser.add_argument("--lora_rank", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -420,7 +463,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="alternate ours/TRL this many times; keep each side's fastest")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--one", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--one", choices=[*SIDES, "warm-start"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -438,11 +481,18 @@ def main() -> None:
         parser.error(f"--sides: unknown {sorted(unknown)}; known: {', '.join(SIDES)}")
     spec = {k: getattr(args, k) for k in ("sft_steps", "sft_batch", "sft_model", "sft_lr",
                                           "rl_steps", "rl_problems", "group", "max_tokens",
-                                          "temperature", "rl_model", "rl_lr", "lora_rank", "seed")}
+                                          "temperature", "rl_model", "rl_lr", "lora_rank", "seed",
+                                          "warm_steps", "warm_rows")}
     if "trl-sft" in sides:
         spec["sft_plan"] = sft_plan(spec)
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     spec_path = work / "spec.json"
+    if spec["rl_model"] is None and {"ours-rl", "trl-rl"} & set(sides):
+        spec["rl_model"] = spec["warm_dir"] = str(work / "warm-start-model")
+        spec_path.write_text(json.dumps(spec))
+        print(f"warm start: tiny-math, {args.warm_steps} SFT steps ...", flush=True)
+        warm = run_side("warm-start", spec_path, work)
+        print(f"    final loss {warm['final_loss']:.3f}, {warm['process_s']:.0f} s", flush=True)
     spec_path.write_text(json.dumps(spec))
     results: dict[str, dict] = {}
     for repeat in range(args.repeats):
