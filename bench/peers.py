@@ -1,23 +1,27 @@
 """TRL side by side: train_sft.py against TRL's SFTTrainer, train_rl.py against its GRPOTrainer.
 
-Each side trains the same local model from the same LoRA init (rank, alpha 32, targets, seed:
-the local backend's own recipe) with the same optimizer (AdamW, betas (0.9, 0.95), eps 1e-12, no
-weight decay, no clipping, constant LR), batch shape and number of steps, on the same data in the
-same order: SFT on the shipped `foo` conversations, batch by batch as train_sft.py orders them,
-with loss on the final assistant turn only; RL on the project's problem stream (problem k of
+Each side trains the same local model from the same LoRA init (rank, alpha 32, seed: the local
+backend's own recipe) with the same optimizer (AdamW, betas (0.9, 0.95), eps 1e-12, no weight
+decay, no clipping, constant LR), batch shape and number of steps, on the same data in the same
+order: SFT on the shipped `foo` conversations (tiny-chat), batch by batch as train_sft.py orders
+them, loss on the final assistant turn only; RL on the project's problem stream (problem k of
 seed s), `group` samples per problem at the same temperature and max tokens, scored by the
-project's own reward (common/tasks.py), GRPO group advantages, no KL. Every side runs in its own
-process, so imports and peak memory do not mix; ours runs in-process through the SDK and the
-embedded local server (`--backend local`), exactly as a user runs it.
+project's own reward (common/tasks.py), GRPO group advantages, no KL. The RL model is tiny-math
+after a short SFT warm start (merged into a plain model directory both sides load): base
+tiny-math never writes an answer tag, so all rewards would be 0 and train_rl would train on
+nothing. Every side runs in its own process, so imports and peak memory do not mix; ours runs
+train_sft.main / train_rl.main through the SDK and the embedded local server, as a user does.
 
 Measured per side: steady-state wall time per step (median of the steps after the first, and
 before the last, which carries train_sft's/train_rl's final checkpoint and samples table; all
-steps when there are fewer than three), tokens per second over those steps (SFT: trained
+steps when there are fewer than three), tokens per second (median over those steps; SFT: trained
 tokens; RL: sampled + trained tokens, each side counting what it really processed: train_rl
 skips groups whose rewards are all equal, TRL trains on every rollout), peak RSS of the process
 and its growth over the RSS after imports, and the final loss / mean reward.
 
-Not identical, because TRL does not allow it (see README "Benchmarks"): TRL's policy loss uses
+Not identical, because TRL does not allow it (see README "Benchmarks"): TRL refuses a LoRA
+adapter on lm_head (its fused LM head reads lm_head.weight directly), which the local backend
+always trains, so TRL's adapter is attention + MLP only; TRL's policy loss uses
 log-probabilities at the sampling temperature, ours the raw ones (Tinker's definition); TRL
 normalises the loss per token of the batch ("dapo"), ours is a sum (Tinker's `loss:sum`, so with
 Adam only the per-step scale differs); TRL's group std is unbiased with eps 1e-4, ours population
@@ -26,7 +30,7 @@ different samples.
 
     python3 -m venv .venv-bench && .venv-bench/bin/pip install -r requirements.txt \\
         -r bench/requirements.txt
-    .venv-bench/bin/python bench/peers.py                      # SFT 20 steps, RL 5 steps (~5 min)
+    .venv-bench/bin/python bench/peers.py       # SFT 20 steps, RL 5 steps: ~15 min on 2 busy cores
     .venv-bench/bin/python bench/peers.py --rl_steps 10 --max_tokens 128 --repeats 2
 """
 
@@ -448,7 +452,8 @@ def main() -> None:
     parser.add_argument("--rl_steps", type=int, default=5)
     parser.add_argument("--rl_problems", type=int, default=8)
     parser.add_argument("--group", type=int, default=8)
-    parser.add_argument("--max_tokens", type=int, default=64)
+    parser.add_argument("--max_tokens", type=int, default=96,
+                        help="3-pair worked answers need ~80 byte tokens: at 64 most are cut off")
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--rl_model", default=None,
                         help="a local model dir; default: tiny-math after a short warm start (base "

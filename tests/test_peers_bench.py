@@ -23,6 +23,7 @@ def test_peers_smoke(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "peers.py"), "--sft_steps", "2", "--sft_batch", "4",
          "--rl_steps", "2", "--rl_problems", "2", "--group", "2", "--max_tokens", "8",
+         "--warm_steps", "2", "--warm_rows", "16",
          "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
