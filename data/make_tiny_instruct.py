@@ -26,7 +26,6 @@ OMP_NUM_THREADS=1; other thread counts give slightly different floats):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -46,7 +45,7 @@ from common.tasks import (  # noqa: E402
     problem_at,
     solutions_dataset,
 )
-from local_tinker.models import TINY_INSTRUCT_WEIGHTS, build_tiny_math  # noqa: E402
+from local_tinker.models import TINY_INSTRUCT_WEIGHTS, build_tiny_math, save_shipped  # noqa: E402
 
 SEED = 0
 EVAL_PREFIX = "tiny-instruct-eval"  # its own problem stream: not training, not held-out
@@ -142,11 +141,6 @@ def main() -> None:
     measured = sampled_accuracy(model, tokenizer, args.eval_per_pair_count)
     print(f"sampled at T={EVAL_TEMPERATURE}, {EVAL_MAX_TOKENS} tokens: {measured}", flush=True)
 
-    from safetensors.torch import save_file
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(args.out), metadata={"format": "pt"})
     card = {
         "made_by": "data/make_tiny_instruct.py",
         "starts_from": "tiny-math",
@@ -163,8 +157,7 @@ def main() -> None:
         "seconds": round(time.monotonic() - started),
         "torch": torch.__version__,
     }
-    args.out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out} and {args.out.with_suffix('.json').name}")
+    save_shipped(model, args.out, card)
 
 
 if __name__ == "__main__":

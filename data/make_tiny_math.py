@@ -26,7 +26,6 @@ script documents and reproduces it (about 18 minutes on 2 CPU cores):
 """
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -44,7 +43,7 @@ from common.tasks import (  # noqa: E402
     problem_at,
     work_lines,
 )
-from local_tinker.models import TINY_MATH_WEIGHTS, build_tiny_chat  # noqa: E402
+from local_tinker.models import TINY_MATH_WEIGHTS, build_tiny_chat, save_shipped  # noqa: E402
 
 SEED = 0
 CORPUS_PREFIX = "tiny-math-corpus"  # its own problem stream, unrelated to training and held-out
@@ -140,11 +139,6 @@ def main() -> None:
                   f"greedy accuracy by pair count {accuracy}  "
                   f"{time.monotonic() - started:.0f}s", flush=True)
 
-    from safetensors.torch import save_file
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(args.out), metadata={"format": "pt"})
     card = {
         "made_by": "data/make_tiny_math.py",
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": SEED,
@@ -154,8 +148,7 @@ def main() -> None:
         "seconds": round(time.monotonic() - started),
         "torch": torch.__version__,
     }
-    args.out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out} and {args.out.with_suffix('.json').name}")
+    save_shipped(model, args.out, card)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,20 @@ def _build_shipped(name: str, weights: Path, maker: str, minutes: int) -> BaseMo
     return BaseModel(name, base.model, base.tokenizer, base.stop_token_ids)
 
 
+def save_shipped(model: torch.nn.Module, weights: Path, card: dict) -> None:
+    """Write a shipped model: its weights (safetensors, fp32) and its card (`.json` beside it),
+    the pair `_build_shipped` loads. The data/make_*.py scripts call this."""
+    import json
+
+    from safetensors.torch import save_file
+
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(weights), metadata={"format": "pt"})
+    weights.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {weights} and {weights.with_suffix('.json').name}")
+
+
 def build_tiny_math(weights: Path = TINY_MATH_WEIGHTS) -> BaseModel:
     """tiny-chat's network and tokenizer with the shipped pretrained arithmetic weights."""
     return _build_shipped(TINY_MATH, weights, "data/make_tiny_math.py", 18)
