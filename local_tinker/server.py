@@ -180,7 +180,7 @@ class LocalTinkerServer:
         return JSONResponse({"detail": f"the local backend does not serve {request.method} "
                                        f"/{request.path_params['rest']}"}, status_code=404)
 
-    def _new_future(self, lane: str, run: Callable[[], Any], seq_key: int | None = None,
+    def _new_future(self, lane: str, run: Callable[[], Any] | None, seq_key: int | None = None,
                     batch: Callable[[list[Any]], list[Any]] | None = None,
                     payload: Any = None, extra: dict[str, Any] | None = None) -> JSONResponse:
         """Queue `run` (or a batchable `batch` call) on `lane`; answer with its request id.
@@ -195,8 +195,9 @@ class LocalTinkerServer:
         assert self._loop is not None
         pending = _Pending(asyncio.Event(), time.monotonic() + self.latency_s)
         self._pending[request_id] = pending
-        while len(self._pending) > KEPT_RESULTS:
-            self._pending.pop(next(iter(self._pending)))
+        for kept in (self._pending, self._seen):  # a long-lived server keeps the newest only
+            while len(kept) > KEPT_RESULTS:
+                kept.pop(next(iter(kept)))
         loop = self._loop
 
         def on_done(result: Any, exc: BaseException | None) -> None:
@@ -213,6 +214,7 @@ class LocalTinkerServer:
         if batch is not None:
             self.scheduler.submit(Job(lane, batch, payload, on_done, batchable=True))
         else:
+            assert run is not None
             self.scheduler.submit(Job(lane, lambda _: [run()], None, on_done))
         return JSONResponse({"request_id": request_id, **(extra or {})})
 
@@ -452,7 +454,7 @@ class LocalTinkerServer:
         sampler_id = body.sampling_session_id
         ids = [f"{sampler_id}:{body.seq_id}:{k}" for k in range(body.num_samples)]
         return self._new_future(
-            sampler_id, lambda: None, seq_key=body.seq_id, payload=sample,
+            sampler_id, None, seq_key=body.seq_id, payload=sample,
             batch=lambda requests: self.runtime.sample(sampler_id, requests),
             extra={"sample_sequence_ids": ids})
 
