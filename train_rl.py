@@ -283,7 +283,8 @@ class Rollouts:
             return
         ahead = {str(s): {"sampler_step": b.sampler_step,
                           "groups": [[{"tokens": s.tokens, "logprobs": s.logprobs,
-                                       "stop_reason": s.stop_reason} for s in g]
+                                       "stop_reason": s.stop_reason,
+                                       "sequence_id": s.sequence_id} for s in g]
                                      for g in b.sequences()]}
                  for s, b in sorted(self.batches.items())}
         self.dir.mkdir(exist_ok=True)
@@ -296,10 +297,19 @@ class Rollouts:
                   "sampled again from the checkpoint's weights (the run will not repeat exactly)")
             return {}
         batches = {}
-        for step, saved in json.loads(path.read_text()).items():
-            problems, prompts = self._problems(int(step))
-            groups = [[types.SampledSequence(**seq) for seq in g] for g in saved["groups"]]
-            batches[int(step)] = Batch(int(step), saved["sampler_step"], problems, prompts, groups)
+        for s, saved in json.loads(path.read_text()).items():
+            problems, prompts = self._problems(int(s))
+            groups = [[types.SampledSequence(
+                stop_reason=seq["stop_reason"], sequence_id=seq["sequence_id"],
+                tokens_np=np.asarray(seq["tokens"], np.int32),
+                logprobs_np=np.asarray(seq["logprobs"], np.float32)) for seq in g]
+                for g in saved["groups"]]
+            batches[int(s)] = Batch(int(s), saved["sampler_step"], problems, prompts, groups)
+        ahead = range(step + 1, min(step + self.cfg.max_steps_off_policy, self.cfg.max_steps) + 1)
+        if missing := [s for s in ahead if s not in batches]:
+            print(f"note: steps {missing} were past the run's end when it was saved; they are "
+                  "sampled from the checkpoint's weights (a run extended with --max_steps is "
+                  "not identical to one planned that long)")
         return batches
 
 
