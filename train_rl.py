@@ -62,6 +62,8 @@ from common.runs import check_update, due, start_run
 from common.tasks import Difficulty, arithmetic_task
 from common.tracking import write_atomic
 
+HEADLINE = ["reward/mean", "rl/accuracy", "eval/accuracy", "completions/mean_words"]
+
 
 @dataclass
 class Config(ServiceConfig, TrackingConfig, CheckpointConfig):
@@ -134,6 +136,13 @@ def make_task(cfg: Config):
         raise ConfigError(f"--pair_counts/--large_share: {exc}") from None
 
 
+def note_untaught_model(cfg: Config) -> None:
+    if cfg.model in TINY_MODELS and cfg.model != LOCAL_DEFAULT_MODEL and not cfg.load_checkpoint:
+        # Not an error (tests and plumbing checks run this way), but rewards will stay ~0.
+        print(f"note: {cfg.model} has never seen this task's answer tags; for learning, use the "
+              f"default {LOCAL_DEFAULT_MODEL} or an SFT warm start (--load_checkpoint)")
+
+
 def sample_seed(seed: int, step: int, problem: int) -> int:
     return (seed * 1_000_003 + step * 10_007 + problem) % 2**31
 
@@ -145,10 +154,7 @@ def main(cfg: Config) -> dict[str, float]:
     if cfg.dry_run:
         print(dry_run(cfg, task).format(f"dry run: train_rl on {cfg.model} ({cfg.backend})"))
         return {}
-    if cfg.model in TINY_MODELS and cfg.model != LOCAL_DEFAULT_MODEL and not cfg.load_checkpoint:
-        # Not an error (tests and plumbing checks run this way), but rewards will stay ~0.
-        print(f"note: {cfg.model} has never seen this task's answer tags; for learning, use the "
-              f"default {LOCAL_DEFAULT_MODEL} or an SFT warm start (--load_checkpoint)")
+    note_untaught_model(cfg)
     with start_run(cfg, "train_rl", job_type="rl", may_change=("eval_problems",)) as run:
         training_client, tokenizer = run.training_client, run.tokenizer
         heldout = spread(task.load_heldout(), cfg.eval_problems)
@@ -204,10 +210,8 @@ def main(cfg: Config) -> dict[str, float]:
             run.log(metrics, step)
             run.save_if_due(step)
             run.show(reward=f"{metrics['reward/mean']:.2f}", acc=f"{metrics['rl/accuracy']:.0%}")
-        run.finish(metrics, ["reward/mean", "rl/accuracy", "eval/accuracy",
-                             "completions/mean_words"],
-                   warning=untrained_warning(
-                       untrained_steps, int(metrics.get("progress/step", run.done_steps))))
+        run.finish(metrics, HEADLINE, warning=untrained_warning(
+            untrained_steps, int(metrics.get("progress/step", run.done_steps))))
     return metrics
 
 
