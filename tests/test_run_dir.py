@@ -274,7 +274,7 @@ def test_a_crash_at_a_checkpoint_loses_no_step(tmp_path, monkeypatch, script, wh
             real(client, tracker, step, every, last_step)
             if step == 2:
                 raise Crash("killed right after the checkpoint was written")
-        monkeypatch.setattr(module, "save_if_due", save_then_die)
+        monkeypatch.setattr(runs, "save_if_due", save_then_die)
     else:
         real_log = Tracker.log
 
