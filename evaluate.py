@@ -388,8 +388,9 @@ def plot_title(cfg: Config, models: list[dict[str, Any]]) -> str:
     data = Path(cfg.heldout).name if cfg.task == "arithmetic" else cfg.dataset
     what = "problems" if cfg.task == "arithmetic" else "conversations"
     scored = ", ".join(m["label"] for m in models if m["path"]) or "base model only"
-    return (f"{cfg.task}: {models[0]['n']} held-out {what} ({data}), temperature "
-            f"{cfg.temperature:g}, max_tokens {cfg.max_tokens}\ncheckpoint: {scored}")
+    return (f"{cfg.task}: {models[0]['n']} held-out {what} ({data})\n"
+            f"sampled at temperature {cfg.temperature:g}, max_tokens {cfg.max_tokens}, "
+            f"seed {cfg.seed}\ncheckpoint: {scored}")
 
 
 def plot_accuracy(task: str, models: list[dict[str, Any]], title: str, path: Path) -> Any:
@@ -407,8 +408,9 @@ def plot_accuracy(task: str, models: list[dict[str, Any]], title: str, path: Pat
         groups[f"{k} pair{'s' if k > 1 else ''}"] = [
             (b["accuracy"], b["low"], b["high"]) if (b := m["by_pair_count"].get(k))
             else (math.nan, math.nan, math.nan) for m in models]
-    fig, ax = plt.subplots(figsize=(2 + 0.6 * len(groups) * max(2, len(models)),
-                                    4.5 + 0.25 * ((len(models) - 1) // 3)))
+    # At least 6.5 inches wide: the three-line title must fit above a single model's bars.
+    fig, ax = plt.subplots(figsize=(max(6.5, 2 + 0.6 * len(groups) * max(2, len(models))),
+                                    5 + 0.25 * ((len(models) - 1) // 3)))
     width = 0.8 / len(models)
     for i, model in enumerate(models):
         values = [groups[g][i] for g in groups]
@@ -422,7 +424,7 @@ def plot_accuracy(task: str, models: list[dict[str, Any]], title: str, path: Pat
     ax.set_ylabel(f"{name.replace('_', ' ')} (95% Wilson CI)")
     ax.set_title(title, fontsize="medium")
     # Below the axes: above them it would cover bars near 1.0.
-    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.08),
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14),
               ncol=min(len(models), 3))
     fig.tight_layout()
     fig.savefig(path, dpi=120)

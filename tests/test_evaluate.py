@@ -82,8 +82,9 @@ def test_the_accuracy_plot_says_what_was_scored_and_how(arithmetic_eval, tmp_pat
     fig = evaluate.plot_accuracy("arithmetic", report["models"],
                                  evaluate.plot_title(cfg, report["models"]), tmp_path / "a.png")
     (ax,) = fig.axes
-    assert ax.get_title() == ("arithmetic: 12 held-out problems (arithmetic_heldout.jsonl), "
-                              "temperature 0.3, max_tokens 32\ncheckpoint: sft-a")
+    assert ax.get_title() == ("arithmetic: 12 held-out problems (arithmetic_heldout.jsonl)\n"
+                              "sampled at temperature 0.3, max_tokens 32, seed 0\n"
+                              "checkpoint: sft-a")
     assert ax.get_ylabel() == "accuracy (95% Wilson CI)" and ax.get_xlabel() == "pair count"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["all", "1 pair", "2 pairs", "3 pairs"]
     assert {t.get_text() for t in ax.get_legend().get_texts()} == {"base:tiny-instruct", "sft-a"}
