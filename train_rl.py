@@ -56,9 +56,10 @@ from common.costs import (
     prompt_token_counts,
     tokenizer_for,
 )
-from common.datums import chat_tokens, rollout_datum
+from common.datums import chat_tokens, decode_completion, rollout_datum
 from common.evaluation import score_arithmetic, spread, summarize
 from common.runs import check_update, due, start_run
+from common.seeding import derive_seed
 from common.tasks import Difficulty, arithmetic_task
 from common.tracking import write_atomic
 
@@ -143,10 +144,6 @@ def note_untaught_model(cfg: Config) -> None:
               f"default {LOCAL_DEFAULT_MODEL} or an SFT warm start (--load_checkpoint)")
 
 
-def sample_seed(seed: int, step: int, problem: int) -> int:
-    return (seed * 1_000_003 + step * 10_007 + problem) % 2**31
-
-
 def main(cfg: Config) -> dict[str, float]:
     cfg = resolved(cfg, os.environ)
     validate(cfg)
@@ -174,8 +171,7 @@ def main(cfg: Config) -> dict[str, float]:
             t_sampled = time.perf_counter()
 
             concise = cfg.concise_bonus_after is not None and step > cfg.concise_bonus_after
-            texts = [[tokenizer.decode(s.tokens, skip_special_tokens=True) for s in g]
-                     for g in groups]
+            texts = [[decode_completion(tokenizer, s.tokens) for s in g] for g in groups]
             rewards = [[task.reward(p, text, concise) for text in group_texts]
                        for p, group_texts in zip(batch.problems, texts, strict=True)]
             totals_P_G = np.array([[r["total"] for r in group] for group in rewards])
@@ -278,7 +274,7 @@ class Rollouts:
         futures = [sampler.sample(types.ModelInput.from_ints(prompt), cfg.group_size,
                                   types.SamplingParams(max_tokens=cfg.max_tokens,
                                                        temperature=cfg.temperature,
-                                                       seed=sample_seed(cfg.seed, step, i)))
+                                                       seed=derive_seed("rl", cfg.seed, step, i)))
                    for i, prompt in enumerate(prompts)]
         return Batch(step, sampler_step, problems, prompts, futures)
 
@@ -391,7 +387,7 @@ def evaluate_heldout(sampler, tokenizer, task, heldout, cfg: Config, meter: Cost
     """Greedy accuracy of the step's updated weights on held-out problems (the same scoring
     code as evaluate.py); its tokens are billed to the step."""
     params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=0.0, seed=cfg.seed)
-    rows = score_arithmetic(sampler, tokenizer, heldout, params)
+    rows = score_arithmetic(sampler, tokenizer, heldout, params, task)
     summary = summarize(rows)
     meter.add(prompt=sum(prompt_token_counts([task.messages(p) for p in heldout], tokenizer)[0]),
               sampled=sum(row["tokens"] for row in rows))
