@@ -4,6 +4,8 @@ Scripts declare `@dataclass class Config(ServiceConfig, TrackingConfig, Checkpoi
 their own fields, so a flag is spelled the same in every script (`--model`, `--lr`, `--log_dir`)
 and W&B sweep parameters are plain field names. Parsed configs are never mutated: `resolved`
 returns a copy with the backend and model filled in, and that copy is what gets logged.
+`--help` lists the flags of all the blocks by topic (FLAG_GROUPS), not by dataclass, each with
+its default once.
 """
 
 from __future__ import annotations
@@ -379,9 +381,9 @@ def shown_default(value: Any) -> str:
         return "none"
     if isinstance(value, list):
         return " ".join(map(str, value))
-    if isinstance(value, str | Path) and Path(value).is_absolute():
-        return str(Path(value).relative_to(Path.cwd())) if Path(value).is_relative_to(
-            Path.cwd()) else str(value)
+    path = Path(value) if isinstance(value, str | Path) else None
+    if path and path.is_absolute() and path.is_relative_to(Path.cwd()):
+        return str(path.relative_to(Path.cwd()))  # as it would be typed from here
     return str(value)
 
 
