@@ -36,8 +36,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from tinker import types
-
 from common import rundir
 from common.backend import connect, get_tokenizer, is_refusal, refusal_reason
 from common.checkpoints import last_checkpoint
@@ -64,6 +62,7 @@ from common.evaluation import (
     summarize_chat,
 )
 from common.runs import RUNS_DIR
+from common.sdk import types
 from common.secrets import redact, redact_name
 from common.tasks import DEFAULT_HELDOUT, Problem, Task, arithmetic_task
 from common.tracking import (

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from tinker import types
 
 from common.advantages import compute_advantages
 from common.cli import run_main
@@ -41,6 +40,7 @@ from common.config import (
     ConfigError,
     ServiceConfig,
     TrackingConfig,
+    TrainingConfig,
     check_common,
     finite,
     lr_field,
@@ -59,6 +59,7 @@ from common.costs import (
 from common.datums import chat_tokens, decode_completion, rollout_datum
 from common.evaluation import score_arithmetic, spread, summarize
 from common.runs import check_update, due, start_run
+from common.sdk import types
 from common.seeding import derive_seed
 from common.tasks import Difficulty, arithmetic_task
 from common.tracking import write_atomic
@@ -67,7 +68,7 @@ HEADLINE = ["reward/mean", "rl/accuracy", "eval/accuracy", "completions/mean_wor
 
 
 @dataclass
-class Config(ServiceConfig, TrackingConfig, CheckpointConfig):
+class Config(ServiceConfig, TrainingConfig, TrackingConfig, CheckpointConfig):
     """RL with verifiable rewards on the arithmetic task (the seed's Test 2); every flag below."""
 
     # --- task

@@ -21,13 +21,12 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from tinker import types
-
 from common.cli import run_main
 from common.config import (
     CheckpointConfig,
     ServiceConfig,
     TrackingConfig,
+    TrainingConfig,
     check_common,
     finite,
     lr_field,
@@ -52,13 +51,14 @@ from common.datums import (
 )
 from common.runs import Run, check_update, due, start_run
 from common.schedule import lr_at
+from common.sdk import types
 from common.seeding import derive_seed, seeded_rng
 
 SEED_LR, TINY_MODEL_LR = 5e-4, 2e-3  # --lr's default on Tinker models / the local tiny models
 
 
 @dataclass
-class Config(ServiceConfig, TrackingConfig, CheckpointConfig):
+class Config(ServiceConfig, TrainingConfig, TrackingConfig, CheckpointConfig):
     """Supervised fine-tuning on chat data (the seed's Test 1); every flag below."""
 
     # --- data

@@ -58,10 +58,18 @@ class ServiceConfig:
     model: str | None = None
     """Base model. Default: that of the run a script starts from (--load_checkpoint) or scores
     (--checkpoint), else Qwen/Qwen3-4B-Instruct-2507 on Tinker and tiny-instruct locally."""
-    lora_rank: int = 8
-    """LoRA rank."""
     seed: int = 0
     """Seed for LoRA init, data order and sampling."""
+
+
+@dataclass
+class TrainingConfig:
+    """What only training scripts have: the adapter they train and their samples table."""
+
+    lora_rank: int = 8
+    """LoRA rank."""
+    sample_every: int = 10
+    """Log a table of samples every N steps (0: never)."""
 
 
 @dataclass
@@ -83,8 +91,6 @@ class TrackingConfig:
     """W&B tags, added to the automatic backend:<backend> and model:<model> tags."""
     wandb_notes: str | None = None
     """W&B run notes (a line on what this run tries). Default: none."""
-    sample_every: int = 10
-    """Log a table of samples every N steps (0: never)."""
     wandb_incremental_tables: bool = True
     """Add each step's samples to W&B's table as an increment (W&B Server >= 0.70, W&B's cloud);
     --nowandb_incremental_tables relogs the whole table instead, for older self-hosted servers."""

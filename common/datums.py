@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from tinker import types
+
+from common.sdk import types
 
 
 class DatumError(ValueError):

@@ -22,11 +22,11 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from tinker import types
 from tqdm import tqdm
 
 from common.datums import chat_tokens, conversation_datum, decode_completion
 from common.rewards import parse_answer
+from common.sdk import types
 from common.seeding import derive_seed
 from common.tasks import ARITHMETIC, Problem, Task
 

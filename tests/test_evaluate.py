@@ -163,7 +163,7 @@ def test_chat_eval_gives_a_finite_nll(sft_runs, tmp_path):
 
 
 def test_flags_it_does_not_use_are_gone():
-    for flag in ("--compare", "--compare_keys", "--lr"):
+    for flag in ("--compare", "--compare_keys", "--lr", "--lora_rank", "--sample_every"):
         with pytest.raises(ConfigError, match=f"unrecognized arguments: {flag}"):
             parse_config(evaluate.Config, [flag, "x"])
 

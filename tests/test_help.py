@@ -153,8 +153,6 @@ def test_the_cli_layer_loads_no_heavy_module():
     assert loaded == "[]"
 
 
-@pytest.mark.xfail(strict=True, reason="the scripts, common.datums and common.evaluation import "
-                   "tinker at the top (tinker.types tries torch: ~1.1 s); see issue #16")
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_help_loads_no_heavy_module(script):
     code = ("import runpy, sys; sys.argv = [sys.argv[1], '--help']\n"
