@@ -10,7 +10,7 @@ they do not depend on its batch mates either; `compute_logprobs` agrees with the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,40 +18,92 @@ import torch
 from tinker import types
 from tinker.types.topk_logprobs import TopkLogprobs
 
-# A bound on tokens per forward pass of forward_backward, so memory stays flat for big batches.
+from . import losses
+
+# A bound on padded tokens per forward pass of forward_backward, so memory stays flat for big
+# batches.
 MAX_TOKENS_PER_MICROBATCH = 32_768
+
+
+def right_padded(rows: Sequence[Sequence[int] | np.ndarray], width: int,
+                 dtype: type[np.generic], device: torch.device) -> torch.Tensor:
+    """Rows laid out left-aligned in a zero-filled (len(rows), width) tensor, in one copy."""
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    filled = np.arange(width) < lengths[:, None]
+    out = np.zeros((len(rows), width), dtype=dtype)
+    if filled.any():
+        out[filled] = np.concatenate([np.asarray(r) for r in rows])
+    return torch.from_numpy(out).to(device)
+
+
+def padded_logprobs(model: torch.nn.Module, ids_BT: torch.Tensor,
+                    targets_BT: torch.Tensor) -> torch.Tensor:
+    """log p(target_t | input_<=t) at every position of a right-padded batch.
+
+    Right padding needs no attention mask in a causal model: real tokens never see the pads.
+    """
+    logits = model(input_ids=ids_BT, use_cache=False).logits.float()
+    return logits.gather(-1, targets_BT.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
 def token_logprobs(model: torch.nn.Module, inputs_B: Sequence[Sequence[int]],
                    targets_B: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-    """log p(target_t | input_<=t) for each sequence, batched with right padding.
-
-    Right padding needs no attention mask in a causal model: real tokens never see the pads.
-    """
+    """log p(target_t | input_<=t) for each sequence, batched with right padding."""
     device = next(model.parameters()).device
     lengths = [len(x) for x in inputs_B]
     width = max(lengths)
-    ids = torch.zeros((len(inputs_B), width), dtype=torch.long, device=device)
-    tgt = torch.zeros_like(ids)
-    for row, (inp, out) in enumerate(zip(inputs_B, targets_B, strict=True)):
-        ids[row, : len(inp)] = torch.as_tensor(inp, device=device)
-        tgt[row, : len(out)] = torch.as_tensor(out, device=device)
-    logits = model(input_ids=ids, use_cache=False).logits.float()
-    picked = logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    picked = padded_logprobs(model, right_padded(inputs_B, width, np.int64, device),
+                             right_padded(targets_B, width, np.int64, device))
     return [picked[row, :n] for row, n in enumerate(lengths)]
 
 
-def microbatches(lengths: Sequence[int], budget: int = MAX_TOKENS_PER_MICROBATCH) -> list[range]:
-    """Consecutive index ranges whose padded size (rows x longest) stays within budget."""
-    batches, start, longest = [], 0, 0
-    for i, n in enumerate(lengths):
-        longest_if_added = max(longest, n)
-        if i > start and longest_if_added * (i - start + 1) > budget:
-            batches.append(range(start, i))
-            start, longest_if_added = i, n
-        longest = longest_if_added
-    batches.append(range(start, len(lengths)))
+def microbatches(lengths: Sequence[int], budget: int = MAX_TOKENS_PER_MICROBATCH
+                 ) -> list[list[int]]:
+    """Datum indices grouped by length (shortest first) into batches whose padded size
+    (rows x longest) stays within budget. Grouping similar lengths keeps padding, which costs
+    as much compute as real tokens, small; the order depends only on the lengths, so a batch
+    always computes the same way."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])  # stable: ties keep order
+    batches: list[list[int]] = [[]]
+    for i in order:  # ascending, so the newcomer is the batch's longest
+        if batches[-1] and lengths[i] * (len(batches[-1]) + 1) > budget:
+            batches.append([])
+        batches[-1].append(i)
     return batches
+
+
+def forward_backward(model: torch.nn.Module, data: Sequence[types.Datum], loss_fn: str,
+                     loss_fn_config: Mapping[str, float | str] | None, backward: bool
+                     ) -> tuple[list[np.ndarray], float]:
+    """Each datum's target logprobs and the loss summed over tokens and datums; with
+    `backward`, the loss's gradients accumulate in the model. Inputs must be validated."""
+    device = next(model.parameters()).device
+    inputs = [d.model_input.to_ints() for d in data]
+    columns = {key: [d.loss_fn_inputs[key].to_numpy() for d in data]
+               for key in losses.REQUIRED_INPUTS[loss_fn]}
+    logprobs_D: list[np.ndarray] = [np.empty(0, np.float32)] * len(data)
+    total = 0.0
+    for chunk in microbatches([len(x) for x in inputs]):
+        lengths = torch.tensor([len(inputs[i]) for i in chunk], device=device)
+        width = int(lengths.max())
+        tensors = {key: right_padded([column[i] for i in chunk], width,
+                                     np.int64 if key == "target_tokens" else np.float32,
+                                     device)
+                   for key, column in columns.items()}
+        with torch.set_grad_enabled(backward):
+            picked = padded_logprobs(model, right_padded([inputs[i] for i in chunk], width,
+                                                         np.int64, device),
+                                     tensors.pop("target_tokens"))
+            real = torch.arange(width, device=device) < lengths.unsqueeze(1)
+            per_token = losses.per_token_loss(loss_fn, picked, tensors, loss_fn_config)
+            loss = torch.where(real, per_token, 0.0).sum()
+            if backward:
+                loss.backward()
+        total += float(loss.detach())
+        picked_np = picked.detach().cpu().numpy()
+        for row, i in enumerate(chunk):
+            logprobs_D[i] = picked_np[row, : len(inputs[i])]
+    return logprobs_D, total
 
 
 @dataclass
