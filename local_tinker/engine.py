@@ -23,6 +23,8 @@ from . import losses
 # A bound on padded tokens per forward pass of forward_backward, so memory stays flat for big
 # batches.
 MAX_TOKENS_PER_MICROBATCH = 32_768
+# Shorter common prefixes are not worth a forward pass of their own.
+MIN_SHARED_PREFIX = 16
 
 
 def right_padded(rows: Sequence[Sequence[int] | np.ndarray], width: int,
@@ -36,14 +38,28 @@ def right_padded(rows: Sequence[Sequence[int] | np.ndarray], width: int,
     return torch.from_numpy(out).to(device)
 
 
-def padded_logprobs(model: torch.nn.Module, ids_BT: torch.Tensor,
-                    targets_BT: torch.Tensor) -> torch.Tensor:
-    """log p(target_t | input_<=t) at every position of a right-padded batch.
+def padded_logprobs(model: torch.nn.Module, ids_BT: torch.Tensor, targets_BT: torch.Tensor,
+                    shared: int = 0) -> torch.Tensor:
+    """log p(target_t | input_<=t) at every position of a right-padded batch whose rows all
+    begin with the same `shared` tokens; those are run once and their keys and values reused.
 
     Right padding needs no attention mask in a causal model: real tokens never see the pads.
     """
-    logits = model(input_ids=ids_BT, use_cache=False).logits.float()
-    return logits.gather(-1, targets_BT.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    if not shared:
+        logits = model(input_ids=ids_BT, use_cache=False).logits.float()
+        return logits.gather(-1, targets_BT.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    rows = ids_BT.shape[0]
+    prefix = model(input_ids=ids_BT[:1, :shared], use_cache=True)
+    # Targets may differ between rows even where inputs agree, so pick per row.
+    head = prefix.logits.float().log_softmax(-1).expand(rows, -1, -1)
+    head = head.gather(-1, targets_BT[:, :shared].unsqueeze(-1)).squeeze(-1)
+    cache = prefix.cache
+    cache.batch_repeat_interleave(rows)  # autograd sums the rows' gradients into the prefix
+    logits = model(input_ids=ids_BT[:, shared:], cache=cache, use_cache=True).logits.float()
+    tail_targets = targets_BT[:, shared:].unsqueeze(-1)
+    tail = logits.gather(-1, tail_targets).squeeze(-1) - logits.logsumexp(-1)
+    return torch.cat([head, tail], dim=1)
+
 
 
 def token_logprobs(model: torch.nn.Module, inputs_B: Sequence[Sequence[int]],
@@ -57,18 +73,45 @@ def token_logprobs(model: torch.nn.Module, inputs_B: Sequence[Sequence[int]],
     return [picked[row, :n] for row, n in enumerate(lengths)]
 
 
-def microbatches(lengths: Sequence[int], budget: int = MAX_TOKENS_PER_MICROBATCH
-                 ) -> list[list[int]]:
-    """Datum indices grouped by length (shortest first) into batches whose padded size
-    (rows x longest) stays within budget. Grouping similar lengths keeps padding, which costs
-    as much compute as real tokens, small; the order depends only on the lengths, so a batch
-    always computes the same way."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])  # stable: ties keep order
-    batches: list[list[int]] = [[]]
-    for i in order:  # ascending, so the newcomer is the batch's longest
-        if batches[-1] and lengths[i] * (len(batches[-1]) + 1) > budget:
-            batches.append([])
-        batches[-1].append(i)
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    differs = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(differs[0]) if len(differs) else n
+
+
+def shared_prefix_groups(inputs: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:
+    """(shared length, datum indices) groups of datums that begin with the same tokens, such
+    as the samples of one prompt. Sorted order puts datums with long common prefixes next to
+    each other; a datum joins the group before it while that saves tokens: sharing fewer
+    tokens costs (members - 1) x the shortfall and saves the newcomer the shared length."""
+    groups: list[tuple[int, list[int]]] = []
+    for i in sorted(range(len(inputs)), key=lambda i: list(inputs[i])):
+        if groups:
+            shared, members = groups[-1]
+            common = min(shared, len(inputs[i]) - 1,
+                         common_prefix_length(inputs[members[-1]], inputs[i]))
+            if common >= MIN_SHARED_PREFIX and (len(members) - 1) * (shared - common) < common:
+                groups[-1] = (common, [*members, i])
+                continue
+        groups.append((len(inputs[i]) - 1, [i]))
+    return [(shared if len(members) > 1 else 0, members) for shared, members in groups]
+
+
+def microbatches(inputs: Sequence[Sequence[int]], budget: int = MAX_TOKENS_PER_MICROBATCH
+                 ) -> list[tuple[int, list[int]]]:
+    """(shared prefix length, datum indices) batches: each prefix group's datums, shortest
+    first, in batches whose padded tokens after the prefix (rows x longest) stay within budget.
+    Similar lengths keep padding (as costly as real tokens) small. The batches depend only on
+    the tokens, so a datum always computes the same way whatever order the data came in."""
+    batches: list[tuple[int, list[int]]] = []
+    for shared, members in shared_prefix_groups(inputs):
+        batch: list[int] = []
+        for i in sorted(members, key=lambda i: len(inputs[i])):  # the newcomer is the longest
+            if batch and (len(inputs[i]) - shared) * (len(batch) + 1) > budget:
+                batches.append((shared, batch))
+                batch = []
+            batch.append(i)
+        batches.append((shared, batch))
     return batches
 
 
@@ -83,7 +126,7 @@ def forward_backward(model: torch.nn.Module, data: Sequence[types.Datum], loss_f
                for key in losses.REQUIRED_INPUTS[loss_fn]}
     logprobs_D: list[np.ndarray] = [np.empty(0, np.float32)] * len(data)
     total = 0.0
-    for chunk in microbatches([len(x) for x in inputs]):
+    for shared, chunk in microbatches(inputs):
         lengths = torch.tensor([len(inputs[i]) for i in chunk], device=device)
         width = int(lengths.max())
         tensors = {key: right_padded([column[i] for i in chunk], width,
@@ -93,7 +136,7 @@ def forward_backward(model: torch.nn.Module, data: Sequence[types.Datum], loss_f
         with torch.set_grad_enabled(backward):
             picked = padded_logprobs(model, right_padded([inputs[i] for i in chunk], width,
                                                          np.int64, device),
-                                     tensors.pop("target_tokens"))
+                                     tensors.pop("target_tokens"), shared)
             real = torch.arange(width, device=device) < lengths.unsqueeze(1)
             per_token = losses.per_token_loss(loss_fn, picked, tensors, loss_fn_config)
             loss = torch.where(real, per_token, 0.0).sum()
