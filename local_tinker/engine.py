@@ -63,13 +63,14 @@ def padded_logprobs(model: torch.nn.Module, ids_BT: torch.Tensor, targets_BT: to
 
 
 def token_logprobs(model: torch.nn.Module, inputs_B: Sequence[Sequence[int]],
-                   targets_B: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-    """log p(target_t | input_<=t) for each sequence, batched with right padding."""
+                   targets_B: Sequence[Sequence[int]], shared: int = 0) -> list[torch.Tensor]:
+    """log p(target_t | input_<=t) for each sequence, batched with right padding; the first
+    `shared` inputs, the same in every sequence, run once."""
     device = next(model.parameters()).device
     lengths = [len(x) for x in inputs_B]
     width = max(lengths)
     picked = padded_logprobs(model, right_padded(inputs_B, width, np.int64, device),
-                             right_padded(targets_B, width, np.int64, device))
+                             right_padded(targets_B, width, np.int64, device), shared)
     return [picked[row, :n] for row, n in enumerate(lengths)]
 
 
@@ -285,7 +286,11 @@ def completion_logprobs(model: torch.nn.Module, prompt: Sequence[int],
     arrive together depends on timing, so those bits would make a resumed run differ from an
     uninterrupted one; these depend on nothing but the request and its tokens."""
     sequences = [list(prompt) + c.tolist() for c in completions]
-    logprobs = token_logprobs(model, [s[:-1] for s in sequences], [s[1:] for s in sequences])
+    shared = len(prompt) - 1  # every input row extends it by at least one token
+    if len(completions) < 2 or shared < MIN_SHARED_PREFIX or not all(map(len, completions)):
+        shared = 0
+    logprobs = token_logprobs(model, [s[:-1] for s in sequences], [s[1:] for s in sequences],
+                              shared)
     return [lp[len(prompt) - 1:].cpu().numpy() for lp in logprobs]
 
 
