@@ -4,18 +4,26 @@ Sampling: one RL step's worth (8 problems x 8 samples, up to 256 tokens at tempe
 through `SamplingClient.sample` (eight requests submitted together, batched by the worker)
 against one `model.generate` call on the same model and the same 64 left-padded prompts.
 Training: `forward_backward` + `optim_step` on the 64 resulting RL datums (importance sampling)
-against a plain loop on an identical LoRA model: one padded forward, the same per-token loss,
-backward, AdamW step. Tokens per second each way, best of `--repeats`, in one process.
+through the SDK and the local server, against the loop a user would write in-process on an
+identical LoRA model (same init, same data): one right-padded forward, the same per-token loss,
+backward, the same AdamW step. Both sides' losses are printed: they compute the same thing.
+
+One process; one untimed warm-up call per side, then the sides alternate (A B A B ...) so that
+load from other processes hits both alike. Tokens per second are medians over `--repeats`
+calls, by wall clock and by this process's CPU time (steadier on a busy machine).
 
     python bench/engine_throughput.py
+    python bench/engine_throughput.py --threads 1 --skip_sampling
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,114 +38,165 @@ from common.tasks import ARITHMETIC  # noqa: E402
 
 PROBLEMS, GROUP, MAX_TOKENS, TEMPERATURE = 8, 8, 256, 0.8
 
+# A call returns (tokens it processed, the loss where it trains).
+Call = Callable[[], tuple[int, float | None]]
+Timing = tuple[float, float, int, float | None]  # wall s, CPU s, tokens, loss
 
-def best_of(repeats: int, run) -> tuple[float, int]:
-    """(fastest seconds, tokens) over `repeats` runs."""
-    results = [run() for _ in range(repeats)]
-    return min(r[0] for r in results), results[0][1]
+
+def timed(call: Call) -> Timing:
+    wall, cpu = time.perf_counter(), time.process_time()
+    tokens, loss = call()
+    return time.perf_counter() - wall, time.process_time() - cpu, tokens, loss
+
+
+def alternate(repeats: int, ours: Call, plain: Call) -> tuple[list[Timing], list[Timing]]:
+    """Both sides once untimed (warm-up), then `repeats` timed calls each, interleaved."""
+    ours(), plain()
+    timings: tuple[list[Timing], list[Timing]] = ([], [])
+    for _ in range(repeats):
+        timings[0].append(timed(ours))
+        timings[1].append(timed(plain))
+    return timings
+
+
+def tokens_per_s(timings: list[Timing]) -> tuple[float, float]:
+    """Median tokens per second by wall time and by CPU time."""
+    return (statistics.median(t[2] / t[0] for t in timings),
+            statistics.median(t[2] / t[1] for t in timings))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per side")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default); 1 is steadier on a busy box")
+    parser.add_argument("--skip_sampling", action="store_true",
+                        help="time training only (one sampling call still makes its data)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # before the server's worker thread starts
     torch.manual_seed(0)
     with local_tinker.local_service(tempfile.mkdtemp(prefix="bench-engine-")) as (service, server):
-        measure(args.repeats, service, server.runtime)
+        trainer = service.create_lora_training_client("tiny-chat", rank=32, seed=0).result()
+        sampler = trainer.save_weights_and_get_sampling_client().result()
+        prompts = [chat_tokens(trainer.get_tokenizer(),
+                               ARITHMETIC.messages(ARITHMETIC.sample(0, i)), True)
+                   for i in range(PROBLEMS)]
+        rows = {}
+        if not args.skip_sampling:
+            rows["sampling (vs model.generate)"] = alternate(
+                args.repeats, lambda: (sample_tokens(sampler, prompts), None),
+                generate_call(server.runtime.models[trainer.model_id], prompts))
+        data = rollout_data(sampler, prompts)
+        # The baseline trains its own copy: the same LoRA init, made the same way.
+        baseline = service.create_lora_training_client("tiny-chat", rank=32, seed=0).result()
+        rows["train step (vs torch+peft loop)"] = alternate(
+            args.repeats, engine_train_call(trainer, data),
+            plain_train_call(server.runtime.models[baseline.model_id].model, data))
+    report(rows, data)
 
 
-def measure(repeats: int, service, runtime) -> None:
-    """Through the SDK and the local server, against torch on the same weights in-process."""
-    trainer = service.create_lora_training_client("tiny-chat", rank=32, seed=0).result()
-    tokenizer = trainer.get_tokenizer()
-    sampler = trainer.save_weights_and_get_sampling_client().result()
-    prompts = [chat_tokens(tokenizer, ARITHMETIC.messages(ARITHMETIC.sample(0, i)), True)
-               for i in range(PROBLEMS)]
-    params = types.SamplingParams(max_tokens=MAX_TOKENS, temperature=TEMPERATURE)
-    trained = runtime.models[trainer.model_id]
-    model = trained.model  # the same weights for the baselines
-    stop_ids = trained.base.stop_token_ids
+def sampling_params(seed: int) -> types.SamplingParams:
+    return types.SamplingParams(max_tokens=MAX_TOKENS, temperature=TEMPERATURE, seed=seed)
 
-    def ours_sample():
-        started = time.perf_counter()
-        futures = [sampler.sample(types.ModelInput.from_ints(p), GROUP,
-                                  params.model_copy(update={"seed": i}))
-                   for i, p in enumerate(prompts)]
-        responses = [f.result() for f in futures]
-        return time.perf_counter() - started, sum(len(s.tokens) for r in responses
-                                                  for s in r.sequences)
 
-    def plain_generate():
-        rows = [p for p in prompts for _ in range(GROUP)]
-        width = max(map(len, rows))
-        ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        started = time.perf_counter()
+def sample_responses(sampler, prompts: list[list[int]]) -> list[types.SampleResponse]:
+    """Every prompt's group, submitted together (the server batches them)."""
+    futures = [sampler.sample(types.ModelInput.from_ints(p), GROUP, sampling_params(i))
+               for i, p in enumerate(prompts)]
+    return [f.result() for f in futures]
+
+
+def sample_tokens(sampler, prompts: list[list[int]]) -> int:
+    return sum(len(s.tokens) for r in sample_responses(sampler, prompts) for s in r.sequences)
+
+
+def generate_call(trained, prompts: list[list[int]]) -> Call:
+    """`model.generate` on the engine's own model object (the same weights)."""
+    model, stop_ids = trained.model, list(trained.base.stop_token_ids)
+    rows = [p for p in prompts for _ in range(GROUP)]
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+
+    def call() -> tuple[int, None]:
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True,
                                  temperature=TEMPERATURE, top_k=0, max_new_tokens=MAX_TOKENS,
-                                 eos_token_id=list(stop_ids),
-                                 pad_token_id=tokenizer.pad_token_id)
-        new = out[:, width:]
-        stops = torch.isin(new, torch.tensor(list(stop_ids)))
+                                 eos_token_id=stop_ids,
+                                 pad_token_id=trained.base.tokenizer.pad_token_id)
+        stops = torch.isin(out[:, width:], torch.tensor(stop_ids))
         # Tokens up to and including the first stop token, as the engine counts them.
-        lengths = torch.where(stops.any(1), stops.int().argmax(1) + 1, new.shape[1])
-        return time.perf_counter() - started, int(lengths.sum())
+        lengths = torch.where(stops.any(1), stops.int().argmax(1) + 1, stops.shape[1])
+        return int(lengths.sum()), None
 
-    sample_ours = best_of(repeats, ours_sample)
-    sample_plain = best_of(repeats, plain_generate)
+    return call
 
-    responses = [f.result() for f in [sampler.sample(types.ModelInput.from_ints(p), GROUP,
-                                                     params.model_copy(update={"seed": i}))
-                                      for i, p in enumerate(prompts)]]
+
+def rollout_data(sampler, prompts: list[list[int]]) -> list[types.Datum]:
+    """One RL batch: the sampled groups with random advantages (the timing ignores values)."""
     rng = np.random.default_rng(0)
-    data = [rollout_datum(p, s.tokens, s.logprobs, float(rng.normal()))
-            for p, r in zip(prompts, responses, strict=True) for s in r.sequences if s.tokens]
-    train_tokens = sum(d.model_input.length for d in data)
+    return [rollout_datum(p, s.tokens, s.logprobs, float(rng.normal()))
+            for p, r in zip(prompts, sample_responses(sampler, prompts), strict=True)
+            for s in r.sequences if s.tokens]
 
-    def ours_train():
-        started = time.perf_counter()
-        trainer.forward_backward(data, "importance_sampling")
+
+def engine_train_call(trainer, data: list[types.Datum]) -> Call:
+    tokens = sum(d.model_input.length for d in data)
+
+    def call() -> tuple[int, float]:
+        result = trainer.forward_backward(data, "importance_sampling")
         trainer.optim_step(types.AdamParams(learning_rate=1e-5)).result()
-        return time.perf_counter() - started, train_tokens
+        return tokens, result.result().metrics["loss:sum"]
 
-    baseline = runtime.models[service.create_lora_training_client(
-        "tiny-chat", rank=32, seed=0).result().model_id].model
-    optimizer = torch.optim.AdamW([p for p in baseline.parameters() if p.requires_grad],
+    return call
+
+
+def plain_train_call(model: torch.nn.Module, data: list[types.Datum]) -> Call:
+    """The obvious loop: pad once, forward, per-token importance-sampling loss, AdamW."""
+    tokens = sum(d.model_input.length for d in data)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=1e-5, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
-    inputs = [d.model_input.to_ints() for d in data]
-    width = max(map(len, inputs))
-    ids = torch.tensor([x + [0] * (width - len(x)) for x in inputs])
-    targets = torch.tensor([d.loss_fn_inputs["target_tokens"].to_numpy().tolist()
-                            + [0] * (width - d.model_input.length) for d in data])
-    sampled = torch.tensor(np.stack([np.pad(d.loss_fn_inputs["logprobs"].to_numpy(),
-                                            (0, width - d.model_input.length)) for d in data]))
-    advantages = torch.tensor(np.stack([np.pad(d.loss_fn_inputs["advantages"].to_numpy(),
-                                               (0, width - d.model_input.length)) for d in data]))
+    width = max(d.model_input.length for d in data)
 
-    def plain_train():
-        started = time.perf_counter()
-        logits = baseline(input_ids=ids).logits.float()
+    def padded(rows: list, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(np.stack([np.pad(np.asarray(r), (0, width - len(r)))
+                                      for r in rows]), dtype=dtype)
+
+    ids = padded([d.model_input.to_ints() for d in data], torch.long)
+    targets, sampled, advantages = (
+        padded([d.loss_fn_inputs[key].to_numpy() for d in data], dtype)
+        for key, dtype in (("target_tokens", torch.long), ("logprobs", torch.float32),
+                           ("advantages", torch.float32)))
+
+    def call() -> tuple[int, float]:
+        # use_cache=False: a training forward needs no KV cache (building one costs time).
+        logits = model(input_ids=ids, use_cache=False).logits.float()
         logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
         loss = -(torch.exp(logprobs - sampled) * advantages).sum()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - started, train_tokens
+        return tokens, float(loss.detach())
 
-    train_ours = best_of(repeats, ours_train)
-    train_plain = best_of(repeats, plain_train)
+    return call
 
+
+def report(rows: dict[str, tuple[list[Timing], list[Timing]]], data: list[types.Datum]) -> None:
     print(f"tiny-chat, {PROBLEMS} problems x {GROUP} samples, up to {MAX_TOKENS} tokens, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'':34}{'ours tok/s':>12}{'plain tok/s':>13}{'ratio':>8}")
-    rows = [("sampling (vs model.generate)", sample_ours, sample_plain),
-            ("train step (vs torch+peft loop)", train_ours, train_plain)]
-    for name, (t_ours, n_ours), (t_plain, n_plain) in rows:
-        print(f"{name:34}{n_ours / t_ours:>12,.0f}{n_plain / t_plain:>13,.0f}"
-              f"{(n_ours / t_ours) / (n_plain / t_plain):>7.2f}x")
-    ratios = [(n1 / t1) / (n2 / t2) for _, (t1, n1), (t2, n2) in rows]
-    print(f"headline: sampling {ratios[0]:.2f}x and training {ratios[1]:.2f}x the plain baselines")
+          f"{torch.get_num_threads()} torch threads; training batch: {len(data)} datums, "
+          f"{sum(d.model_input.length for d in data)} tokens")
+    print(f"{'(medians)':34}{'ours tok/s':>12}{'plain tok/s':>13}{'ratio':>8}{'by CPU time':>13}")
+    ratios = []
+    for name, (ours, plain) in rows.items():
+        (ours_wall, ours_cpu), (plain_wall, plain_cpu) = tokens_per_s(ours), tokens_per_s(plain)
+        print(f"{name:34}{ours_wall:>12,.0f}{plain_wall:>13,.0f}{ours_wall / plain_wall:>7.2f}x"
+              f"{ours_cpu / plain_cpu:>12.2f}x")
+        ratios.append(f"{name.split()[0]} {ours_wall / plain_wall:.2f}x")
+        if ours[0][3] is not None:  # same weights, data, loss and optimizer: equal losses
+            for side, timings in (("ours", ours), ("plain", plain)):
+                print(f"  losses by step, {side:5}: " + " ".join(f"{t[3]:.5f}" for t in timings))
+    print(f"headline: {' and '.join(ratios)} the plain baselines")
 
 
 if __name__ == "__main__":

@@ -136,26 +136,9 @@ class Runtime:
                             trainable.model.config.vocab_size)
         except losses.LossInputError as exc:
             raise UserError(str(exc)) from None
-        inputs = [d.model_input.to_ints() for d in data]
-        outputs: list[dict[str, types.TensorData]] = []
-        total = 0.0
-        for chunk in engine.microbatches([len(x) for x in inputs]):
-            with torch.set_grad_enabled(backward):
-                logprobs = engine.token_logprobs(
-                    trainable.model, [inputs[i] for i in chunk],
-                    [data[i].loss_fn_inputs["target_tokens"].to_numpy() for i in chunk])
-                chunk_loss = torch.zeros((), device=self.device)
-                for i, lp in zip(chunk, logprobs, strict=True):
-                    tensors = {k: torch.as_tensor(v.to_numpy(), device=self.device,
-                                                  dtype=torch.float32)
-                               for k, v in data[i].loss_fn_inputs.items() if k != "target_tokens"}
-                    chunk_loss = chunk_loss + losses.per_token_loss(
-                        fwd.loss_fn, lp, tensors, fwd.loss_fn_config).sum()
-                if backward:
-                    chunk_loss.backward()
-            total += float(chunk_loss.detach())
-            outputs += [{"logprobs": types.TensorData.from_numpy(lp.detach().cpu().numpy())}
-                        for lp in logprobs]
+        logprobs_D, total = engine.forward_backward(trainable.model, data, fwd.loss_fn,
+                                                    fwd.loss_fn_config, backward)
+        outputs = [{"logprobs": types.TensorData.from_numpy(lp)} for lp in logprobs_D]
         return types.ForwardBackwardOutput(loss_fn_output_type="ArrayRecord",
                                            loss_fn_outputs=outputs, metrics={"loss:sum": total})
 

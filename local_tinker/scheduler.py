@@ -15,7 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-SAMPLE_BATCH_WINDOW_S = 0.01  # how long an idle worker waits for more sample calls to batch
+# An idle worker holding a sample call waits for more to batch with it until none has come for
+# SAMPLE_BATCH_GAP_S, and at most SAMPLE_BATCH_WINDOW_S. The SDK sends a step's calls one by one:
+# on a busy 2-core machine they arrived over 20-75 ms, and a fixed 10 ms window split 8 calls
+# into two generations run one after the other (1.3-1.9x the time of one).
+SAMPLE_BATCH_GAP_S = 0.05
+SAMPLE_BATCH_WINDOW_S = 0.25
 
 
 @dataclass
@@ -61,12 +66,14 @@ class Scheduler:
             self._lanes.move_to_end(lane)  # round robin: this lane goes last
             batch = [queue.popleft()]
             if batch[0].batchable:
-                deadline = time.monotonic() + SAMPLE_BATCH_WINDOW_S
+                started = last_arrival = time.monotonic()
                 while True:
                     while queue and queue[0].batchable:
                         batch.append(queue.popleft())
+                        last_arrival = time.monotonic()
                     others_waiting = any(q for name, q in self._lanes.items() if name != lane)
-                    remaining = deadline - time.monotonic()
+                    remaining = min(started + SAMPLE_BATCH_WINDOW_S,
+                                    last_arrival + SAMPLE_BATCH_GAP_S) - time.monotonic()
                     if others_waiting or remaining <= 0:
                         break
                     self._cond.wait(remaining)

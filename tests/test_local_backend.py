@@ -8,6 +8,8 @@ import tinker
 from tinker import types
 
 import local_tinker
+from common.datums import rollout_datum
+from local_tinker import engine
 
 FOO_QUESTIONS = [
     "What's the weather like today?", "How do I reset my password?",
@@ -84,6 +86,46 @@ def test_loss_sum_matches_numpy(trainer, loss_fn):
             "cispo": -(clipped * lp * adv).sum(),
         }[loss_fn]
     assert out.metrics["loss:sum"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_microbatches_share_prompts_and_keep_to_the_budget():
+    system = list(range(40))  # two prompts that share 40 tokens, 3 samples each, and a loner
+    inputs = [[*system, 100 + p, *[7] * n] for p in range(2) for n in (3, 9, 5)] + [[1, 2, 3]]
+    batches = engine.microbatches(inputs, budget=30)
+    assert sorted(i for _, batch in batches for i in batch) == list(range(7))
+    shared = {i: prefix for prefix, batch in batches for i in batch}
+    assert shared[6] == 0 and all(shared[i] == 40 for i in range(6))
+    for prefix, batch in batches:  # padded tokens after the shared prefix
+        assert len(batch) == 1 or max(len(inputs[i]) - prefix for i in batch) * len(batch) <= 30
+
+
+def test_samples_of_one_prompt_train_as_if_each_came_alone(service):
+    """forward_backward runs a prompt shared by several datums once and reuses its keys and
+    values; logprobs, loss and the update equal those of each datum sent on its own."""
+    together, alone = (service.create_lora_training_client("tiny-chat", rank=4, seed=3).result()
+                       for _ in range(2))
+    tokenizer = together.get_tokenizer()
+    rng = np.random.default_rng(0)
+    data = []
+    for p in range(2):
+        prompt = tokenizer.encode(f"Solve the problem step by step. Problem {p}:",
+                                  add_special_tokens=False)
+        for _ in range(3):
+            completion = rng.integers(0, 256, int(rng.integers(2, 12))).tolist()
+            data.append(rollout_datum(prompt, completion, rng.normal(-5.5, 0.3, len(completion)),
+                                      float(rng.normal())))
+    assert all(prefix > 0 for prefix, _ in engine.microbatches(
+        [d.model_input.to_ints() for d in data]))
+    for _ in range(2):  # the second round checks the updates were equal
+        batched = together.forward_backward(data, "importance_sampling").result()
+        singles = [alone.forward_backward([d], "importance_sampling").result() for d in data]
+        for lp, single in zip(logprob_arrays(batched), singles, strict=True):
+            np.testing.assert_allclose(lp, logprob_arrays(single)[0], atol=1e-5)
+        assert batched.metrics["loss:sum"] == pytest.approx(
+            sum(s.metrics["loss:sum"] for s in singles), rel=1e-5, abs=1e-5)
+        norms = [t.optim_step(types.AdamParams(learning_rate=1e-2)).result().metrics["grad_norm"]
+                 for t in (together, alone)]
+        assert norms[0] == pytest.approx(norms[1], rel=1e-4)
 
 
 def test_gradients_move_logprobs_the_right_way(trainer):
