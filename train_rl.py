@@ -13,6 +13,9 @@ Deviations from the seed's notebook (and the textbook):
   whole-batch normalisation. Groups whose rewards are all equal carry no signal and are skipped.
 - problems come from a seeded stream addressed by step, so runs repeat and resume exactly.
 - one gradient step per batch (no PPO epochs), no KL penalty; the sampler/learner KL is logged.
+- `--max_steps_off_policy K` samples up to K batches ahead of the learner (the cookbook's async
+  mode, but batch s is always sampled by the weights after step s-1-K, so runs still repeat
+  exactly); the policy losses weight each token by learner/sampler probability ratios.
 
     python train_rl.py --lr 2e-4   # the seed's run: on Tinker with TINKER_API_KEY, else locally
                                    # on tiny-instruct (reward rises over the 10 steps)
@@ -21,6 +24,7 @@ Deviations from the seed's notebook (and the textbook):
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -28,11 +32,8 @@ from typing import Any, Literal
 
 import numpy as np
 from tinker import types
-from tqdm import tqdm
 
 from common.advantages import compute_advantages
-from common.backend import connect
-from common.checkpoints import start_training_client
 from common.cli import run_main
 from common.config import (
     LOCAL_DEFAULT_MODEL,
@@ -51,23 +52,15 @@ from common.costs import (
     CostMeter,
     Estimate,
     estimate_rl,
-    last_logged_metrics,
     price_for,
     prompt_token_counts,
     tokenizer_for,
 )
 from common.datums import chat_tokens, rollout_datum
 from common.evaluation import score_arithmetic, spread, summarize
-from common.runs import (
-    GracefulStop,
-    check_update,
-    due,
-    end_of_run,
-    open_tracker,
-    save_if_due,
-    stop_here,
-)
+from common.runs import check_update, due, start_run
 from common.tasks import Difficulty, arithmetic_task
+from common.tracking import write_atomic
 
 
 @dataclass
@@ -86,8 +79,8 @@ class Config(ServiceConfig, TrackingConfig, CheckpointConfig):
     which a model that is rarely right games by answering nothing; --noconcise_needs_answer
     restores the seed's reward exactly."""
     # --- optimisation
-    lr: float | None = lr_field()
-    """Learning rate. Default: the seed's 2e-4 (tiny-chat collapses at 1e-3)."""
+    lr: float = lr_field(2e-4)
+    """Learning rate (the seed: 2e-4; tiny-chat collapses at 1e-3)."""
     batch_size: int = 8
     """Problems per step (the seed: 8)."""
     group_size: int = 8
@@ -98,6 +91,9 @@ class Config(ServiceConfig, TrackingConfig, CheckpointConfig):
     """Policy loss (Tinker's built-ins)."""
     advantage: Literal["group", "batch"] = "group"
     """group: normalise per problem (GRPO); batch: the seed's whole-batch normalisation."""
+    max_steps_off_policy: int = 0
+    """Sample up to this many steps ahead of the learner, overlapping sampling with training
+    (0: on-policy, the seed's loop). The loss corrects with the sampler's logprobs."""
     # --- sampling
     max_tokens: int = 256
     """Longest completion (the seed: 256)."""
@@ -143,7 +139,7 @@ def sample_seed(seed: int, step: int, problem: int) -> int:
 
 
 def main(cfg: Config) -> dict[str, float]:
-    cfg = resolved(cfg, os.environ, lr=2e-4, tiny_lr=2e-4)
+    cfg = resolved(cfg, os.environ)
     validate(cfg)
     task = make_task(cfg)
     if cfg.dry_run:
@@ -153,123 +149,200 @@ def main(cfg: Config) -> dict[str, float]:
         # Not an error (tests and plumbing checks run this way), but rewards will stay ~0.
         print(f"note: {cfg.model} has never seen this task's answer tags; for learning, use the "
               f"default {LOCAL_DEFAULT_MODEL} or an SFT warm start (--load_checkpoint)")
-    meter = CostMeter(cfg.model, cfg.backend)  # a bad price file fails here, before spending
-    service = connect(cfg.backend, cfg.base_url)
-    tracker = open_tracker(cfg, "train_rl", job_type="rl", may_change=("eval_problems",))
-    with tracker, GracefulStop() as stop:
-        training_client, done_steps = start_training_client(service, cfg, tracker.run_dir)
-        tokenizer = training_client.get_tokenizer()
+    with start_run(cfg, "train_rl", job_type="rl", may_change=("eval_problems",)) as run:
+        training_client, tokenizer = run.training_client, run.tokenizer
         heldout = spread(task.load_heldout(), cfg.eval_problems)
-        heldout_prompt_tokens = sum(
-            prompt_token_counts([task.messages(p) for p in heldout], tokenizer)[0])
-        tracker.truncate_after(done_steps)  # a continued run redoes what came after its checkpoint
-        previous = last_logged_metrics(tracker.run_dir)
-        meter.restore(previous)
+        rollouts = Rollouts(task, tokenizer, cfg, run)
         # Steps where every group tied (no datum, no update): a run can look finished and
         # have trained nothing, so the count is logged, summarised and printed at the end.
-        untrained_steps = int(previous.get("rl/steps_without_training", 0))
-        next_sampler = training_client.save_weights_and_get_sampling_client()
+        untrained_steps = int(run.last_metrics.get("rl/steps_without_training", 0))
+        sampler = training_client.save_weights_and_get_sampling_client()
         metrics: dict[str, float] = {}
-        bar = tqdm(range(done_steps + 1, cfg.max_steps + 1), initial=done_steps,
-                   total=cfg.max_steps, desc="rl", dynamic_ncols=True)
-        for step in bar:
+        for step in run.steps(cfg.max_steps, desc="rl"):
             t0 = time.perf_counter()
-            sampler = next_sampler.result()
-            problems = [task.sample(cfg.seed, (step - 1) * cfg.batch_size + i)
-                        for i in range(cfg.batch_size)]
-            prompts = [chat_tokens(tokenizer, task.messages(p), add_generation_prompt=True)
-                       for p in problems]
-            futures = [sampler.sample(types.ModelInput.from_ints(prompt), cfg.group_size,
-                                      types.SamplingParams(max_tokens=cfg.max_tokens,
-                                                           temperature=cfg.temperature,
-                                                           seed=sample_seed(cfg.seed, step, i)))
-                       for i, prompt in enumerate(prompts)]
-            groups = [f.result().sequences for f in futures]
+            # Batch step+K is sampled now, from the weights after step-1, while the learner
+            # trains the K batches before it (K = --max_steps_off_policy; 0: on-policy).
+            rollouts.submit_through(step + cfg.max_steps_off_policy, sampler.result(), step - 1)
+            batch = rollouts.take(step)
+            groups = batch.sequences()
             t_sampled = time.perf_counter()
 
             concise = cfg.concise_bonus_after is not None and step > cfg.concise_bonus_after
             texts = [[tokenizer.decode(s.tokens, skip_special_tokens=True) for s in g]
                      for g in groups]
             rewards = [[task.reward(p, text, concise) for text in group_texts]
-                       for p, group_texts in zip(problems, texts, strict=True)]
+                       for p, group_texts in zip(batch.problems, texts, strict=True)]
             totals_P_G = np.array([[r["total"] for r in group] for group in rewards])
             adv = compute_advantages(totals_P_G, cfg.advantage)
-            datums = [rollout_datum(prompts[p], seq.tokens, seq.logprobs, adv.advantages_P_G[p, g])
-                      for p in np.flatnonzero(adv.keep_P) for g, seq in enumerate(groups[p])]
+            kept = [(batch.prompts[p], seq, adv.advantages_P_G[p, g])
+                    for p in np.flatnonzero(adv.keep_P) for g, seq in enumerate(groups[p])]
 
-            train_metrics, next_sampler = train_on(training_client, datums, cfg, step)
-            untrained_steps += not datums
+            update = submit_update(training_client, kept, cfg.loss_fn, cfg.lr)
+            # Queued after the update, so it samples the updated weights; its round trip
+            # overlaps the training round trip.
+            sampler = training_client.save_weights_and_get_sampling_client()
+            train_metrics = update.metrics(step) if update else {}
+            run.meter.add(trained=update.tokens if update else 0)
+            untrained_steps += update is None
             metrics = {
-                **rollout_metrics(groups, texts, rewards, prompts, cfg),
+                **rollout_metrics(groups, texts, rewards),
                 **train_metrics,
+                "rl/staleness": batch.staleness,
                 "rl/frac_groups_zero_std": adv.frac_groups_zero_std,
                 "rl/steps_without_training": untrained_steps,
                 "train/lr": cfg.lr, "progress/step": step,
                 "progress/done_frac": step / cfg.max_steps,
                 "time/sample": t_sampled - t0, "time/train": time.perf_counter() - t_sampled,
             }
-            eval_prompt = eval_sampled = 0
             if due(step, cfg.eval_every, cfg.max_steps) and heldout:
-                eval_metrics, eval_sampled = evaluate_heldout(next_sampler.result(), tokenizer,
-                                                              heldout, cfg)
-                metrics.update(eval_metrics)
-                eval_prompt = heldout_prompt_tokens
+                metrics.update(evaluate_heldout(sampler.result(), tokenizer, task, heldout, cfg,
+                                                run.meter))
             if due(step, cfg.sample_every, cfg.max_steps):
-                log_samples(tracker, step, problems, groups, texts, rewards, adv.advantages_P_G,
-                            task)
-            metrics.update(meter.step(prompt=metrics["tokens/prompt"] + eval_prompt,
-                                      sampled=metrics["tokens/sampled"] + eval_sampled,
-                                      trained=metrics["tokens/trained"]))
+                log_samples(run.tracker, step, batch.problems, groups, texts, rewards,
+                            adv.advantages_P_G, task)
             metrics["time/step"] = time.perf_counter() - t0
-            metrics["throughput/tokens_per_s"] = (
-                metrics["tokens/sampled"] + metrics["tokens/trained"]) / metrics["time/step"]
-            tracker.log(metrics, step)
-            # After the step's record: a crash between the two redoes the step, never loses it.
-            save_if_due(training_client, tracker, step, cfg.save_every, cfg.max_steps)
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}",
-                            acc=f"{metrics['rl/accuracy']:.0%}")
-            if stop.requested and step < cfg.max_steps:
-                stop_here(training_client, tracker, step, stop)
-                break
-        end_of_run(tracker, meter, metrics,
-                   ["reward/mean", "rl/accuracy", "eval/accuracy", "completions/mean_words"],
+            run.log(metrics, step)
+            run.save_if_due(step)
+            run.show(reward=f"{metrics['reward/mean']:.2f}", acc=f"{metrics['rl/accuracy']:.0%}")
+        run.finish(metrics, ["reward/mean", "rl/accuracy", "eval/accuracy",
+                             "completions/mean_words"],
                    warning=untrained_warning(
-                       untrained_steps, int(metrics.get("progress/step", done_steps))))
-    if stop.requested and step < cfg.max_steps:
-        raise SystemExit(stop.exit_code)  # stopped by a signal, cleanly: the checkpoint is saved
+                       untrained_steps, int(metrics.get("progress/step", run.done_steps))))
     return metrics
 
 
-def train_on(training_client, datums: list[types.Datum], cfg: Config, step: int
-             ) -> tuple[dict[str, float], Any]:
-    """One optimizer step on the kept rollouts, and the next step's sampling client (a future).
+@dataclass
+class Batch:
+    """One step's problems and their sampled groups (futures until they arrive)."""
 
-    The sampling client is requested before waiting on the step: calls run in order, so it
-    snapshots the updated weights, and its round trip overlaps the training round trip.
-    Also measures the KL between sampler and learner logprobs.
+    step: int
+    sampler_step: int  # the learner step whose weights sampled it
+    problems: list
+    prompts: list[list[int]]
+    groups: list  # per problem: a sample future, or the sequences themselves (restored)
+
+    @property
+    def staleness(self) -> int:
+        """Updates between the weights that sampled this batch and those that train on it."""
+        return self.step - 1 - self.sampler_step
+
+    def sequences(self) -> list[list[types.SampledSequence]]:
+        return [g if isinstance(g, list) else g.result().sequences for g in self.groups]
+
+
+class Rollouts:
+    """Batches sampled ahead of the learner, at most --max_steps_off_policy steps.
+
+    Batch s is always sampled by the weights after step max(0, s - 1 - K), whatever the
+    timing, so a run repeats exactly. A checkpoint after step S also stores the batches
+    already sampled for the steps after S (rollouts/after-S.json): their weights are not in
+    the checkpoint, so a resumed run reads them instead of sampling them again.
     """
-    tokens = sum(d.model_input.length for d in datums)
-    if not datums:  # every group had equal rewards: nothing to learn from this batch
-        next_sampler = training_client.save_weights_and_get_sampling_client()
-        # No train/loss: no loss was computed, and a logged 0.0 would look like a perfect step.
-        return {"tokens/trained": 0}, next_sampler
-    fwd_bwd = training_client.forward_backward(datums, cfg.loss_fn)
-    optim = training_client.optim_step(types.AdamParams(learning_rate=cfg.lr))
-    next_sampler = training_client.save_weights_and_get_sampling_client()
-    output = fwd_bwd.result()
-    optim_metrics = optim.result().metrics or {}
-    diffs = []
-    for datum, out in zip(datums, output.loss_fn_outputs, strict=True):
-        completion = datum.loss_fn_inputs["advantages"].to_numpy() != 0
-        sampled = datum.loss_fn_inputs["logprobs"].to_numpy()
-        diffs.append((sampled - out["logprobs"].to_numpy())[completion])
-    metrics = {"train/loss": output.metrics["loss:sum"] / max(1, sum(len(d) for d in diffs)),
-               "tokens/trained": tokens,
-               "rl/kl_sample_train": float(np.mean(np.concatenate(diffs))) if diffs else 0.0}
-    if "grad_norm" in optim_metrics:
-        metrics["train/grad_norm"] = optim_metrics["grad_norm"]
-    check_update(metrics, step)  # before anything is logged or saved from this update
-    return metrics, next_sampler
+
+    def __init__(self, task, tokenizer, cfg: Config, run) -> None:
+        self.task, self.tokenizer, self.cfg, self.run = task, tokenizer, cfg, run
+        self.batches: dict[int, Batch] = {}
+        self.dir = run.tracker.run_dir / "rollouts"
+        if cfg.max_steps_off_policy and run.done_steps:
+            self.batches = self._load(run.done_steps)
+        run.before_save.append(self._save)
+
+    def submit_through(self, last_step: int, sampler, sampler_step: int) -> None:
+        """Sample every batch up to `last_step` not yet sampled, with `sampler`."""
+        for step in range(sampler_step + 1, min(last_step, self.cfg.max_steps) + 1):
+            if step not in self.batches:
+                self.batches[step] = self._sample(step, sampler, sampler_step)
+
+    def take(self, step: int) -> Batch:
+        batch = self.batches.pop(step)
+        sequences = batch.sequences()
+        # Billed when the learner uses them (a resumed run's restored batches included).
+        self.run.meter.add(prompt=sum(len(p) for p in batch.prompts),
+                           sampled=sum(len(s.tokens) for g in sequences for s in g))
+        return batch
+
+    def _problems(self, step: int) -> tuple[list, list[list[int]]]:
+        """The step's problems (addressed by seed and index) and their prompt tokens."""
+        problems = [self.task.sample(self.cfg.seed, (step - 1) * self.cfg.batch_size + i)
+                    for i in range(self.cfg.batch_size)]
+        return problems, [chat_tokens(self.tokenizer, self.task.messages(p),
+                                      add_generation_prompt=True) for p in problems]
+
+    def _sample(self, step: int, sampler, sampler_step: int) -> Batch:
+        cfg = self.cfg
+        problems, prompts = self._problems(step)
+        futures = [sampler.sample(types.ModelInput.from_ints(prompt), cfg.group_size,
+                                  types.SamplingParams(max_tokens=cfg.max_tokens,
+                                                       temperature=cfg.temperature,
+                                                       seed=sample_seed(cfg.seed, step, i)))
+                   for i, prompt in enumerate(prompts)]
+        return Batch(step, sampler_step, problems, prompts, futures)
+
+    def _save(self, step: int) -> None:
+        if not self.cfg.max_steps_off_policy:
+            return
+        ahead = {str(s): {"sampler_step": b.sampler_step,
+                          "groups": [[{"tokens": s.tokens, "logprobs": s.logprobs,
+                                       "stop_reason": s.stop_reason} for s in g]
+                                     for g in b.sequences()]}
+                 for s, b in sorted(self.batches.items())}
+        self.dir.mkdir(exist_ok=True)
+        write_atomic(self.dir / f"after-{step:06d}.json", json.dumps(ahead))
+
+    def _load(self, step: int) -> dict[int, Batch]:
+        path = self.dir / f"after-{step:06d}.json"
+        if not path.exists():
+            print(f"warning: {path} is missing: the batches sampled ahead of step {step} are "
+                  "sampled again from the checkpoint's weights (the run will not repeat exactly)")
+            return {}
+        batches = {}
+        for step, saved in json.loads(path.read_text()).items():
+            problems, prompts = self._problems(int(step))
+            groups = [[types.SampledSequence(**seq) for seq in g] for g in saved["groups"]]
+            batches[int(step)] = Batch(int(step), saved["sampler_step"], problems, prompts, groups)
+        return batches
+
+
+@dataclass
+class Update:
+    """One optimizer step in flight: forward_backward and optim_step, submitted together."""
+
+    fwd_bwd: Any
+    optim: Any
+    sampled_logprobs: list[np.ndarray]  # per datum, its completion's sampling logprobs
+    completion_lengths: list[int]
+    tokens: int
+
+    def metrics(self, step: int) -> dict[str, float]:
+        """Waits for the step. Loss per completion token, grad norm, and the KL between the
+        sampler's and the learner's logprobs of the sampled tokens (> 0 for stale batches)."""
+        output = self.fwd_bwd.result()
+        optim_metrics = self.optim.result().metrics or {}
+        diffs = [sampled - out["logprobs"].to_numpy()[-n:]
+                 for sampled, out, n in zip(self.sampled_logprobs, output.loss_fn_outputs,
+                                            self.completion_lengths, strict=True) if n]
+        n_tokens = sum(self.completion_lengths)
+        metrics = {"train/loss": output.metrics["loss:sum"] / max(1, n_tokens),
+                   "tokens/trained": self.tokens,
+                   "rl/kl_sample_train": float(np.mean(np.concatenate(diffs))) if diffs else 0.0}
+        if "grad_norm" in optim_metrics:
+            metrics["train/grad_norm"] = optim_metrics["grad_norm"]
+        check_update(metrics, step)  # before anything is logged or saved from this update
+        return metrics
+
+
+def submit_update(training_client, kept, loss_fn: str, lr: float) -> Update | None:
+    """Submit one optimizer step on the kept rollouts ((prompt, sequence, advantage) each);
+    None when every group had equal rewards (nothing to learn from this batch)."""
+    if not kept:
+        return None
+    datums = [rollout_datum(prompt, seq.tokens, seq.logprobs, advantage)
+              for prompt, seq, advantage in kept]
+    return Update(fwd_bwd=training_client.forward_backward(datums, loss_fn),
+                  optim=training_client.optim_step(types.AdamParams(learning_rate=lr)),
+                  sampled_logprobs=[np.asarray(seq.logprobs, np.float32) for _, seq, _ in kept],
+                  completion_lengths=[len(seq.tokens) for _, seq, _ in kept],
+                  tokens=sum(d.model_input.length for d in datums))
 
 
 def untrained_warning(untrained_steps: int, steps: int) -> str | None:
@@ -281,7 +354,7 @@ def untrained_warning(untrained_steps: int, steps: int) -> str | None:
             "datum had a non-zero advantage")
 
 
-def rollout_metrics(groups, texts, rewards, prompts, cfg: Config) -> dict[str, float]:
+def rollout_metrics(groups, texts, rewards) -> dict[str, float]:
     flat = [r for group in rewards for r in group]
     seqs = [s for group in groups for s in group]
     sampled_lp = np.concatenate([np.asarray(s.logprobs) for s in seqs if s.tokens] or [[0.0]])
@@ -296,19 +369,19 @@ def rollout_metrics(groups, texts, rewards, prompts, cfg: Config) -> dict[str, f
         "completions/mean_words": float(np.mean([len(t.split()) for g in texts for t in g])),
         "completions/mean_tokens": float(np.mean([len(s.tokens) for s in seqs])),
         "completions/clipped_frac": float(np.mean([s.stop_reason == "length" for s in seqs])),
-        "tokens/prompt": sum(len(p) for p in prompts),
-        "tokens/sampled": sum(len(s.tokens) for s in seqs),
     }
 
 
-def evaluate_heldout(sampler, tokenizer, heldout, cfg: Config) -> tuple[dict[str, float], int]:
+def evaluate_heldout(sampler, tokenizer, task, heldout, cfg: Config, meter: CostMeter
+                     ) -> dict[str, float]:
     """Greedy accuracy of the step's updated weights on held-out problems (the same scoring
-    code as evaluate.py), and the number of tokens sampled for it (billed)."""
+    code as evaluate.py); its tokens are billed to the step."""
     params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=0.0, seed=cfg.seed)
     rows = score_arithmetic(sampler, tokenizer, heldout, params)
     summary = summarize(rows)
-    return ({"eval/accuracy": summary["accuracy"], "eval/reward": summary["reward"]},
-            sum(row["tokens"] for row in rows))
+    meter.add(prompt=sum(prompt_token_counts([task.messages(p) for p in heldout], tokenizer)[0]),
+              sampled=sum(row["tokens"] for row in rows))
+    return {"eval/accuracy": summary["accuracy"], "eval/reward": summary["reward"]}
 
 
 def log_samples(tracker, step, problems, groups, texts, rewards, advantages_P_G, task) -> None:

@@ -23,10 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tinker import types
-from tqdm import tqdm
 
-from common.backend import connect
-from common.checkpoints import start_training_client
 from common.cli import run_main
 from common.config import (
     CheckpointConfig,
@@ -39,27 +36,19 @@ from common.config import (
     resolved,
 )
 from common.costs import (
-    CostMeter,
     Estimate,
     datum_token_counts,
     estimate_sft,
-    last_logged_metrics,
     price_for,
     prompt_token_counts,
     tokenizer_for,
 )
 from common.data import load_chat_data
 from common.datums import DatumError, chat_tokens, conversation_datum, weighted_nll
-from common.runs import (
-    GracefulStop,
-    check_update,
-    due,
-    end_of_run,
-    open_tracker,
-    save_if_due,
-    stop_here,
-)
+from common.runs import Run, check_update, due, start_run
 from common.schedule import lr_at
+
+SEED_LR, TINY_MODEL_LR = 5e-4, 2e-3  # --lr's default on Tinker models / the local tiny models
 
 
 @dataclass
@@ -81,7 +70,8 @@ class Config(ServiceConfig, TrackingConfig, CheckpointConfig):
     """Longest conversation in tokens."""
     # --- optimisation
     lr: float | None = lr_field()
-    """Peak learning rate. Default: the seed's 5e-4; 2e-3 for the local tiny models."""
+    """Peak learning rate. Default: 5e-4 (the seed's) on Tinker models, 2e-3 on the local tiny
+    models (SEED_LR, TINY_MODEL_LR)."""
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     """Decay after warmup."""
     warmup_steps: int = 0
@@ -135,7 +125,7 @@ def epoch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
 
 
 def main(cfg: Config) -> dict[str, float]:
-    cfg = resolved(cfg, os.environ, lr=5e-4, tiny_lr=2e-3)
+    cfg = resolved(cfg, os.environ, lr=SEED_LR, tiny_lr=TINY_MODEL_LR)
     validate(cfg)
     data = load_chat_data(cfg.dataset, cfg.dataset_split, cfg.skip_invalid, cfg.seed,
                           cfg.dataset_size)
@@ -143,29 +133,20 @@ def main(cfg: Config) -> dict[str, float]:
         print(dry_run(cfg, data.conversations).format(
             f"dry run: train_sft on {cfg.model} ({cfg.backend})"))
         return {}
-    meter = CostMeter(cfg.model, cfg.backend)  # a bad price file fails here, before spending
-    service = connect(cfg.backend, cfg.base_url)
     # Besides length, cadence and tracking, a continued run may change its samples table.
-    tracker = open_tracker(cfg, "train_sft", job_type="sft",
-                           may_change=("sample_prompts", "max_tokens", "temperature"))
-    with tracker, GracefulStop() as stop:
-        training_client, done_steps = start_training_client(service, cfg, tracker.run_dir)
-        tokenizer = training_client.get_tokenizer()
+    with start_run(cfg, "train_sft", job_type="sft",
+                   may_change=("sample_prompts", "max_tokens", "temperature")) as run:
+        training_client, tokenizer = run.training_client, run.tokenizer
         split = split_data(data, tokenizer, cfg)
         datums, train_idx, eval_data = split.datums, split.train_idx, split.eval_data
-        eval_tokens = sum(d.model_input.length for d in eval_data)  # one forward: prefill
         steps_per_epoch = len(train_idx) // cfg.batch_size
         total_steps = min(cfg.max_steps or 10**12, cfg.epochs * steps_per_epoch)
         check_warmup(cfg, total_steps)
-        tracker.summary(**{"data/train_rows": len(train_idx), "data/eval_rows": len(eval_data),
-                           "data/skipped_rows": split.skipped})
-        tracker.truncate_after(done_steps)  # a continued run redoes what came after its checkpoint
-        meter.restore(last_logged_metrics(tracker.run_dir))
+        run.tracker.summary(**{"data/train_rows": len(train_idx), "data/eval_rows": len(eval_data),
+                               "data/skipped_rows": split.skipped})
 
         metrics: dict[str, float] = {}
-        bar = tqdm(range(done_steps + 1, total_steps + 1), initial=done_steps, total=total_steps,
-                   desc="sft", dynamic_ncols=True)
-        for step in bar:
+        for step in run.steps(total_steps, desc="sft"):
             t0 = time.perf_counter()
             epoch, slot = divmod(step - 1, steps_per_epoch)
             order = epoch_order(len(train_idx), cfg.seed, epoch)
@@ -180,6 +161,7 @@ def main(cfg: Config) -> dict[str, float]:
             nll, n_weighted = weighted_nll(fwd_bwd.result(), batch)
             optim_metrics = optim.result().metrics or {}
             tokens = sum(d.model_input.length for d in batch)
+            run.meter.add(trained=tokens)
             metrics = {"train/loss": nll / n_weighted, "train/lr": lr, "train/tokens": tokens,
                        "progress/step": step,
                        "progress/epoch": (step - 1) / steps_per_epoch,
@@ -187,28 +169,17 @@ def main(cfg: Config) -> dict[str, float]:
             if "grad_norm" in optim_metrics:
                 metrics["train/grad_norm"] = optim_metrics["grad_norm"]
             check_update(metrics, step)  # before anything is logged or saved from this update
-            prompt_tokens = sampled_tokens = 0
             if eval_future is not None:
                 eval_nll, eval_weighted = weighted_nll(eval_future.result(), eval_data)
                 metrics["eval/loss"] = eval_nll / eval_weighted
-                prompt_tokens += eval_tokens
+                run.meter.add(prompt=sum(d.model_input.length for d in eval_data))  # a prefill
             if split.examples and due(step, cfg.sample_every, total_steps):
-                asked, answered = log_samples(training_client, tokenizer, split.examples, cfg,
-                                              tracker, step)
-                prompt_tokens, sampled_tokens = prompt_tokens + asked, sampled_tokens + answered
-            metrics.update(meter.step(prompt=prompt_tokens, sampled=sampled_tokens,
-                                      trained=tokens))
+                log_samples(training_client, tokenizer, split.examples, cfg, run, step)
             metrics["time/step"] = time.perf_counter() - t0
-            tracker.log(metrics, step)
-            # After the step's record: a crash between the two redoes the step, never loses it.
-            save_if_due(training_client, tracker, step, cfg.save_every, total_steps)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{lr:.2e}")
-            if stop.requested and step < total_steps:
-                stop_here(training_client, tracker, step, stop)
-                break
-        end_of_run(tracker, meter, metrics, ["train/loss", "eval/loss"])
-    if stop.requested and step < total_steps:
-        raise SystemExit(stop.exit_code)  # stopped by a signal, cleanly: the checkpoint is saved
+            run.log(metrics, step)
+            run.save_if_due(step)
+            run.show(loss=f"{metrics['train/loss']:.4f}", lr=f"{lr:.2e}")
+        run.finish(metrics, ["train/loss", "eval/loss"])
     return metrics
 
 
@@ -241,8 +212,7 @@ def split_data(data, tokenizer, cfg: Config) -> Split:
     return Split(datums, train_idx, [datums[i] for i in eval_idx], examples, skipped)
 
 
-def log_samples(training_client, tokenizer, examples, cfg: Config, tracker, step: int
-                ) -> tuple[int, int]:
+def log_samples(training_client, tokenizer, examples, cfg: Config, run: Run, step: int) -> None:
     """Answer a few held-out prompts with the current weights into the `samples` table."""
     sampler = training_client.save_weights_and_get_sampling_client().result()
     prompt_tokens = [chat_tokens(tokenizer, c[:-1], add_generation_prompt=True) for c in examples]
@@ -255,9 +225,9 @@ def log_samples(training_client, tokenizer, examples, cfg: Config, tracker, step
         seq = future.result().sequences[0]
         rows.append([step, messages[-1]["content"], tokenizer.decode(seq.tokens), reference,
                      len(seq.tokens), seq.stop_reason])
-    tracker.log_table("samples", ["step", "prompt", "completion", "reference",
-                                  "completion_tokens", "stop_reason"], rows, step)
-    return sum(map(len, prompt_tokens)), sum(row[4] for row in rows)  # billed: prefill, sample
+    run.tracker.log_table("samples", ["step", "prompt", "completion", "reference",
+                                      "completion_tokens", "stop_reason"], rows, step)
+    run.meter.add(prompt=sum(map(len, prompt_tokens)), sampled=sum(row[4] for row in rows))
 
 
 def dry_run(cfg: Config, conversations) -> Estimate:

@@ -93,9 +93,9 @@ class CheckpointConfig:
     """Start from these weights (a weights/ path from a previous run, e.g. the SFT warm start)."""
 
 
-def lr_field() -> Any:
+def lr_field(default: float | None = None) -> Any:
     """`--lr`, also spelled `--learning_rate`; None means the script's default for the model."""
-    return field(default=None, alias=["--learning_rate"])
+    return field(default=default, alias=["--learning_rate"])
 
 
 def parse_config(config_class: type[C], argv: Sequence[str] | None = None) -> C:
@@ -266,11 +266,12 @@ def resolve_backend(backend: str, environ: Mapping[str, str]) -> str:
     return backend
 
 
-def resolved(cfg: C, environ: Mapping[str, str], lr: float, tiny_lr: float) -> C:
+def resolved(cfg: C, environ: Mapping[str, str], lr: float | None = None,
+             tiny_lr: float | None = None) -> C:
     """A copy of `cfg` with backend, model and lr made explicit (what the run really used).
 
-    `tiny_lr` is the default for the built-in tiny models: a 0.85M-parameter model can need
-    other steps than the seed's Qwen (SFT: bigger ones).
+    `lr` / `tiny_lr`: the default when --lr is not given (None in the config), on Tinker models
+    and on the built-in tiny models (a 0.85M-parameter model can need bigger steps).
     """
     backend = resolve_backend(cfg.backend, environ)
     recorded = warm_start_model(cfg)  # checked first: a clashing --model fails here

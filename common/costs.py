@@ -161,8 +161,9 @@ class CostMeter:
     """Counts a run's tokens step by step and prices them. One per run.
 
         meter = CostMeter(cfg.model, cfg.backend)
-        metrics.update(meter.step(prompt=..., sampled=..., trained=...))   # every step
-        print(meter.summary_line())                                         # at the end
+        meter.add(prompt=..., sampled=...)   # by the code that spends, as it spends
+        metrics.update(meter.step())         # every step: the tokens added since the last one
+        print(meter.summary_line())          # at the end
     """
 
     def __init__(self, model: str, backend: str, prices: Mapping[str, Prices] | None = None,
@@ -172,18 +173,25 @@ class CostMeter:
         self.price = price_for(model, backend, prices)
         self._echo = echo
         self._tokens = dict.fromkeys(KINDS, 0)
+        self._pending = dict.fromkeys(KINDS, 0)
         self._usd = 0.0
         self._warned = False
 
-    def step(self, prompt: int = 0, sampled: int = 0, trained: int = 0) -> dict[str, float]:
-        """Add one step's tokens. Returns that step's `tokens/*`, `tokens/cumulative/*` and,
-        when the price is known, `cost/step_usd` and `cost/cumulative_usd`."""
-        counts = {"prompt": prompt, "sampled": sampled, "trained": trained}
-        for kind, n in counts.items():
+    def add(self, prompt: int = 0, sampled: int = 0, trained: int = 0) -> None:
+        """Count tokens spent in the current step (reported by the next `step()`)."""
+        for kind, n in {"prompt": prompt, "sampled": sampled, "trained": trained}.items():
             if n < 0:
                 raise ValueError(f"{kind} tokens must be >= 0, got {n}")
-            counts[kind] = int(n)  # numpy integers in, plain ints out (JSON, W&B)
-            self._tokens[kind] += counts[kind]
+            self._pending[kind] += int(n)  # numpy integers in, plain ints out (JSON, W&B)
+
+    def step(self, prompt: int = 0, sampled: int = 0, trained: int = 0) -> dict[str, float]:
+        """End a step: its tokens (those `add`ed plus these). Returns that step's `tokens/*`,
+        `tokens/cumulative/*` and, when the price is known, `cost/step_usd` and
+        `cost/cumulative_usd`."""
+        self.add(prompt, sampled, trained)
+        counts, self._pending = self._pending, dict.fromkeys(KINDS, 0)
+        for kind, n in counts.items():
+            self._tokens[kind] += n
         metrics: dict[str, float] = {f"tokens/{kind}": n for kind, n in counts.items()}
         metrics.update({f"tokens/cumulative/{kind}": n for kind, n in self._tokens.items()})
         if self.price is None:

@@ -1,16 +1,33 @@
-"""What every script does around its loop: name the run, open its tracker, end it cleanly."""
+"""What every script does around its loop: name the run, open its tracker, end it cleanly.
+
+A training script's setup is one call:
+
+    with start_run(cfg, "train_rl", job_type="rl") as run:
+        for step in run.steps(total_steps):    # progress bar; ends early, saved, on Ctrl-C
+            ...                                # the algorithm, on run.training_client
+            run.log(metrics, step)             # + the step's tokens and cost (run.meter)
+            run.save_if_due(step)              # after the record: a crash redoes the step
+        run.finish(metrics, headline_keys)
+"""
 
 from __future__ import annotations
 
 import math
 import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from tqdm import tqdm
+
 from common import rundir
-from common.checkpoints import checkpoint_name, last_state, save_checkpoint
+from common.backend import connect
+from common.checkpoints import checkpoint_name, last_state, save_checkpoint, start_training_client
 from common.config import ConfigError, as_dict
+from common.costs import CostMeter, last_logged_metrics
 from common.secrets import redact, redact_name
 from common.tracking import (
     CONFIG,
@@ -165,3 +182,87 @@ def end_of_run(tracker: Tracker, meter: Any, metrics: dict[str, float], keys: li
     # The warning goes on the last line itself: it is the line a user reads.
     tail = f"; WARNING: {warning}" if warning else ""
     print(f"done: {values}; final checkpoint {final}{named}; run files in {tracker.run_dir}{tail}")
+
+
+@dataclass
+class Run:
+    """A training run in progress: its client, tracker, cost meter and where it starts."""
+
+    cfg: Any
+    tracker: Tracker
+    training_client: Any
+    tokenizer: Any
+    meter: CostMeter
+    stop: GracefulStop
+    done_steps: int  # steps a continued run already has (0 for a new run)
+    last_metrics: dict[str, Any]  # the last logged row of a continued run ({} for a new run)
+    before_save: list[Callable[[int], None]] = field(default_factory=list)
+    """Called with the step before its training state is saved (state a resume also needs)."""
+    total_steps: int = 0
+    stopped_early: bool = False  # a signal ended the loop before the last step
+    _bar: Any = None
+
+    def steps(self, total_steps: int, desc: str) -> Iterator[int]:
+        """Steps done_steps+1 .. total_steps under a progress bar. After a step in which a
+        signal arrived, saves a checkpoint and ends the loop (the run then exits with the
+        signal's code once its files are closed)."""
+        self.total_steps = total_steps
+        self._bar = tqdm(range(self.done_steps + 1, total_steps + 1), initial=self.done_steps,
+                         total=total_steps, desc=desc, dynamic_ncols=True)
+        for step in self._bar:
+            yield step
+            if self.stop.requested and step < total_steps:
+                self._save_hooks(step)
+                stop_here(self.training_client, self.tracker, step, self.stop)
+                self.stopped_early = True
+                return
+
+    def show(self, **values: str) -> None:
+        """Headline numbers beside the progress bar."""
+        self._bar.set_postfix(**values)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """The step's record, with its tokens and cost from the meter (and tokens per second
+        when the step is timed)."""
+        metrics.update(self.meter.step())
+        if metrics.get("time/step"):
+            metrics["throughput/tokens_per_s"] = (
+                metrics["tokens/sampled"] + metrics["tokens/trained"]) / metrics["time/step"]
+        self.tracker.log(metrics, step)
+
+    def save_if_due(self, step: int) -> None:
+        if due(step, self.cfg.save_every, self.total_steps):
+            self._save_hooks(step)
+        save_if_due(self.training_client, self.tracker, step, self.cfg.save_every,
+                    self.total_steps)
+
+    def finish(self, metrics: dict[str, float], keys: list[str], warning: str | None = None
+               ) -> None:
+        end_of_run(self.tracker, self.meter, metrics, keys, warning)
+
+    def _save_hooks(self, step: int) -> None:
+        for hook in self.before_save:
+            hook(step)
+
+
+@contextmanager
+def start_run(cfg: Any, script: str, job_type: str, may_change: tuple[str, ...] = ()
+              ) -> Iterator[Run]:
+    """Meter, backend, tracker, signal handling and the training client, in the order that
+    matters: a bad price file fails before anything is spent; the run directory is locked and
+    checked before the client loads its saved state; a continued run drops the records after
+    its checkpoint before the meter reads its totals back. Raises SystemExit with the signal's
+    exit code after the files are closed if a signal stopped the run."""
+    meter = CostMeter(cfg.model, cfg.backend)
+    service = connect(cfg.backend, cfg.base_url)
+    tracker = open_tracker(cfg, script, job_type=job_type, may_change=may_change)
+    with tracker, GracefulStop() as stop:
+        training_client, done_steps = start_training_client(service, cfg, tracker.run_dir)
+        tracker.truncate_after(done_steps)  # a continued run redoes what came after its state
+        last_metrics = last_logged_metrics(tracker.run_dir)
+        meter.restore(last_metrics)
+        run = Run(cfg, tracker, training_client, training_client.get_tokenizer(), meter, stop,
+                  done_steps, last_metrics)
+        yield run
+    if run.stopped_early:
+        raise SystemExit(stop.exit_code)  # stopped by a signal, cleanly: the checkpoint is saved

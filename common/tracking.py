@@ -699,3 +699,6 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+write_atomic = _write_atomic  # for run files written outside the tracker (train_rl's rollouts)

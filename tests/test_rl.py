@@ -152,7 +152,7 @@ def test_bad_rl_flags(tmp_path, overrides, message):
 def test_rl_dry_run_bounds_without_backend(tmp_path, monkeypatch, capsys):
     def no_backend(*args, **kwargs):
         raise AssertionError("--dry_run must not connect to a backend")
-    monkeypatch.setattr(train_rl, "connect", no_backend)
+    monkeypatch.setattr("common.runs.connect", no_backend)
     assert train_rl.main(rl_config(tmp_path, dry_run=True, max_steps=5)) == {}
     out = capsys.readouterr().out
     # 2 problems x 4 samples x 24 tokens per step is the sampling bound.

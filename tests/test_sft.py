@@ -155,7 +155,7 @@ def test_token_counts_and_costs_match_hand_counted_datums(tmp_path):
 def test_dry_run_makes_no_backend_call(tmp_path, monkeypatch, capsys):
     def no_backend(*args, **kwargs):
         raise AssertionError("--dry_run must not connect to a backend")
-    monkeypatch.setattr(train_sft, "connect", no_backend)
+    monkeypatch.setattr("common.runs.connect", no_backend)
     monkeypatch.setenv("TINKER_API_KEY", "tml-dry-run-key-000")  # Tinker prices, no Tinker call
     assert train_sft.main(train_sft.Config(dry_run=True, log_dir=tmp_path / "dry")) == {}
     out = capsys.readouterr().out
