@@ -45,10 +45,10 @@ class Outcome:
 def train_and_score(k: int, steps: int, eval_problems: int, seed: int, run_dir: Path
                     ) -> Outcome:
     """One train_rl run at --max_steps_off_policy k; its final held-out accuracy as counts."""
-    extra = {"max_steps_off_policy": k} if k else {}  # K=0 also runs before K lands in main
     cfg = train_rl.Config(backend="local", model=LOCAL_DEFAULT_MODEL, log_dir=run_dir,
                           wandb_mode="disabled", max_steps=steps, seed=seed,
-                          eval_problems=eval_problems, sample_every=0, save_every=0, **extra)
+                          max_steps_off_policy=k, eval_problems=eval_problems, sample_every=0,
+                          save_every=0)
     started = time.perf_counter()
     train_rl.main(cfg)
     wall = time.perf_counter() - started

@@ -76,12 +76,11 @@ class KResult:
 def rl_config(shape: Shape, k: int, steps: int, log_dir: Path) -> train_rl.Config:
     # The concise bonus from step 1 makes rewards vary by length within a group, so groups
     # rarely tie and steps train; W&B is off so the numbers are the loop's, not tracking's.
-    extra = {"max_steps_off_policy": k} if k else {}  # K=0 also runs before K lands in main
     return train_rl.Config(
         backend="local", model=shape.model, log_dir=log_dir, wandb_mode="disabled",
         batch_size=shape.batch_size, group_size=shape.group_size, max_tokens=shape.max_tokens,
         pair_counts=shape.pair_counts, max_steps=steps, concise_bonus_after=0,
-        eval_problems=0, sample_every=0, save_every=0, **extra)
+        eval_problems=0, sample_every=0, save_every=0, max_steps_off_policy=k)
 
 
 def timed_steps(steps: int, k: int) -> list[int]:
@@ -98,7 +97,7 @@ def run_rl(shape: Shape, k: int, steps: int, latency: float, root: Path) -> KRes
     history = {row["step"]: row for row in
                map(json.loads, (log_dir / "metrics.jsonl").read_text().splitlines())}
     timed = timed_steps(steps, k)
-    untrained = [s for s in timed if history[s]["tokens/trained"] <= 0]
+    untrained = [s for s in timed if history[s].get("tokens/trained", 0) <= 0]
     if untrained:
         sys.exit(f"K={k}: steps {untrained} trained no tokens (every group tied), so they "
                  "cannot be compared with a critical path that trains; try easier "

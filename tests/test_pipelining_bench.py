@@ -33,7 +33,7 @@ def table_rows(stdout: str) -> dict[int, list[str]]:
 @pytest.mark.e2e
 def test_every_k_row_and_every_timed_step_trained():
     proc = run_bench("--ks", "0", "1", "2", "--steps", "4", "--latency", "0.5",
-                     "--max_tokens", "32", "--no_seed_loop")
+                     "--max_tokens", "48", "--no_seed_loop")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "every timed step trained tokens" in proc.stdout
     rows = table_rows(proc.stdout)
