@@ -8,13 +8,14 @@ do not tie, so every timed step trains) samples and trains the step's batch. Eve
 must have trained tokens (`tokens/trained > 0`), or the bench fails: a step that skipped the
 training round trip would be compared with a critical path that includes it.
 
-Measured in one process, on one server per latency:
+Measured in one process, each on a server of its own:
 
 - service alone: the median wall time of one step's sampling calls (all submitted, then all
   awaited), and of its training calls (forward_backward + optim_step + the next sampler,
   submitted together), each with nothing else running; at the latency and with none (compute);
 - K=0, 1, 2: `train_rl.main` at --max_steps_off_policy K, the median `time/step` of its steady
   steps (step 1 fills the pipeline; the last max(K, 1) steps drain it and save);
+- engine s: the server's busy (compute) seconds per step over the whole run of that K;
 - critical path per step: K=0 must sample, then train: sampling + training. K>=1 may overlap
   them: max(sampling, training), but never under sampling compute + training compute, because
   the local engine runs one call at a time (Tinker's samplers and trainers are separate machines);
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -68,19 +68,22 @@ class KResult:
     step_s: float
     sample_s: float
     train_s: float
+    engine_busy_s: float  # the server's compute per step, averaged over the whole run
     staleness: float
     min_trained_tokens: int
     timed_steps: list[int]
 
 
-def rl_config(shape: Shape, k: int, steps: int, log_dir: Path) -> train_rl.Config:
+def rl_config(shape: Shape, k: int, steps: int, log_dir: Path, base_url: str
+              ) -> train_rl.Config:
     # The concise bonus from step 1 makes rewards vary by length within a group, so groups
     # rarely tie and steps train; W&B is off so the numbers are the loop's, not tracking's.
     return train_rl.Config(
-        backend="local", model=shape.model, log_dir=log_dir, wandb_mode="disabled",
-        batch_size=shape.batch_size, group_size=shape.group_size, max_tokens=shape.max_tokens,
-        pair_counts=shape.pair_counts, max_steps=steps, concise_bonus_after=0,
-        eval_problems=0, sample_every=0, save_every=0, max_steps_off_policy=k)
+        backend="local", base_url=base_url, model=shape.model, log_dir=log_dir,
+        wandb_mode="disabled", batch_size=shape.batch_size, group_size=shape.group_size,
+        max_tokens=shape.max_tokens, pair_counts=shape.pair_counts, max_steps=steps,
+        concise_bonus_after=0, eval_problems=0, sample_every=0, save_every=0,
+        max_steps_off_policy=k)
 
 
 def timed_steps(steps: int, k: int) -> list[int]:
@@ -90,10 +93,12 @@ def timed_steps(steps: int, k: int) -> list[int]:
 
 
 def run_rl(shape: Shape, k: int, steps: int, latency: float, root: Path) -> KResult:
-    """train_rl.main at --max_steps_off_policy k on a server with `latency` per call."""
-    os.environ["LOCAL_TINKER_LATENCY_S"] = str(latency)
+    """train_rl.main at --max_steps_off_policy k, on its own server with `latency` per call
+    (its own, so that the engine's busy time is this run's alone)."""
     log_dir = root / f"k{k}-latency{latency}"
-    train_rl.main(rl_config(shape, k, steps, log_dir))
+    with local_tinker.embedded(root / "server", latency_s=latency) as (url, server):
+        train_rl.main(rl_config(shape, k, steps, log_dir, url))
+        busy_s = server.scheduler.busy_s
     history = {row["step"]: row for row in
                map(json.loads, (log_dir / "metrics.jsonl").read_text().splitlines())}
     timed = timed_steps(steps, k)
@@ -107,8 +112,8 @@ def run_rl(shape: Shape, k: int, steps: int, latency: float, root: Path) -> KRes
         return statistics.median(history[s].get(key, 0.0) for s in timed)
 
     return KResult(k, median("time/step"), median("time/sample"), median("time/train"),
-                   median("rl/staleness"), min(int(history[s]["tokens/trained"]) for s in timed),
-                   timed)
+                   busy_s / steps, median("rl/staleness"),
+                   min(int(history[s]["tokens/trained"]) for s in timed), timed)
 
 
 def service_times(shape: Shape, latency: float, root: Path) -> tuple[float, float]:
@@ -189,14 +194,15 @@ def critical_path(k: int, sample_s: float, train_s: float, compute_s: float) -> 
 
 
 def print_table(results: list[KResult], critical: dict[int, float]) -> None:
-    print(f"{'K':>2} {'step s':>7} {'sample s':>8} {'train s':>7} {'staleness':>9} "
-          f"{'min trained tok':>15} {'critical s':>10} {'step/critical':>13} {'vs K=0':>7}")
+    print(f"{'K':>2} {'step s':>7} {'sample s':>8} {'train s':>7} {'engine s':>8} "
+          f"{'staleness':>9} {'min trained tok':>15} {'critical s':>10} {'step/critical':>13} "
+          f"{'vs K=0':>7}")
     base = next((r.step_s for r in results if r.k == 0), None)
     for r in results:
         speedup = f"{base / r.step_s:>6.2f}x" if base else f"{'-':>7}"
         print(f"{r.k:>2} {r.step_s:>7.2f} {r.sample_s:>8.2f} {r.train_s:>7.2f} "
-              f"{r.staleness:>9.1f} {r.min_trained_tokens:>15,} {critical[r.k]:>10.2f} "
-              f"{r.step_s / critical[r.k]:>12.2f}x {speedup}")
+              f"{r.engine_busy_s:>8.2f} {r.staleness:>9.1f} {r.min_trained_tokens:>15,} "
+              f"{critical[r.k]:>10.2f} {r.step_s / critical[r.k]:>12.2f}x {speedup}")
 
 
 def print_headline(results: list[KResult], critical: dict[int, float]) -> None:
@@ -215,7 +221,7 @@ def print_headline(results: list[KResult], critical: dict[int, float]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--latency", type=float, default=3.0, help="seconds per call")
+    parser.add_argument("--latency", type=float, default=4.0, help="seconds per call")
     parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 2],
                         help="--max_steps_off_policy values to compare")
     parser.add_argument("--steps", type=int, default=7, help="train_rl steps per K")
@@ -237,7 +243,6 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
     shape = Shape(args.model, args.batch_size, args.group_size, args.max_tokens, args.pair_counts)
     root = Path(tempfile.mkdtemp(prefix="bench-pipelining-"))
-    os.environ["LOCAL_TINKER_ROOT"] = str(root / "server")
     compute = service_times(shape, 0.0, root)
     sample_s, train_s = service_times(shape, args.latency, root)
     print(f"{shape.model}, batch {shape.batch_size} x group {shape.group_size}, up to "

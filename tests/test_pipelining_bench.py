@@ -39,8 +39,8 @@ def test_every_k_row_and_every_timed_step_trained():
     rows = table_rows(proc.stdout)
     assert sorted(rows) == [0, 1, 2], proc.stdout
     for k, columns in rows.items():
-        step_s, critical_s = float(columns[1]), float(columns[6])
-        min_trained_tokens = int(columns[5].replace(",", ""))
+        step_s, critical_s = float(columns[1]), float(columns[7])
+        min_trained_tokens = int(columns[6].replace(",", ""))
         assert step_s > 0 and critical_s > 0, (k, columns)
         assert min_trained_tokens > 0, (k, columns)
     assert "headline: K=0" in proc.stdout and "the throughput of K=0" in proc.stdout
