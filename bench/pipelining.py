@@ -22,7 +22,7 @@ Measured in one process, each on a server of its own:
 - seed: the seed notebook's loop on the same backend (each problem's samples awaited in turn,
   then forward_backward and optim_step), one step.
 
-    python bench/pipelining.py                   # about four minutes on 2 busy cores
+    python bench/pipelining.py                   # about five minutes on 2 busy cores
     python bench/pipelining.py --latency 2 --ks 0 1 --steps 5 --no_seed_loop
 """
 
@@ -227,7 +227,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=7, help="train_rl steps per K")
     parser.add_argument("--model", default=LOCAL_DEFAULT_MODEL,
                         help="a model whose groups tie (tiny-chat) makes the bench fail")
-    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--batch_size", type=int, default=2,
+                        help="prompts per step: the local engine's sampling time grows with "
+                             "prompts far more than with samples per prompt (measured)")
     parser.add_argument("--group_size", type=int, default=4)
     parser.add_argument("--max_tokens", type=int, default=48)
     parser.add_argument("--pair_counts", default="1", help="easy problems: groups rarely tie")
