@@ -246,7 +246,7 @@ def main() -> None:
     shape = Shape(args.model, args.batch_size, args.group_size, args.max_tokens, args.pair_counts)
     root = Path(tempfile.mkdtemp(prefix="bench-pipelining-"))
     compute = service_times(shape, 0.0, root)
-    sample_s, train_s = service_times(shape, args.latency, root)
+    sample_s, train_s = service_times(shape, args.latency, root) if args.latency else compute
     print(f"{shape.model}, batch {shape.batch_size} x group {shape.group_size}, up to "
           f"{shape.max_tokens} tokens, problems of {shape.pair_counts} pair(s), "
           f"{args.latency * 1000:.0f} ms per call, {args.torch_threads} torch thread(s)")
