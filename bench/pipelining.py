@@ -49,6 +49,7 @@ from common.config import LOCAL_DEFAULT_MODEL  # noqa: E402
 from common.datums import chat_tokens, rollout_datum  # noqa: E402
 
 PROBE_REPEATS = 3
+LORA_RANK = train_rl.Config.lora_rank  # the adapter train_rl trains, for the direct SDK loops
 
 
 @dataclass
@@ -120,7 +121,7 @@ def service_times(shape: Shape, latency: float, root: Path) -> tuple[float, floa
     """Median wall seconds of one step's sampling calls and of its training calls, each alone."""
     task = train_rl.make_task(train_rl.Config(pair_counts=shape.pair_counts))
     with local_tinker.local_service(root / "probe", latency_s=latency) as (service, _):
-        trainer = service.create_lora_training_client(shape.model, rank=8,
+        trainer = service.create_lora_training_client(shape.model, rank=LORA_RANK,
                                                       seed=0).result()
         tokenizer = trainer.get_tokenizer()
         sampler = trainer.save_weights_and_get_sampling_client().result()
@@ -137,8 +138,7 @@ def service_times(shape: Shape, latency: float, root: Path) -> tuple[float, floa
                        for i, prompt in enumerate(prompts)]
             groups = [f.result().sequences for f in futures]
             sampled = time.perf_counter()
-            rewards = [[task.reward(p, tokenizer.decode(s.tokens, skip_special_tokens=True),
-                                    True)["total"] for s in group]
+            rewards = [group_rewards(task, tokenizer, p, group)
                        for p, group in zip(problems, groups, strict=True)]
             fwd_bwd = trainer.forward_backward(kept_datums(prompts, groups, rewards),
                                                "importance_sampling")
@@ -150,6 +150,12 @@ def service_times(shape: Shape, latency: float, root: Path) -> tuple[float, floa
                 sample_s.append(sampled - started)
                 train_s.append(time.perf_counter() - sampled)
     return statistics.median(sample_s), statistics.median(train_s)
+
+
+def group_rewards(task, tokenizer, problem, sequences) -> list[float]:
+    """train_rl's reward (concise bonus on, as in the timed runs) of each sampled sequence."""
+    return [task.reward(problem, tokenizer.decode(s.tokens, skip_special_tokens=True),
+                        True)["total"] for s in sequences]
 
 
 def kept_datums(prompts, groups, rewards) -> list[types.Datum]:
@@ -165,7 +171,7 @@ def seed_step(shape: Shape, latency: float, root: Path) -> float:
     """The seed notebook's step: each problem's samples awaited in turn, then training."""
     task = train_rl.make_task(train_rl.Config(pair_counts=shape.pair_counts))
     with local_tinker.local_service(root / "seed", latency_s=latency) as (service, _):
-        trainer = service.create_lora_training_client(shape.model, rank=8,
+        trainer = service.create_lora_training_client(shape.model, rank=LORA_RANK,
                                                       seed=0).result()
         tokenizer = trainer.get_tokenizer()
         started = time.perf_counter()
@@ -179,8 +185,7 @@ def seed_step(shape: Shape, latency: float, root: Path) -> float:
                                                         temperature=0.8, seed=i)).result()
             prompts.append(prompt)
             groups.append(group.sequences)
-            rewards.append([task.reward(problem, tokenizer.decode(s.tokens), True)["total"]
-                            for s in group.sequences])
+            rewards.append(group_rewards(task, tokenizer, problem, group.sequences))
         fwd_bwd = trainer.forward_backward(kept_datums(prompts, groups, rewards),
                                            "importance_sampling")
         optim = trainer.optim_step(types.AdamParams(learning_rate=2e-4))
