@@ -1,15 +1,15 @@
-"""Score checkpoints (and the base model) on fixed held-out data, or compare finished runs.
+"""Score checkpoints (and the base model) on fixed held-out data.
 
 For each model (the base model, then every --checkpoint) one answer per held-out problem is
-sampled and scored with the training reward; every request is submitted before any is awaited.
+sampled and scored with the training reward (the task's, as train_rl.py computes it); requests
+go out a chunk ahead of the answers being read, so the progress bar moves as answers arrive.
 Accuracy comes with a Wilson 95% interval, overall and per pair count. With --task chat the
 score is the held-out NLL per reference token (teacher-forced through the sampling client's
 compute_logprobs, no training client needed) and the exact-match rate of a sampled answer.
 Results go to the console, eval.json, eval.md, accuracy.png and a W&B run (job_type "eval")
 in the training run's group, which declares each checkpoint it scores as an input (the training
 run's `model` artifact), so W&B's lineage graph reads training run -> checkpoint -> evaluation.
---compare reads finished runs' metrics.jsonl and config.yaml instead: final and best values, the
-config keys that differ, and overlaid curves.
+Comparing finished runs' curves and configs is `python -m common.compare` (common/compare.py).
 
 Deviations from the seed's "Testing" section: a fixed held-out set (data/arithmetic_heldout.jsonl,
 100 problems per pair count, from a random stream of its own; one-pair problems can still equal a
@@ -19,9 +19,9 @@ has its own sampling seed so a rerun repeats; the base model is the real base mo
 samples an untrained LoRA, which is the same thing at init); checkpoints are loaded from their
 saved sampler weights, so evaluation runs any time after training, not inside the notebook.
 
-    python evaluate.py --checkpoint runs/train_rl-tiny-chat-lr1e-03-bs8-s0-20261125-101500
-    python evaluate.py --compare runs/sft-a runs/sft-b --compare_keys train/loss eval/loss
-    python evaluate.py --checkpoint my-team/tinker-experiments/model-1a2b3c4d:final   # online
+    .venv/bin/python evaluate.py --checkpoint runs/<rl run dir>   # its final checkpoint
+    .venv/bin/python evaluate.py --task chat --dataset foo --checkpoint runs/<sft run dir>
+    .venv/bin/python evaluate.py --checkpoint my-team/tinker-experiments/model-1a2b3c4d:final
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
-
-from tinker import types
 
 from common import rundir
 from common.backend import connect, get_tokenizer, is_refusal, refusal_reason
@@ -56,10 +54,7 @@ from common.config import (
 )
 from common.data import load_chat_data
 from common.evaluation import (
-    config_differences,
-    final_and_best,
     markdown_table,
-    run_curves,
     score_arithmetic,
     score_chat,
     spread,
@@ -67,8 +62,9 @@ from common.evaluation import (
     summarize_chat,
 )
 from common.runs import RUNS_DIR
+from common.sdk import types
 from common.secrets import redact, redact_name
-from common.tasks import DEFAULT_HELDOUT, load_heldout
+from common.tasks import DEFAULT_HELDOUT, Problem, Task, arithmetic_task
 from common.tracking import (
     CHECKPOINTS,
     RUN_ID,
@@ -82,14 +78,10 @@ from common.tracking import (
     resolve_wandb_mode,
 )
 
-DEFAULT_COMPARE_KEYS = ("train/loss", "eval/loss", "reward/mean", "rl/accuracy", "eval/accuracy")
-# Identify a run rather than configure it; they differ between any two runs.
-NOT_CONFIG = ("log_dir", "run_name")
-
 
 @dataclass
 class Config(ServiceConfig, TrackingConfig):
-    """Held-out scores of checkpoints and their base model, or a comparison of runs."""
+    """Held-out scores of checkpoints and their base model."""
 
     # --- what to score
     checkpoint: list[str] = field(default_factory=list)
@@ -97,11 +89,6 @@ class Config(ServiceConfig, TrackingConfig):
     (entity/project/model-<run id>:final): --checkpoint A B."""
     base_model: bool = True
     """Also score the untrained base model (--nobase_model to skip)."""
-    compare: list[str] = field(default_factory=list)
-    """Compare these run directories' metrics and configs instead of scoring models."""
-    compare_keys: list[str] = field(default_factory=list)
-    """Metric keys for --compare. Default: train/loss, eval/loss, reward/mean, rl/accuracy,
-    eval/accuracy (those that exist)."""
     # --- data
     task: Literal["arithmetic", "chat"] = "arithmetic"
     """arithmetic: held-out problems, scored by reward; chat: NLL and exact match on --dataset."""
@@ -118,8 +105,12 @@ class Config(ServiceConfig, TrackingConfig):
     """Sampling temperature (the seed's 0.3)."""
     max_tokens: int = 256
     """Longest sampled answer (the seed's 256)."""
+    # --- reward (arithmetic)
     concise_bonus: bool = False
-    """Include the concise bonus in eval/reward, as train_rl --concise_bonus does."""
+    """Include the concise bonus in eval/reward, as train_rl does after --concise_bonus_after."""
+    concise_needs_answer: bool = True
+    """Pay the concise bonus only with an answer tag, as train_rl --concise_needs_answer does
+    (its default); --noconcise_needs_answer is the seed's reward."""
 
 
 @dataclass(frozen=True)
@@ -145,8 +136,6 @@ class Target:
 
 
 def validate(cfg: Config) -> None:
-    require(not (cfg.compare and cfg.checkpoint), "compare",
-            "compares finished runs from their files and scores no model; drop --checkpoint")
     require(bool(cfg.checkpoint) or cfg.base_model, "base_model",
             "nothing to score: pass --checkpoint, or keep --base_model")
     require(cfg.num_problems is None or cfg.num_problems >= 1, "num_problems",
@@ -158,13 +147,12 @@ def validate(cfg: Config) -> None:
 
 
 def main(cfg: Config) -> dict[str, Any]:
-    if cfg.compare:
-        return compare_runs(cfg)
     cfg = dataclasses.replace(cfg, backend=resolve_backend(cfg.backend, os.environ))
     validate(cfg)
     targets = eval_targets(cfg)  # run directories resolved: a bad one fails before any work
     cfg = dataclasses.replace(cfg, model=cfg.model or targets[-1].base_model)
-    items = load_items(cfg)
+    task = arithmetic_task(heldout_path=cfg.heldout, concise_needs_answer=cfg.concise_needs_answer)
+    items = load_items(cfg, task)
     service = connect(cfg.backend, cfg.base_url)
     # Every client is created (and every checkpoint path checked) before the first sample.
     futures = [service.create_sampling_client(model_path=t.path) if t.path
@@ -172,12 +160,12 @@ def main(cfg: Config) -> dict[str, Any]:
     clients = [sampling_client(f, t) for f, t in zip(futures, targets, strict=True)]
     params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature,
                                   seed=cfg.seed)
-    with open_tracker(cfg, targets) as tracker:
+    with open_eval_tracker(cfg, targets) as tracker:
         declare_inputs(tracker, targets)
         results = []
         for target, client in zip(targets, clients, strict=True):
             print(f"scoring {target.label} on {len(items)} {cfg.task} items")
-            rows, summary = score(cfg, client, items, params)
+            rows, summary = score(cfg, client, task, items, params)
             results.append({"target": target, "rows": rows, "summary": summary})
         report = write_report(cfg, results, tracker)
     return report
@@ -280,16 +268,16 @@ def declare_inputs(tracker: Tracker, targets: list[Target]) -> None:
             tracker.use_checkpoint(name, target.path, target.artifact_metadata, alias)
 
 
-def load_items(cfg: Config) -> list[Any]:
+def load_items(cfg: Config, task: Task[Problem]) -> list[Any]:
     """Held-out problems or chat conversations, `num_problems` of them spread over the file."""
     if cfg.task == "arithmetic":
-        items: list[Any] = load_heldout(cfg.heldout)
+        items: list[Any] = task.load_heldout()
     else:
         items = load_chat_data(cfg.dataset, cfg.dataset_split, seed=cfg.seed).conversations
     return spread(items, cfg.num_problems or len(items))
 
 
-def open_tracker(cfg: Config, targets: list[Target]) -> Tracker:
+def open_eval_tracker(cfg: Config, targets: list[Target]) -> Tracker:
     """The eval run, in the group (and project) of the (first) training run it scores."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = redact(cfg.run_name or re.sub(r"[^A-Za-z0-9._+-]+", "-",
@@ -310,11 +298,11 @@ def open_tracker(cfg: Config, targets: list[Target]) -> Tracker:
                    incremental_tables=cfg.wandb_incremental_tables)
 
 
-def score(cfg: Config, client: Any, items: list[Any], params: types.SamplingParams
-          ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def score(cfg: Config, client: Any, task: Task[Problem], items: list[Any],
+          params: types.SamplingParams) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     tokenizer = get_tokenizer(client, cfg.model)
     if cfg.task == "arithmetic":
-        rows = score_arithmetic(client, tokenizer, items, params, cfg.concise_bonus,
+        rows = score_arithmetic(client, tokenizer, items, params, task, cfg.concise_bonus,
                                 progress=True)
         return rows, summarize(rows)
     rows = score_chat(client, tokenizer, items, params, progress=True)
@@ -337,7 +325,7 @@ def write_report(cfg: Config, results: list[dict[str, Any]], tracker: Tracker) -
     text = results_markdown(cfg.task, models)
     (run_dir / "eval.md").write_text(f"# Evaluation ({cfg.task}, {report['data']})\n\n{text}\n")
     print(text)
-    plot_accuracy(cfg.task, models, run_dir / "accuracy.png")
+    plot_accuracy(cfg.task, models, plot_title(cfg, models), run_dir / "accuracy.png")
     print(f"wrote eval.json, eval.md and accuracy.png to {run_dir}")
 
     metrics = wandb_metrics(models)
@@ -394,8 +382,19 @@ def results_markdown(task: str, models: list[dict[str, Any]]) -> str:
     return f"{main}\n\nAccuracy by pair count:\n\n{by_pairs}"
 
 
-def plot_accuracy(task: str, models: list[dict[str, Any]], path: Path) -> None:
-    """Grouped bars: one group per pair count (and "all"), one bar per model, Wilson error bars."""
+def plot_title(cfg: Config, models: list[dict[str, Any]]) -> str:
+    """What was scored, on what, and how it was sampled: the plot must stand on its own."""
+    data = Path(cfg.heldout).name if cfg.task == "arithmetic" else cfg.dataset
+    what = "problems" if cfg.task == "arithmetic" else "conversations"
+    scored = ", ".join(m["label"] for m in models if m["path"]) or "base model only"
+    return (f"{cfg.task}: {models[0]['n']} held-out {what} ({data})\n"
+            f"sampled at temperature {cfg.temperature:g}, max_tokens {cfg.max_tokens}, "
+            f"seed {cfg.seed}\ncheckpoint: {scored}")
+
+
+def plot_accuracy(task: str, models: list[dict[str, Any]], title: str, path: Path) -> Any:
+    """Grouped bars: one group per pair count (and "all"), one bar per model, Wilson error bars;
+    saved to `path`. Returns the matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on a training box
@@ -408,8 +407,9 @@ def plot_accuracy(task: str, models: list[dict[str, Any]], path: Path) -> None:
         groups[f"{k} pair{'s' if k > 1 else ''}"] = [
             (b["accuracy"], b["low"], b["high"]) if (b := m["by_pair_count"].get(k))
             else (math.nan, math.nan, math.nan) for m in models]
-    fig, ax = plt.subplots(figsize=(2 + 0.6 * len(groups) * max(2, len(models)),
-                                    4.5 + 0.25 * ((len(models) - 1) // 3)))
+    # At least 6.5 inches wide: the three-line title must fit above a single model's bars.
+    fig, ax = plt.subplots(figsize=(max(6.5, 2 + 0.6 * len(groups) * max(2, len(models))),
+                                    5 + 0.25 * ((len(models) - 1) // 3)))
     width = 0.8 / len(models)
     for i, model in enumerate(models):
         values = [groups[g][i] for g in groups]
@@ -418,92 +418,17 @@ def plot_accuracy(task: str, models: list[dict[str, Any]], path: Path) -> None:
         ax.bar(xs, [v for v, _, _ in values], width, yerr=errors, capsize=3,
                label=model["label"])
     ax.set_xticks(range(len(groups)), list(groups))
+    ax.set_xlabel("pair count" if len(groups) > 1 else "")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"{name.replace('_', ' ')} (95% Wilson CI)")
+    ax.set_title(title, fontsize="medium")
     # Below the axes: above them it would cover bars near 1.0.
-    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.08),
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14),
               ncol=min(len(models), 3))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------
-# --compare: finished runs side by side, from their files.
-
-
-def compare_runs(cfg: Config) -> dict[str, Any]:
-    """Final and best values, differing config keys and overlaid curves of finished runs."""
-    validate(cfg)
-    dirs = [Path(d) for d in cfg.compare]
-    names = [d.resolve().name for d in dirs]
-    labels = [str(d) if names.count(n) > 1 else n for d, n in zip(dirs, names, strict=True)]
-    curves = {label: run_curves(d) for label, d in zip(labels, dirs, strict=True)}
-    configs = {label: read_run_config(d) for label, d in zip(labels, dirs, strict=True)}
-    keys = cfg.compare_keys or [k for k in DEFAULT_COMPARE_KEYS
-                                if any(k in c for c in curves.values())]
-    missing = [k for k in cfg.compare_keys if not any(k in c for c in curves.values())]
-    logged = sorted({k for c in curves.values() for k in c})
-    require(not missing, "compare_keys", f"{missing} logged by none of the runs; they have "
-            f"{logged}")
-    require(bool(keys), "compare_keys", f"none of {list(DEFAULT_COMPARE_KEYS)} is in the runs' "
-            "metrics.jsonl; name the keys to compare")
-    values = {label: {k: dict(zip(("final", "best"), final_and_best(c.get(k, []), k),
-                                  strict=True)) for k in keys} for label, c in curves.items()}
-    differences = config_differences(configs, ignore=NOT_CONFIG)
-
-    metrics_table = markdown_table(
-        ["run", *(f"{k} final / best" for k in keys)],
-        [[label, *(_final_best(v[k]) for k in keys)] for label, v in values.items()])
-    config_table = (markdown_table(["config", *labels],
-                                   [[k, *(v[label] for label in labels)]
-                                    for k, v in differences.items()])
-                    if differences else "(the configs are identical)")
-    text = (f"{metrics_table}\n\nBest: min for losses, max otherwise.\n\n"
-            f"Config differences:\n\n{config_table}")
-    out_dir = Path(cfg.log_dir) if cfg.log_dir else (
-        RUNS_DIR / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "compare.md").write_text(f"# Comparison\n\n{text}\n")
-    report = {"runs": {label: str(d) for label, d in zip(labels, dirs, strict=True)},
-              "values": values, "config_differences": differences}
-    (out_dir / "compare.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    plot_curves(curves, keys, out_dir / "compare.png")
-    print(text)
-    print(f"wrote compare.md, compare.json and compare.png to {out_dir}")
-    return report
-
-
-def _final_best(value: dict[str, float]) -> str:
-    if math.isnan(value["final"]):
-        return "-"  # the run never logged this key
-    return f"{value['final']:.4g} / {value['best']:.4g}"
-
-
-def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], keys: list[str],
-                path: Path) -> None:
-    """One subplot per metric key, one line per run, x = step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=True):
-        # A fixed color per run: a run missing from one subplot must not shift the others'.
-        for i, (label, run) in enumerate(curves.items()):
-            if points := run.get(key):
-                ax.plot([s for s, _ in points], [v for _, v in points], color=f"C{i % 10}",
-                        label=label, marker="." if len(points) < 30 else None)
-        ax.set_title(key)
-        ax.set_xlabel("step")
-    handles = [plt.Line2D([], [], color=f"C{i % 10}", label=label)
-               for i, label in enumerate(curves)]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4),
-               fontsize="small")
-    fig.tight_layout(rect=(0, 0.08 + 0.04 * ((len(handles) - 1) // 4), 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from tinker import types
 
 from common.advantages import compute_advantages
 from common.cli import run_main
@@ -41,6 +40,7 @@ from common.config import (
     ConfigError,
     ServiceConfig,
     TrackingConfig,
+    TrainingConfig,
     check_common,
     finite,
     lr_field,
@@ -56,15 +56,19 @@ from common.costs import (
     prompt_token_counts,
     tokenizer_for,
 )
-from common.datums import chat_tokens, rollout_datum
+from common.datums import chat_tokens, decode_completion, rollout_datum
 from common.evaluation import score_arithmetic, spread, summarize
 from common.runs import check_update, due, start_run
+from common.sdk import types
+from common.seeding import derive_seed
 from common.tasks import Difficulty, arithmetic_task
 from common.tracking import write_atomic
 
+HEADLINE = ["reward/mean", "rl/accuracy", "eval/accuracy", "completions/mean_words"]
+
 
 @dataclass
-class Config(ServiceConfig, TrackingConfig, CheckpointConfig):
+class Config(ServiceConfig, TrainingConfig, TrackingConfig, CheckpointConfig):
     """RL with verifiable rewards on the arithmetic task (the seed's Test 2); every flag below."""
 
     # --- task
@@ -134,8 +138,11 @@ def make_task(cfg: Config):
         raise ConfigError(f"--pair_counts/--large_share: {exc}") from None
 
 
-def sample_seed(seed: int, step: int, problem: int) -> int:
-    return (seed * 1_000_003 + step * 10_007 + problem) % 2**31
+def note_untaught_model(cfg: Config) -> None:
+    if cfg.model in TINY_MODELS and cfg.model != LOCAL_DEFAULT_MODEL and not cfg.load_checkpoint:
+        # Not an error (tests and plumbing checks run this way), but rewards will stay ~0.
+        print(f"note: {cfg.model} has never seen this task's answer tags; for learning, use the "
+              f"default {LOCAL_DEFAULT_MODEL} or an SFT warm start (--load_checkpoint)")
 
 
 def main(cfg: Config) -> dict[str, float]:
@@ -145,10 +152,7 @@ def main(cfg: Config) -> dict[str, float]:
     if cfg.dry_run:
         print(dry_run(cfg, task).format(f"dry run: train_rl on {cfg.model} ({cfg.backend})"))
         return {}
-    if cfg.model in TINY_MODELS and cfg.model != LOCAL_DEFAULT_MODEL and not cfg.load_checkpoint:
-        # Not an error (tests and plumbing checks run this way), but rewards will stay ~0.
-        print(f"note: {cfg.model} has never seen this task's answer tags; for learning, use the "
-              f"default {LOCAL_DEFAULT_MODEL} or an SFT warm start (--load_checkpoint)")
+    note_untaught_model(cfg)
     with start_run(cfg, "train_rl", job_type="rl", may_change=("eval_problems",)) as run:
         training_client, tokenizer = run.training_client, run.tokenizer
         heldout = spread(task.load_heldout(), cfg.eval_problems)
@@ -168,8 +172,7 @@ def main(cfg: Config) -> dict[str, float]:
             t_sampled = time.perf_counter()
 
             concise = cfg.concise_bonus_after is not None and step > cfg.concise_bonus_after
-            texts = [[tokenizer.decode(s.tokens, skip_special_tokens=True) for s in g]
-                     for g in groups]
+            texts = [[decode_completion(tokenizer, s.tokens) for s in g] for g in groups]
             rewards = [[task.reward(p, text, concise) for text in group_texts]
                        for p, group_texts in zip(batch.problems, texts, strict=True)]
             totals_P_G = np.array([[r["total"] for r in group] for group in rewards])
@@ -204,10 +207,8 @@ def main(cfg: Config) -> dict[str, float]:
             run.log(metrics, step)
             run.save_if_due(step)
             run.show(reward=f"{metrics['reward/mean']:.2f}", acc=f"{metrics['rl/accuracy']:.0%}")
-        run.finish(metrics, ["reward/mean", "rl/accuracy", "eval/accuracy",
-                             "completions/mean_words"],
-                   warning=untrained_warning(
-                       untrained_steps, int(metrics.get("progress/step", run.done_steps))))
+        run.finish(metrics, HEADLINE, warning=untrained_warning(
+            untrained_steps, int(metrics.get("progress/step", run.done_steps))))
     return metrics
 
 
@@ -274,7 +275,7 @@ class Rollouts:
         futures = [sampler.sample(types.ModelInput.from_ints(prompt), cfg.group_size,
                                   types.SamplingParams(max_tokens=cfg.max_tokens,
                                                        temperature=cfg.temperature,
-                                                       seed=sample_seed(cfg.seed, step, i)))
+                                                       seed=derive_seed("rl", cfg.seed, step, i)))
                    for i, prompt in enumerate(prompts)]
         return Batch(step, sampler_step, problems, prompts, futures)
 
@@ -283,7 +284,8 @@ class Rollouts:
             return
         ahead = {str(s): {"sampler_step": b.sampler_step,
                           "groups": [[{"tokens": s.tokens, "logprobs": s.logprobs,
-                                       "stop_reason": s.stop_reason} for s in g]
+                                       "stop_reason": s.stop_reason,
+                                       "sequence_id": s.sequence_id} for s in g]
                                      for g in b.sequences()]}
                  for s, b in sorted(self.batches.items())}
         self.dir.mkdir(exist_ok=True)
@@ -296,10 +298,19 @@ class Rollouts:
                   "sampled again from the checkpoint's weights (the run will not repeat exactly)")
             return {}
         batches = {}
-        for step, saved in json.loads(path.read_text()).items():
-            problems, prompts = self._problems(int(step))
-            groups = [[types.SampledSequence(**seq) for seq in g] for g in saved["groups"]]
-            batches[int(step)] = Batch(int(step), saved["sampler_step"], problems, prompts, groups)
+        for s, saved in json.loads(path.read_text()).items():
+            problems, prompts = self._problems(int(s))
+            groups = [[types.SampledSequence(
+                stop_reason=seq["stop_reason"], sequence_id=seq["sequence_id"],
+                tokens_np=np.asarray(seq["tokens"], np.int32),
+                logprobs_np=np.asarray(seq["logprobs"], np.float32)) for seq in g]
+                for g in saved["groups"]]
+            batches[int(s)] = Batch(int(s), saved["sampler_step"], problems, prompts, groups)
+        ahead = range(step + 1, min(step + self.cfg.max_steps_off_policy, self.cfg.max_steps) + 1)
+        if missing := [s for s in ahead if s not in batches]:
+            print(f"note: steps {missing} were past the run's end when it was saved; they are "
+                  "sampled from the checkpoint's weights (a run extended with --max_steps is "
+                  "not identical to one planned that long)")
         return batches
 
 
@@ -377,7 +388,7 @@ def evaluate_heldout(sampler, tokenizer, task, heldout, cfg: Config, meter: Cost
     """Greedy accuracy of the step's updated weights on held-out problems (the same scoring
     code as evaluate.py); its tokens are billed to the step."""
     params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=0.0, seed=cfg.seed)
-    rows = score_arithmetic(sampler, tokenizer, heldout, params)
+    rows = score_arithmetic(sampler, tokenizer, heldout, params, task)
     summary = summarize(rows)
     meter.add(prompt=sum(prompt_token_counts([task.messages(p) for p in heldout], tokenizer)[0]),
               sampled=sum(row["tokens"] for row in rows))

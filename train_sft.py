@@ -17,18 +17,16 @@ a learning-rate schedule, resumable checkpoints, and every step tracked in W&B a
 from __future__ import annotations
 
 import os
-import random
 import time
 from dataclasses import dataclass
 from typing import Literal
-
-from tinker import types
 
 from common.cli import run_main
 from common.config import (
     CheckpointConfig,
     ServiceConfig,
     TrackingConfig,
+    TrainingConfig,
     check_common,
     finite,
     lr_field,
@@ -44,15 +42,23 @@ from common.costs import (
     tokenizer_for,
 )
 from common.data import load_chat_data
-from common.datums import DatumError, chat_tokens, conversation_datum, weighted_nll
+from common.datums import (
+    DatumError,
+    chat_tokens,
+    conversation_datum,
+    decode_completion,
+    weighted_nll,
+)
 from common.runs import Run, check_update, due, start_run
 from common.schedule import lr_at
+from common.sdk import types
+from common.seeding import derive_seed, seeded_rng
 
 SEED_LR, TINY_MODEL_LR = 5e-4, 2e-3  # --lr's default on Tinker models / the local tiny models
 
 
 @dataclass
-class Config(ServiceConfig, TrackingConfig, CheckpointConfig):
+class Config(ServiceConfig, TrainingConfig, TrackingConfig, CheckpointConfig):
     """Supervised fine-tuning on chat data (the seed's Test 1); every flag below."""
 
     # --- data
@@ -120,7 +126,7 @@ def check_warmup(cfg: Config, total_steps: int) -> None:
 
 def epoch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
     order = list(range(n_rows))
-    random.Random(f"sft:{seed}:{epoch}").shuffle(order)
+    seeded_rng("sft", seed, epoch).shuffle(order)
     return order
 
 
@@ -217,14 +223,14 @@ def log_samples(training_client, tokenizer, examples, cfg: Config, run: Run, ste
     sampler = training_client.save_weights_and_get_sampling_client().result()
     prompt_tokens = [chat_tokens(tokenizer, c[:-1], add_generation_prompt=True) for c in examples]
     futures = [sampler.sample(types.ModelInput.from_ints(t), 1, types.SamplingParams(
-        max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed + 1000 * step + i))
-        for i, t in enumerate(prompt_tokens)]
+        max_tokens=cfg.max_tokens, temperature=cfg.temperature,
+        seed=derive_seed("sft-samples", cfg.seed, step, i))) for i, t in enumerate(prompt_tokens)]
     rows = []
     for conversation, future in zip(examples, futures, strict=True):
         messages, reference = conversation[:-1], conversation[-1]["content"]
         seq = future.result().sequences[0]
-        rows.append([step, messages[-1]["content"], tokenizer.decode(seq.tokens), reference,
-                     len(seq.tokens), seq.stop_reason])
+        rows.append([step, messages[-1]["content"], decode_completion(tokenizer, seq.tokens),
+                     reference, len(seq.tokens), seq.stop_reason])
     run.tracker.log_table("samples", ["step", "prompt", "completion", "reference",
                                       "completion_tokens", "stop_reason"], rows, step)
     run.meter.add(prompt=sum(map(len, prompt_tokens)), sampled=sum(row[4] for row in rows))

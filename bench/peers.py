@@ -252,7 +252,7 @@ def run_warm_start(spec: dict, work: Path) -> dict:
 
     Base tiny-math never writes an answer tag, so every reward would be 0 and train_rl would
     skip every group (nothing trained on our side). A short warm start on the task's own worked
-    solutions (common/tasks.py; plain ones only, so answers fit in a few dozen tokens) gives
+    solutions (common/data.py; plain ones only, so answers fit in a few dozen tokens) gives
     groups with mixed rewards. Its LoRA is merged and saved as a plain Hugging Face model, which
     the local backend serves by path and TRL loads as is: both RL sides start from it.
     """
@@ -260,7 +260,8 @@ def run_warm_start(spec: dict, work: Path) -> dict:
 
     import train_sft
     from common.checkpoints import last_checkpoint
-    from common.tasks import Difficulty, solutions_dataset
+    from common.data import solutions_dataset
+    from common.tasks import Difficulty
     from local_tinker.models import load_base_model
     from local_tinker.runtime import Runtime, _assign, _lora_model
 

@@ -4,12 +4,17 @@ Scripts declare `@dataclass class Config(ServiceConfig, TrackingConfig, Checkpoi
 their own fields, so a flag is spelled the same in every script (`--model`, `--lr`, `--log_dir`)
 and W&B sweep parameters are plain field names. Parsed configs are never mutated: `resolved`
 returns a copy with the backend and model filled in, and that copy is what gets logged.
+`--help` lists the flags of all the blocks by topic (FLAG_GROUPS), not by dataclass, each with
+its default once.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
+import re
+import shutil
 import sys
 import types
 import typing
@@ -23,6 +28,7 @@ import simple_parsing
 import yaml
 from simple_parsing import NestedMode
 from simple_parsing.helpers import field
+from simple_parsing.helpers.custom_actions import BooleanOptionalAction
 
 from common.costs import TINY_MODELS
 from common.tracking import read_run_config
@@ -47,13 +53,23 @@ class ServiceConfig:
     """auto: Tinker when TINKER_API_KEY is set, else the embedded local backend."""
     base_url: str | None = None
     """A Tinker-compatible server: with --backend tinker, instead of the Tinker endpoint; with
-    --backend local, a running `python -m local_tinker serve` instead of an embedded one."""
+    --backend local, a running `python -m local_tinker serve` instead of an embedded one.
+    Default: the Tinker endpoint, or an embedded local server."""
     model: str | None = None
-    """Base model. Default: Qwen/Qwen3-4B-Instruct-2507 on Tinker, tiny-instruct locally."""
-    lora_rank: int = 8
-    """LoRA rank."""
+    """Base model. Default: that of the run a script starts from (--load_checkpoint) or scores
+    (--checkpoint), else Qwen/Qwen3-4B-Instruct-2507 on Tinker and tiny-instruct locally."""
     seed: int = 0
     """Seed for LoRA init, data order and sampling."""
+
+
+@dataclass
+class TrainingConfig:
+    """What only training scripts have: the adapter they train and their samples table."""
+
+    lora_rank: int = 8
+    """LoRA rank."""
+    sample_every: int = 10
+    """Log a table of samples every N steps (0: never)."""
 
 
 @dataclass
@@ -70,13 +86,11 @@ class TrackingConfig:
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     """auto: online when W&B credentials exist, else offline (sync later with `wandb sync`)."""
     wandb_group: str | None = None
-    """W&B group (the experiment); evaluations of this run join it."""
+    """W&B group (the experiment); evaluations of this run join it. Default: no group."""
     wandb_tags: list[str] = field(default_factory=list)
     """W&B tags, added to the automatic backend:<backend> and model:<model> tags."""
     wandb_notes: str | None = None
-    """W&B run notes (a line on what this run tries)."""
-    sample_every: int = 10
-    """Log a table of samples every N steps (0: never)."""
+    """W&B run notes (a line on what this run tries). Default: none."""
     wandb_incremental_tables: bool = True
     """Add each step's samples to W&B's table as an increment (W&B Server >= 0.70, W&B's cloud);
     --nowandb_incremental_tables relogs the whole table instead, for older self-hosted servers."""
@@ -90,7 +104,40 @@ class CheckpointConfig:
     resume: bool = False
     """Continue the run in --log_dir from its last checkpoint (same W&B run)."""
     load_checkpoint: str | None = None
-    """Start from these weights (a weights/ path from a previous run, e.g. the SFT warm start)."""
+    """Start from a previous run's weights, with a fresh optimizer (e.g. an SFT warm start): its
+    run directory (its last saved state) or a tinker://.../weights/<name> path. Default: a fresh
+    LoRA."""
+
+
+# Where each flag is listed in --help, group by group in this order (any script's field; a field
+# listed nowhere goes under OTHER_FLAGS, which tests/test_help.py refuses).
+FLAG_GROUPS: dict[str, tuple[str, ...]] = {
+    "task and data": ("pair_counts", "large_share", "concise_bonus_after", "concise_needs_answer",
+                      "task", "heldout", "dataset", "dataset_split", "dataset_size",
+                      "skip_invalid", "max_length"),
+    "model and backend": ("backend", "base_url", "model", "lora_rank", "seed", "checkpoint",
+                          "base_model", "dry_run"),
+    "optimisation": ("lr", "lr_schedule", "warmup_steps", "batch_size", "group_size", "epochs",
+                     "max_steps", "loss_fn", "advantage", "max_steps_off_policy"),
+    "sampling": ("max_tokens", "temperature", "sample_prompts"),
+    "evaluation": ("eval_every", "eval_problems", "eval_fraction", "num_problems",
+                   "concise_bonus", "compare", "compare_keys"),
+    "tracking": ("log_dir", "run_name", "wandb_project", "wandb_entity", "wandb_mode",
+                 "wandb_group", "wandb_tags", "wandb_notes", "sample_every",
+                 "wandb_incremental_tables"),
+    "checkpoints": ("save_every", "resume", "load_checkpoint"),
+}
+OTHER_FLAGS = "other"
+# What a flag's value is, where its type alone would say only TEXT.
+FLAG_METAVARS = {
+    "config_path": "FILE.yaml", "base_url": "URL", "model": "NAME", "dataset": "NAME|FILE",
+    "heldout": "FILE", "load_checkpoint": "RUN_DIR|tinker://PATH",
+    "checkpoint": "RUN_DIR|tinker://PATH|ARTIFACT", "compare": "RUN_DIR", "compare_keys": "KEY",
+    "log_dir": "RUN_DIR", "run_name": "NAME", "wandb_project": "NAME", "wandb_entity": "NAME",
+    "wandb_group": "NAME", "wandb_tags": "TAG", "pair_counts": "N,N,...",
+}
+TYPE_METAVARS = {int: "INT", float: "FLOAT", str: "TEXT", Path: "PATH"}
+HELP_WIDTH = 100  # at most, whatever the terminal
 
 
 def lr_field(default: float | None = None) -> Any:
@@ -110,7 +157,9 @@ def parse_config(config_class: type[C], argv: Sequence[str] | None = None) -> C:
     argv = _negative_values_attached(list(sys.argv[1:] if argv is None else argv))
     argv, nulls = _null_flags(config_class, argv)
     values = _config_file_values(config_class, argv)
-    parser = simple_parsing.ArgumentParser(nested_mode=NestedMode.WITHOUT_ROOT, allow_abbrev=False)
+    parser = ConfigParser(nested_mode=NestedMode.WITHOUT_ROOT, allow_abbrev=False,
+                          formatter_class=FlagHelpFormatter, description=_description(config_class),
+                          usage="%(prog)s [-h] [--config_path FILE.yaml] [--FLAG VALUE ...]")
     parser.error = _parser_error  # type: ignore[method-assign]
     parser.add_argument("--config_path", default=None, metavar="FILE.yaml",
                         help="YAML file of flag values; flags given here override it.")
@@ -258,6 +307,96 @@ def _checked(value: Any, hint: Any, where: str) -> Any:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
+
+
+class ConfigParser(simple_parsing.ArgumentParser):
+    """simple-parsing's parser, whose --help lists the flags by FLAG_GROUPS (simple-parsing makes
+    one group per dataclass, in MRO order: tracking and checkpoint flags before the model's)."""
+
+    def format_help(self) -> str:
+        formatter = self._get_formatter()
+        formatter.add_usage(self.usage, self._actions, self._mutually_exclusive_groups)
+        formatter.add_text(self.description)
+        for title, actions in help_sections(self._actions):
+            formatter.start_section(title)
+            formatter.add_arguments(actions)
+            formatter.end_section()
+        return formatter.format_help()
+
+
+def help_sections(actions: Sequence[argparse.Action]) -> list[tuple[str, list[argparse.Action]]]:
+    """(title, flags) of every non-empty group: `options` (-h, --config_path), FLAG_GROUPS in
+    their order, then OTHER_FLAGS; flags keep their order within a group."""
+    group_of = {name: title for title, names in FLAG_GROUPS.items() for name in names}
+    sections: dict[str, list[argparse.Action]] = {
+        "options": [], **{title: [] for title in FLAG_GROUPS}, OTHER_FLAGS: []}
+    for action in actions:
+        name = flag_name(action)
+        title = "options" if name in ("help", "config_path") else group_of.get(name, OTHER_FLAGS)
+        sections[title].append(action)
+    return [(title, group) for title, group in sections.items() if group]
+
+
+def flag_name(action: argparse.Action) -> str:
+    """The field behind a flag (simple-parsing's dest is `config.<field>`)."""
+    return action.dest.rsplit(".", 1)[-1]
+
+
+class FlagHelpFormatter(argparse.HelpFormatter):
+    """Each flag once, with one default: `--lr, --learning_rate FLOAT`, `--resume / --noresume`
+    (default: on/off), and the doc's own `Default: ...` where it has one instead of the value."""
+
+    def __init__(self, prog: str) -> None:
+        width = min(shutil.get_terminal_size().columns, HELP_WIDTH) - 2
+        super().__init__(prog, max_help_position=32, width=width)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, BooleanOptionalAction):
+            return " / ".join(action.option_strings)
+        if action.nargs == 0:  # -h, --help
+            return ", ".join(action.option_strings)
+        return f"{', '.join(action.option_strings)} {flag_metavar(action)}"
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        # argparse %-formats help strings (for %(default)s); a doc's own % must stay a %.
+        return help_with_default(action).replace("%", "%%")
+
+
+def flag_metavar(action: argparse.Action) -> str:
+    if action.choices:
+        return "{" + ",".join(map(str, action.choices)) + "}"
+    name = FLAG_METAVARS.get(flag_name(action)) or TYPE_METAVARS.get(action.type, "VALUE")
+    if action.nargs == "*":
+        return f"[{name} ...]"
+    return f"{name} [{name} ...]" if action.nargs == "+" else name
+
+
+def help_with_default(action: argparse.Action) -> str:
+    """The flag's doc on one line, plus `(default: X)` unless the doc states its default."""
+    # simple-parsing's boolean action has already added one (`%(default)s`: True / False).
+    text = " ".join((action.help or "").removesuffix(" (default: %(default)s)").split())
+    if action.default is argparse.SUPPRESS or re.search(r"\bdefault:", text, re.IGNORECASE):
+        return text
+    return f"{text} (default: {shown_default(action.default)})"
+
+
+def shown_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    path = Path(value) if isinstance(value, str | Path) else None
+    if path and path.is_absolute() and path.is_relative_to(Path.cwd()):
+        return str(path.relative_to(Path.cwd()))  # as it would be typed from here
+    return str(value)
+
+
+def _description(config_class: type) -> str | None:
+    """The Config's docstring; None for the signature a dataclass without one gets as its doc."""
+    doc = config_class.__doc__ or ""
+    return None if doc.startswith(f"{config_class.__name__}(") else doc
 
 
 def resolve_backend(backend: str, environ: Mapping[str, str]) -> str:

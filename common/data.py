@@ -8,6 +8,10 @@
 - a Hugging Face hub dataset `org/name` or `org/name:config` (cached or downloadable).
 Rows hold a `messages` list of {role, content}, or `prompt` and `completion` columns (the prompt a
 string or a messages list). Rows are numbered from 1 in errors, as a person counts lines.
+
+`solutions_dataset` generates `arithmetic-solutions`: worked solutions of the RL task, wrong or
+wordy on purpose some of the time, used to warm-start a small model with SFT (the seed's Qwen3-4B
+needs none) and to make the tiny-instruct model (data/make_tiny_instruct.py).
 """
 
 from __future__ import annotations
@@ -15,9 +19,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from common.seeding import seeded_rng
+from common.tasks import Difficulty, Problem, build_messages, problem_at, work_lines
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 SHIPPED = {"foo": DATA_DIR / "foo.jsonl"}
@@ -25,7 +34,9 @@ GENERATED = ("arithmetic-solutions",)
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 ROLES = ("system", "user", "assistant", "tool")
 Conversation = list[dict[str, str]]
-
+WARM_START_STREAM = "arithmetic-sft"
+"""The warm-start problems' seed stream (common/seeding.py): not the RL training stream, so SFT
+does not pre-teach the problems RL will see, in the same order."""
 
 class DatasetError(ValueError):
     """A dataset that cannot be used; the message names the source and, for rows, the row."""
@@ -43,8 +54,6 @@ def load_chat_data(spec: str, split: str = "train", skip_invalid: bool = False,
     """Load and validate conversations. `seed`/`size` only shape generated datasets."""
     name, _, pair_counts = spec.partition(":")
     if name in GENERATED:
-        from common.tasks import Difficulty, solutions_dataset
-
         try:  # `arithmetic-solutions:1,2` restricts the pair counts (default: the task's 1,2,3)
             difficulty = Difficulty(pair_counts=tuple(int(p) for p in pair_counts.split(",")
                                                       if pair_counts) or (1, 2, 3))
@@ -207,3 +216,101 @@ def row_to_conversation(row: dict[str, Any]) -> Conversation:
     if not messages[-1]["content"].strip():
         raise ValueError("the final assistant turn is empty")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+# ---------------------------------------------------------------------------------------
+# arithmetic-solutions: the generated warm-start data.
+
+# Verbose worked solutions open the same way every time, as a chatty instruct model's answers
+# do: the habit then lives in the first token, where even low-temperature sampling keeps it
+# (openers spread over many phrasings would be sharpened away at temperature 0.3, leaving RL
+# nothing to fix in an evaluation). What follows is the work checked again and again, the way
+# thinking models waffle: every line costs tokens but is arithmetic a small model can write.
+_OPENER = "Let me think about this step by step."
+_RECHECK = "Let me double check: "
+
+
+def _check_rate(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+def _slip(value: int, rng: random.Random) -> int:
+    """A plausible wrong result: off by one or two, or by ten."""
+    delta = rng.choice((-10, -2, -1, 1, 2, 10))
+    wrong = value + delta
+    # Keep a positive result positive; a negative "sum" of positive numbers is not a slip a
+    # model would learn anything useful from.
+    return value - delta if value > 0 and wrong <= 0 else wrong
+
+
+def worked_solution(
+    problem: Problem, rng: random.Random, error_rate: float, verbose_rate: float
+) -> str:
+    """A worked solution in the seed's format, wrong or wordy on purpose some of the time.
+
+    Plain (about 90 characters for three two-digit pairs):
+        Add pairs: 3+5=8, 2+4=6
+        Multiply: 8×6=48
+        <answer>48</answer>
+    With probability `error_rate` one step (a pair sum or the product) is off and everything
+    after it follows the wrong value, so the final answer is wrong. With probability
+    `verbose_rate` a preamble comes first: the same opening sentence, then the work checked
+    again line after line (40 words up to about 90). One pair has no Multiply line.
+    """
+    _check_rate("error_rate", error_rate)
+    _check_rate("verbose_rate", verbose_rate)
+    sums = list(problem.sums)
+    has_product = len(sums) > 1
+    wrong_step = None
+    if rng.random() < error_rate:
+        wrong_step = rng.randrange(len(sums) + has_product)
+    if wrong_step is not None and wrong_step < len(sums):
+        sums[wrong_step] = _slip(sums[wrong_step], rng)
+    result = math.prod(sums)
+    if wrong_step is not None and (wrong_step == len(sums) or result == problem.answer):
+        # The second case: a zero sum elsewhere (only possible with ranges reaching 0 or below)
+        # hides the wrong sum, so the slip moves to the product to keep the answer wrong.
+        result = _slip(problem.answer, rng)
+
+    steps = work_lines(problem.numbers, sums, result)
+    lines = [*steps, f"<answer>{result}</answer>"]
+
+    if rng.random() < verbose_rate:
+        target_words = rng.randint(40, 80)
+        work = ", ".join(step.partition(": ")[2] for step in steps)  # "3+5=8, 2+4=6, 8×6=48"
+        preamble = [_OPENER]
+        while sum(len(s.split()) for s in preamble) < target_words:
+            preamble.append(f"{_RECHECK}{work}.")
+        lines.insert(0, "\n".join(preamble))
+    return "\n".join(lines)
+
+
+def solutions_dataset(
+    n: int,
+    seed: int,
+    difficulty: Difficulty,
+    error_rate: float = 0.3,
+    verbose_rate: float = 0.7,
+) -> list[dict[str, list[dict[str, str]]]]:
+    """`n` SFT rows {"messages": [system, user, assistant]} with imperfect worked solutions.
+
+    The defaults make a warm start like the seed's base model on this task: most answers open
+    with a preamble that runs past the seed's 256-token limit (the seed's Qwen3-4B: 27%
+    accuracy, 115 words at step 1, "a somewhat easy task, if not for the length cutoff"), and
+    30% contain a slip.
+
+    Problems come from their own stream (not the RL training stream for the same seed), and
+    row k depends only on (seed, k), so a larger `n` extends a smaller one.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rows = []
+    for index in range(n):
+        problem = problem_at(WARM_START_STREAM, seed, index, difficulty)
+        rng = seeded_rng(f"{WARM_START_STREAM}-solution", seed, index)
+        answer = worked_solution(problem, rng, error_rate, verbose_rate)
+        rows.append(
+            {"messages": build_messages(problem) + [{"role": "assistant", "content": answer}]}
+        )
+    return rows

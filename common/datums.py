@@ -1,4 +1,4 @@
-"""Token sequences -> `tinker.types.Datum`, with one alignment rule for SFT and RL.
+"""Token sequences -> `tinker.types.Datum`, with one alignment rule for SFT and RL; tokens <-> text.
 
 A datum holds the full sequence shifted by one: input = tokens[:-1], targets = tokens[1:], so
 position i predicts token i+1 (the seed's make_datum). Per-target tensors (weights, advantages,
@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from tinker import types
+
+from common.sdk import types
 
 
 class DatumError(ValueError):
@@ -21,6 +22,16 @@ def chat_tokens(tokenizer, messages: Sequence[dict], add_generation_prompt: bool
     """Chat-template token ids (transformers 5 returns a BatchEncoding unless told not to)."""
     return list(tokenizer.apply_chat_template(
         list(messages), add_generation_prompt=add_generation_prompt, return_dict=False))
+
+
+def decode_completion(tokenizer, tokens: Sequence[int]) -> str:
+    """A sampled completion as text, the one decoding that rewards, tables and metrics see.
+
+    Special tokens are dropped: the end-of-turn token is the sampler's stop signal, not part of
+    the answer (it would count as a word after whitespace and break exact matches), and a
+    sample's `stop_reason` already says whether it ended there or ran into max_tokens.
+    """
+    return tokenizer.decode(list(tokens), skip_special_tokens=True)
 
 
 def _datum(tokens: Sequence[int], n_prompt: int, **per_completion_token: Sequence[float]

@@ -1,33 +1,34 @@
 """Scoring sampled answers on held-out data, and the numbers an evaluation reports.
 
-- `score_arithmetic`: one sampled answer per held-out problem, rewarded as in training.
+- `score_arithmetic`: one sampled answer per held-out problem, rewarded by the task's reward
+  (the training reward).
 - `score_chat`: held-out NLL per completion token (teacher-forced, `compute_logprobs`) plus
   exact match of a sampled answer, for chat datasets such as the seed's "foo" set.
 - `summarize` / `summarize_chat`: means, and Wilson 95% intervals for every accuracy, because a
   held-out set of a few hundred problems leaves several points of sampling noise.
-- `run_curves`, `final_and_best`, `config_differences`, `markdown_table`: comparing runs.
+- `markdown_table`: the tables evaluate.py and common/compare.py print.
 
-Every problem's request is submitted before any result is awaited: on Tinker each call is a
-network round trip, so waiting in between would cost one round trip per problem.
+Requests go out a chunk ahead of the results being read (`in_flight`): on Tinker every call is
+a network round trip, so waiting in between would cost one round trip per problem, while
+submitting everything at once makes a batching sampler answer nothing until it has answered
+everything (a progress bar at 0 until the end).
 Used by evaluate.py and, for periodic held-out accuracy, by train_rl.py.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import random
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from tinker import types
 from tqdm import tqdm
 
-from common.datums import chat_tokens, conversation_datum
-from common.rewards import compute_reward, parse_answer
-from common.tasks import Problem, build_messages
-from common.tracking import METRICS, read_metrics
+from common.datums import chat_tokens, conversation_datum, decode_completion
+from common.rewards import parse_answer
+from common.sdk import types
+from common.seeding import derive_seed
+from common.tasks import ARITHMETIC, Problem, Task
 
 REWARD_PARTS = ("format", "correct", "concise")
 """compute_reward's parts; rows and summaries carry them as reward_<part>."""
@@ -65,13 +66,38 @@ def problem_params(params: types.SamplingParams, index: int) -> types.SamplingPa
     """`params` with a seed of its own for problem `index` (unchanged when params.seed is None).
 
     Per problem rather than shared, so a problem's answer does not depend on which other
-    problems are in the batch; derived through a string seed, so seeds 0 and 1 do not just
-    shift the same draws by one problem.
+    problems are in the batch.
     """
     if params.seed is None:
         return params
-    seed = random.Random(f"eval:{params.seed}:{index}").randrange(2**31)
-    return params.model_copy(update={"seed": seed})
+    return params.model_copy(update={"seed": derive_seed("eval", params.seed, index)})
+
+
+IN_FLIGHT_CHUNK = 32
+"""Requests per chunk in flight. The local sampler batches what is queued, so a chunk is one
+generation batch; two chunks out keep it busy while the previous chunk's results are read."""
+
+F = TypeVar("F")
+
+
+def in_flight(submit: Callable[[int], F], n: int, chunk: int = IN_FLIGHT_CHUNK) -> Iterator[F]:
+    """`submit(0)`, ..., `submit(n - 1)` in order, each yielded for the caller to await, with
+    the chunk being read and the next one submitted: results arrive chunk by chunk rather than
+    all at the end, and the next chunk is already queued when one finishes."""
+    pending: deque[F] = deque()
+    submitted = 0
+    for index in range(n):
+        if index % chunk == 0:  # the previous chunk has been read: queue the one after next
+            while submitted < min(n, index + 2 * chunk):
+                pending.append(submit(submitted))
+                submitted += 1
+        yield pending.popleft()
+
+
+def progress_bar(n: int, show: bool) -> tqdm:
+    """A bar over `n` results; smoothing=0 makes rate and ETA the average since the start,
+    which stays honest when results arrive in bursts of a chunk."""
+    return tqdm(total=n, desc="eval", disable=not show, dynamic_ncols=True, smoothing=0)
 
 
 def score_arithmetic(
@@ -79,37 +105,41 @@ def score_arithmetic(
     tokenizer: Any,
     problems: Sequence[Problem],
     params: types.SamplingParams,
+    task: Task[Problem] = ARITHMETIC,
     concise_bonus: bool = False,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """One sampled answer per problem, scored with the training reward; one row per problem."""
-    prompts_P = [chat_tokens(tokenizer, build_messages(p), add_generation_prompt=True)
+    """One sampled answer per problem, scored with `task`'s reward; one row per problem."""
+    prompts_P = [chat_tokens(tokenizer, task.messages(p), add_generation_prompt=True)
                  for p in problems]
-    futures_P = [sampling_client.sample(types.ModelInput.from_ints(tokens), 1,
-                                        problem_params(params, index))
-                 for index, tokens in enumerate(prompts_P)]
+    futures_P = in_flight(lambda i: sampling_client.sample(
+        types.ModelInput.from_ints(prompts_P[i]), 1, problem_params(params, i)), len(problems))
     rows = []
-    for problem, future in tqdm(zip(problems, futures_P, strict=True), total=len(problems),
-                                desc="eval", disable=not progress, dynamic_ncols=True):
-        sequence = future.result().sequences[0]
-        # Special tokens kept: a reader should see whether the answer ended with <|im_end|>
-        # or ran into max_tokens. The seed's reward also sees this decoded text.
-        completion = tokenizer.decode(list(sequence.tokens), skip_special_tokens=False)
-        reward = compute_reward(completion, problem.answer, concise_bonus)
-        rows.append({
-            "numbers": ", ".join(map(str, problem.numbers)),
-            "pair_count": problem.pair_count,
-            "answer": problem.answer,
-            "completion": completion,
-            "parsed": parse_answer(completion),
-            **{f"reward_{part}": reward[part] for part in REWARD_PARTS},
-            "reward": reward["total"],
-            "correct": reward["correct"] > 0,
-            "words": len(completion.split()),
-            "tokens": len(sequence.tokens),
-            "stop_reason": sequence.stop_reason,
-        })
+    with progress_bar(len(problems), progress) as bar:
+        for problem, future in zip(problems, futures_P, strict=True):
+            rows.append(arithmetic_row(problem, future.result().sequences[0], tokenizer, task,
+                                       concise_bonus))
+            bar.update()
     return rows
+
+
+def arithmetic_row(problem: Problem, sequence: types.SampledSequence, tokenizer: Any,
+                   task: Task[Problem], concise_bonus: bool) -> dict[str, Any]:
+    completion = decode_completion(tokenizer, sequence.tokens)
+    reward = task.reward(problem, completion, concise_bonus)
+    return {
+        "numbers": ", ".join(map(str, problem.numbers)),
+        "pair_count": problem.pair_count,
+        "answer": task.answer(problem),
+        "completion": completion,
+        "parsed": parse_answer(completion),
+        **{f"reward_{part}": reward[part] for part in REWARD_PARTS},
+        "reward": reward["total"],
+        "correct": reward["correct"] > 0,
+        "words": len(completion.split()),
+        "tokens": len(sequence.tokens),
+        "stop_reason": sequence.stop_reason,
+    }
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -161,39 +191,40 @@ def score_chat(
     # A datum holds tokens[:-1] as input; the full sequence adds the last target back.
     full_C = [[*d.model_input.to_ints(), int(d.loss_fn_inputs["target_tokens"].to_numpy()[-1])]
               for d in datums_C]
-    logprob_futures = [sampling_client.compute_logprobs(types.ModelInput.from_ints(t))
-                       for t in full_C]
-    sample_futures = [sampling_client.sample(types.ModelInput.from_ints(t), 1,
-                                             problem_params(params, index))
-                      for index, t in enumerate(prompts_C)]
-    end_of_turn = tokenizer.eos_token_id
+    futures_C = in_flight(lambda i: (
+        sampling_client.compute_logprobs(types.ModelInput.from_ints(full_C[i])),
+        sampling_client.sample(types.ModelInput.from_ints(prompts_C[i]), 1,
+                               problem_params(params, i))), len(conversations))
     rows = []
-    items = zip(conversations, datums_C, logprob_futures, sample_futures, strict=True)
-    for conversation, datum, logprob_future, sample_future in tqdm(
-            items, total=len(conversations), desc="eval", disable=not progress,
-            dynamic_ncols=True):
-        # compute_logprobs gives [None, lp(t1 | t0), ...]: entry i scores token i, so entries
-        # 1: line up with the datum's targets and weights.
-        logprobs = logprob_future.result()[1:]
-        weights = datum.loss_fn_inputs["weights"].to_numpy()
-        nll = -sum(float(lp) * float(w) for lp, w in zip(logprobs, weights, strict=True) if w)
-        sequence = sample_future.result().sequences[0]
-        tokens = list(sequence.tokens)
-        answer_tokens = tokens[:-1] if tokens and tokens[-1] == end_of_turn else tokens
-        answer = tokenizer.decode(answer_tokens, skip_special_tokens=False).strip()
-        reference = conversation[-1]["content"]
-        rows.append({
-            "prompt": conversation[-2]["content"] if len(conversation) > 1 else "",
-            "reference": reference,
-            "completion": tokenizer.decode(tokens, skip_special_tokens=False),
-            "exact_match": answer == reference.strip(),
-            "nll": nll,
-            "reference_tokens": int(weights.sum()),
-            "words": len(answer.split()),
-            "tokens": len(tokens),
-            "stop_reason": sequence.stop_reason,
-        })
+    with progress_bar(len(conversations), progress) as bar:
+        for conversation, datum, (logprob_future, sample_future) in zip(
+                conversations, datums_C, futures_C, strict=True):
+            # compute_logprobs gives [None, lp(t1 | t0), ...]: entry i scores token i, so
+            # entries 1: line up with the datum's targets and weights.
+            logprobs = logprob_future.result()[1:]
+            weights = datum.loss_fn_inputs["weights"].to_numpy()
+            nll = -sum(float(lp) * float(w) for lp, w in zip(logprobs, weights, strict=True) if w)
+            rows.append(chat_row(conversation, sample_future.result().sequences[0], tokenizer,
+                                 nll, int(weights.sum())))
+            bar.update()
     return rows
+
+
+def chat_row(conversation: Sequence[Mapping[str, str]], sequence: types.SampledSequence,
+             tokenizer: Any, nll: float, reference_tokens: int) -> dict[str, Any]:
+    completion = decode_completion(tokenizer, sequence.tokens)
+    reference = conversation[-1]["content"]
+    return {
+        "prompt": conversation[-2]["content"] if len(conversation) > 1 else "",
+        "reference": reference,
+        "completion": completion,
+        "exact_match": completion.strip() == reference.strip(),
+        "nll": nll,
+        "reference_tokens": reference_tokens,
+        "words": len(completion.split()),
+        "tokens": len(sequence.tokens),
+        "stop_reason": sequence.stop_reason,
+    }
 
 
 def summarize_chat(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -212,44 +243,7 @@ def summarize_chat(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------
-# Comparing runs from the files they leave behind.
-
-
-def run_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """metrics.jsonl of a run as {key: [(step, value), ...]}, numeric values only."""
-    if not (Path(run_dir) / METRICS).is_file():
-        raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (is it a training run directory?)")
-    curves: dict[str, list[tuple[int, float]]] = {}
-    for row in read_metrics(Path(run_dir)):
-        for key, value in row.items():
-            if key not in ("step", "_time") and isinstance(value, int | float) \
-                    and not isinstance(value, bool):
-                curves.setdefault(key, []).append((int(row["step"]), float(value)))
-    return curves
-
-
-def final_and_best(points: Sequence[tuple[int, float]], key: str) -> tuple[float, float]:
-    """(last value, best value) of a curve; best is the minimum for losses, else the maximum."""
-    finite = [v for _, v in points if math.isfinite(v)]
-    if not points or not finite:
-        return math.nan, math.nan
-    best = min(finite) if "loss" in key else max(finite)
-    return points[-1][1], best
-
-
-def config_differences(configs: Mapping[str, Mapping[str, Any]],
-                       ignore: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
-    """{key: {run: value}} for the config keys whose values are not all equal.
-
-    A key missing from a run's config shows as None for that run.
-    """
-    keys = sorted({k for config in configs.values() for k in config} - set(ignore))
-    differences = {}
-    for key in keys:
-        values = {run: config.get(key) for run, config in configs.items()}
-        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
-            differences[key] = values
-    return differences
+# Tables.
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

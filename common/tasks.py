@@ -1,38 +1,36 @@
-"""The arithmetic task ("add adjacent pairs, then multiply") and the small interface tasks share.
+"""The arithmetic task ("add adjacent pairs, then multiply"): problems, prompt, reward, held-out.
 
 A problem is an even-length list of integers; the answer is the product of the sums of
 adjacent pairs: 3, 5, 2, 4 -> (3+5) * (2+4) = 48. The system prompt, the user turn and the
 generator's distribution are the seed's (tinkering-with-tinker, "Test 2: RLVR"): 1-3 pairs,
 each number 1-9, or 10-19 with probability 0.3.
 
+train_rl.py and evaluate.py use the task through a `Task` (`arithmetic_task(...)`): problem k
+of a seed, its prompt, its reward and the held-out set. The warm-start SFT data written in the
+task's notation (`arithmetic-solutions`) is generated in common/data.py.
+
 Deviations from the seed:
 - problems come from a seeded, index-addressable stream (problem k depends only on the seed
-  and k), not from the global `random` module, so runs repeat and a resumed run restarts at
-  the exact problem it stopped at;
+  and k, see common/seeding.py), not from the global `random` module, so runs repeat and a
+  resumed run restarts at the exact problem it stopped at;
 - the difficulty (pair counts, number ranges, share of two-digit numbers) is a validated
   config value rather than constants inside the generator;
-- `worked_solution` / `solutions_dataset` write deliberately imperfect worked solutions, used
-  to warm-start a tiny randomly initialised model with SFT (the seed's Qwen3-4B needs none);
 - a shipped held-out set (`data/arithmetic_heldout.jsonl`, 100 problems per pair count) gives
   evaluations a fixed yardstick; the seed scores five fresh problems by eye.
-
-A second task plugs in by building a `Task` (generator, messages, reward, answer, held-out
-loader) and adding it to `TASKS`; the scripts only ever talk to a `Task`.
 """
 
-import itertools
 import json
 import math
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from operator import attrgetter
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Generic, NoReturn, TypeVar
 
 from common.rewards import compute_reward
+from common.seeding import seeded_rng
 
 SYSTEM_PROMPT = """Add adjacent pairs of numbers, then multiply the results.
 
@@ -46,20 +44,10 @@ Now solve the problem below. Put your final answer in <answer>X</answer> tags.""
 DEFAULT_HELDOUT = Path(__file__).resolve().parent.parent / "data" / "arithmetic_heldout.jsonl"
 """The shipped held-out set, written by data/make_arithmetic_heldout.py."""
 
-# Distinct prefixes keep the training stream, the SFT warm-start set and the held-out set on
-# unrelated random streams even when they are given the same seed.
+# Stream names (common/seeding.py): the training problems and the held-out set draw from
+# unrelated streams even for the same seed (the warm-start data has its own, in common/data.py).
 _TRAIN_PREFIX = "arithmetic"
-_SFT_PREFIX = "arithmetic-sft"
 _HELDOUT_PREFIX = "arithmetic-heldout"
-
-# Verbose worked solutions open the same way every time, as a chatty instruct model's answers
-# do: the habit then lives in the first token, where even low-temperature sampling keeps it
-# (openers spread over many phrasings would be sharpened away at temperature 0.3, leaving RL
-# nothing to fix in an evaluation). What follows is the work checked again and again, the way
-# thinking models waffle: every line costs tokens but is arithmetic a small model can write.
-_OPENER = "Let me think about this step by step."
-_RECHECK = "Let me double check: "
-
 
 def _is_int(value: object) -> bool:
     # bool is an int subclass, but True in a number list is a data error, not the number 1.
@@ -179,22 +167,12 @@ def generate_problem(rng: random.Random, difficulty: Difficulty) -> Problem:
 def problem_at(prefix: str, seed: int, index: int, difficulty: Difficulty) -> Problem:
     """Problem `index` of the stream named `prefix` for `seed`: streams with different
     prefixes are unrelated, so corpora and evaluation sets never share draws."""
-    # A str seed goes through SHA-512 in random.seed, so this is stable across processes and
-    # Python versions (unlike hash(), which is salted per process).
-    return generate_problem(random.Random(f"{prefix}:{seed}:{index}"), difficulty)
+    return generate_problem(seeded_rng(prefix, seed, index), difficulty)
 
 
 def sample_problem(seed: int, index: int, difficulty: Difficulty = DEFAULT_DIFFICULTY) -> Problem:
     """Problem `index` of the training stream for `seed`; depends on nothing else."""
     return problem_at(_TRAIN_PREFIX, seed, index, difficulty)
-
-
-def problem_stream(seed: int, difficulty: Difficulty, start: int = 0) -> Iterator[Problem]:
-    """Endless training problems `start`, `start + 1`, ... for `seed`, resumable at any index."""
-    # A plain function returning a generator, so a bad `start` fails at the call, not later.
-    if start < 0:
-        raise ValueError(f"start must be >= 0, got {start}")
-    return (sample_problem(seed, index, difficulty) for index in itertools.count(start))
 
 
 def build_messages(problem: Problem) -> list[dict[str, str]]:
@@ -203,20 +181,6 @@ def build_messages(problem: Problem) -> list[dict[str, str]]:
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": ", ".join(map(str, problem.numbers))},
     ]
-
-
-def _check_rate(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
-
-
-def _slip(value: int, rng: random.Random) -> int:
-    """A plausible wrong result: off by one or two, or by ten."""
-    delta = rng.choice((-10, -2, -1, 1, 2, 10))
-    wrong = value + delta
-    # Keep a positive result positive; a negative "sum" of positive numbers is not a slip a
-    # model would learn anything useful from.
-    return value - delta if value > 0 and wrong <= 0 else wrong
 
 
 def work_lines(numbers: Sequence[int], sums: Sequence[int], result: int) -> list[str]:
@@ -228,78 +192,6 @@ def work_lines(numbers: Sequence[int], sums: Sequence[int], result: int) -> list
     if len(sums) > 1:
         lines.append("Multiply: " + "×".join(map(str, sums)) + f"={result}")
     return lines
-
-
-def worked_solution(
-    problem: Problem, rng: random.Random, error_rate: float, verbose_rate: float
-) -> str:
-    """A worked solution in the seed's format, wrong or wordy on purpose some of the time.
-
-    Plain (about 90 characters for three two-digit pairs):
-        Add pairs: 3+5=8, 2+4=6
-        Multiply: 8×6=48
-        <answer>48</answer>
-    With probability `error_rate` one step (a pair sum or the product) is off and everything
-    after it follows the wrong value, so the final answer is wrong. With probability
-    `verbose_rate` a preamble comes first: the same opening sentence, then the work checked
-    again line after line (40 words up to about 90). One pair has no Multiply line.
-    """
-    _check_rate("error_rate", error_rate)
-    _check_rate("verbose_rate", verbose_rate)
-    sums = list(problem.sums)
-    has_product = len(sums) > 1
-    wrong_step = None
-    if rng.random() < error_rate:
-        wrong_step = rng.randrange(len(sums) + has_product)
-    if wrong_step is not None and wrong_step < len(sums):
-        sums[wrong_step] = _slip(sums[wrong_step], rng)
-    result = math.prod(sums)
-    if wrong_step is not None and (wrong_step == len(sums) or result == problem.answer):
-        # The second case: a zero sum elsewhere (only possible with ranges reaching 0 or below)
-        # hides the wrong sum, so the slip moves to the product to keep the answer wrong.
-        result = _slip(problem.answer, rng)
-
-    steps = work_lines(problem.numbers, sums, result)
-    lines = [*steps, f"<answer>{result}</answer>"]
-
-    if rng.random() < verbose_rate:
-        target_words = rng.randint(40, 80)
-        work = ", ".join(step.partition(": ")[2] for step in steps)  # "3+5=8, 2+4=6, 8×6=48"
-        preamble = [_OPENER]
-        while sum(len(s.split()) for s in preamble) < target_words:
-            preamble.append(f"{_RECHECK}{work}.")
-        lines.insert(0, "\n".join(preamble))
-    return "\n".join(lines)
-
-
-def solutions_dataset(
-    n: int,
-    seed: int,
-    difficulty: Difficulty,
-    error_rate: float = 0.3,
-    verbose_rate: float = 0.7,
-) -> list[dict[str, list[dict[str, str]]]]:
-    """`n` SFT rows {"messages": [system, user, assistant]} with imperfect worked solutions.
-
-    The defaults make a warm start like the seed's base model on this task: most answers open
-    with a preamble that runs past the seed's 256-token limit (the seed's Qwen3-4B: 27%
-    accuracy, 115 words at step 1, "a somewhat easy task, if not for the length cutoff"), and
-    30% contain a slip.
-
-    Problems come from their own stream (not the RL training stream for the same seed), and
-    row k depends only on (seed, k), so a larger `n` extends a smaller one.
-    """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    rows = []
-    for index in range(n):
-        problem = problem_at(_SFT_PREFIX, seed, index, difficulty)
-        rng = random.Random(f"{_SFT_PREFIX}-solution:{seed}:{index}")
-        answer = worked_solution(problem, rng, error_rate, verbose_rate)
-        rows.append(
-            {"messages": build_messages(problem) + [{"role": "assistant", "content": answer}]}
-        )
-    return rows
 
 
 def heldout_problems(
@@ -375,14 +267,14 @@ def _raise_unreadable_row(path: Path, exc: Exception) -> NoReturn:
 
 
 # ---------------------------------------------------------------------------------------
-# The task interface: everything a training or evaluation script needs to know.
+# The task as the scripts use it.
 
 P = TypeVar("P")
 
 
 @dataclass(frozen=True)
 class Task(Generic[P]):
-    """A task as the scripts see it; a new task supplies these and nothing else changes."""
+    """What train_rl.py and evaluate.py need from a task; a second task would supply these."""
 
     name: str
     sample: Callable[[int, int], P]
@@ -399,9 +291,10 @@ class Task(Generic[P]):
 
 def arithmetic_task(
     difficulty: Difficulty = DEFAULT_DIFFICULTY, heldout_path: str | Path = DEFAULT_HELDOUT,
-    concise_needs_answer: bool = False,
+    concise_needs_answer: bool = True,
 ) -> Task[Problem]:
-    """The arithmetic task at a given difficulty (see `compute_reward` for the last flag)."""
+    """The arithmetic task at a given difficulty. Its reward is `compute_reward`; as with
+    train_rl's --concise_needs_answer (on by default), the concise bonus needs an answer tag."""
     # partial / attrgetter / module-level functions rather than lambdas: a Task stays
     # picklable, so it can cross into worker processes.
     return Task(
@@ -415,19 +308,9 @@ def arithmetic_task(
 
 
 def _arithmetic_reward(problem: Problem, text: str, concise_bonus: bool,
-                       concise_needs_answer: bool = False) -> dict[str, float]:
+                       concise_needs_answer: bool) -> dict[str, float]:
     return compute_reward(text, problem.answer, concise_bonus, concise_needs_answer)
 
 
 ARITHMETIC = arithmetic_task()
-TASKS: Mapping[str, Task[Any]] = MappingProxyType({"arithmetic": ARITHMETIC})
-"""Known tasks by name (read-only; add new tasks to the literal above)."""
-
-
-def get_task(name: str) -> Task[Any]:
-    """The registered task called `name`."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        known = ", ".join(sorted(TASKS))
-        raise ValueError(f"unknown task {name!r}; known tasks: {known}") from None
+"""The task at the seed's difficulty with the shipped held-out set and train_rl's default reward."""

@@ -8,7 +8,7 @@ earns reward 0 and learns nothing. This script gives it the instruct model's hab
 task, merged into the weights, so that `python train_rl.py --lr 2e-4` learns with no flags:
 
 - data: the task's prompts (system prompt + numbers) with the warm-start solutions of
-  `common.tasks.solutions_dataset`: answer tags always, a share of answers that open with
+  `common.data.solutions_dataset`: answer tags always, a share of answers that open with
   "Let me think about this step by step." and re-check the work until they run past 256
   tokens (cut off: no answer, reward 0), and a share with an arithmetic slip;
 - training: every weight of tiny-math (no LoRA, so nothing to merge), loss on the assistant
@@ -36,6 +36,7 @@ import torch
 # Run as a plain script from anywhere: put the repository root on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common.data import solutions_dataset  # noqa: E402
 from common.datums import chat_tokens  # noqa: E402
 from common.rewards import compute_reward  # noqa: E402
 from common.tasks import (  # noqa: E402
@@ -43,7 +44,6 @@ from common.tasks import (  # noqa: E402
     Difficulty,
     build_messages,
     problem_at,
-    solutions_dataset,
 )
 from local_tinker.models import TINY_INSTRUCT_WEIGHTS, build_tiny_math, save_shipped  # noqa: E402
 
@@ -144,7 +144,7 @@ def main() -> None:
     card = {
         "made_by": "data/make_tiny_instruct.py",
         "starts_from": "tiny-math",
-        "data": {"dataset": "arithmetic-solutions (common.tasks.solutions_dataset)",
+        "data": {"dataset": "arithmetic-solutions (common.data.solutions_dataset)",
                  "rows": len(rows), "seed": SEED, "verbose_rate": args.verbose_rate,
                  "error_rate": args.error_rate},
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": SEED,

@@ -345,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     trials: list[Trial] = []
     # SIGTERM (a scheduler, `docker stop`) ends the sweep the way Ctrl-C does: runs stopped.
     signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT set here too: a process started with `&` from a script inherits SIGINT ignored, and
+    # Python then keeps ignoring it, so Ctrl-C (or a test's SIGINT) would leave the sweep running.
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         run_sweep(config, args, trials)
     except KeyboardInterrupt:

@@ -22,10 +22,11 @@ import pytest
 import evaluate
 import train_rl
 import train_sft
+from common import compare
 from common.cli import run_main
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = {"sft": train_sft, "rl": train_rl, "eval": evaluate}
+SCRIPTS = {"sft": train_sft, "rl": train_rl, "eval": evaluate, "compare": compare}
 GOOD_ROW = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
 SFT_RUN = ["--backend", "local", "--wandb_mode", "disabled", "--max_steps", "2",
            "--save_every", "1", "--sample_every", "0", "--eval_every", "0"]
@@ -202,11 +203,11 @@ ARGV_CASES = [  # whole command lines
     ("eval", ["--checkpoint", "{d}"], r"--checkpoint .*: no checkpoints.jsonl"),
     ("eval", ["--checkpoint", "{sft}", "--model", "tiny-math"],
      r"--model: tiny-math is not the base model of .*tiny-instruct"),
-    ("eval", ["--compare", "{sft}", "--checkpoint", "{sft}"], r"--compare: compares finished"),
+    ("eval", ["--compare", "{sft}"], r"unrecognized arguments: --compare"),
     ("eval", ["--nobase_model"], r"--base_model: nothing to score"),
-    ("eval", ["--compare", "{sft}", "--compare_keys", "train/los"],
-     r"--compare_keys: \['train/los'\] logged by none of the runs"),
-    ("eval", ["--compare", "/no/such/run"], r"/no/such/run: no metrics.jsonl"),
+    ("compare", ["{sft}", "--keys", "train/los"],
+     r"--keys: \['train/los'\] logged by none of the runs"),
+    ("compare", ["/no/such/run"], r"/no/such/run: no metrics.jsonl"),
     ("eval", ["--heldout", "{d}/missing.jsonl"], r"missing.jsonl"),
     ("eval", ["--task", "chat", "--dataset", "{d}/messages_str.jsonl"],
      r"messages_str.jsonl row 1: 'messages' must be a list"),
@@ -246,7 +247,7 @@ CONFIG_FILES = [  # (script, YAML text or bytes, regex)
     ("rl", "pair_counts: [1, 2]\n", r"\.yaml: pair_counts: expected text"),
     ("eval", "checkpoint: 5\n", r"--checkpoint 5: neither"),
     ("eval", "task: poetry\n", r"\.yaml: task: 'poetry' is not one of"),
-    ("eval", "compare_keys: {a: 1}\n", r"\.yaml: compare_keys: expected text"),
+    ("compare", "keys: {a: 1}\n", r"\.yaml: keys: expected text"),
     ("eval", "num_problems: 1.5\n", r"\.yaml: num_problems: expected a whole number"),
 ]
 
@@ -298,7 +299,7 @@ RUN_DAMAGE = [  # (script, how the run dir copy is damaged, extra argv, regex)
      r"config.yaml: damaged"),
     ("eval", lambda r: damage_line(r / "checkpoints.jsonl", 1, "oops\n"), ["--checkpoint"],
      r"checkpoints.jsonl line 1: damaged"),
-    ("eval", lambda r: damage_line(r / "metrics.jsonl", 1, "oops\n"), ["--compare"],
+    ("compare", lambda r: damage_line(r / "metrics.jsonl", 1, "oops\n"), [],
      r"metrics.jsonl line 1: damaged"),
 ]
 
@@ -374,6 +375,8 @@ def test_bad_input_is_one_clear_error(case, world, tmp_path, capsys):
     if script == "eval":
         base = ["--backend", "local", "--wandb_mode", "disabled", "--log_dir",
                 str(tmp_path / "eval"), "--num_problems", "2", "--max_tokens", "4"]
+    elif script == "compare":
+        base = ["--out_dir", str(tmp_path / "compare")]
     else:
         base = [*(SFT_RUN if script == "sft" else RL_RUN), "--log_dir"]
     if argv and argv[0] == "@damaged":  # a copy of a finished run, damaged
@@ -383,7 +386,7 @@ def test_bad_input_is_one_clear_error(case, world, tmp_path, capsys):
         argv = [*base, *argv[1:], str(target)]
     elif argv and argv[0] == "@run":  # the finished run itself, with changed flags
         argv = [*base, *argv[2:]]
-    elif script == "eval":
+    elif script in ("eval", "compare"):
         argv = [*base, *argv]
     else:
         argv = [*base, str(tmp_path / "new"), *argv]
@@ -424,7 +427,7 @@ def test_real_processes_print_one_error_line(tmp_path):
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), regex)
                for cmd, regex in commands]
     for process, regex in started:
-        out, err = process.communicate(timeout=300)
+        out, err = process.communicate(timeout=600)  # a hang guard only
         assert_one_error_line(process.returncode, out, err, regex)
     assert not (tmp_path / "runs").exists()  # nothing was started
 

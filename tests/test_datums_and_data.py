@@ -1,6 +1,8 @@
-"""Datum alignment (SFT and RL), dataset loading and row validation, config checks."""
+"""Datum alignment (SFT and RL), decoding, seed derivation, dataset loading and row validation,
+config checks."""
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -8,8 +10,16 @@ import pytest
 import train_rl
 from common.config import ConfigError, parse_config, resolved
 from common.data import DatasetError, load_chat_data, row_to_conversation
-from common.datums import DatumError, chat_tokens, conversation_datum, rollout_datum, weighted_nll
+from common.datums import (
+    DatumError,
+    chat_tokens,
+    conversation_datum,
+    decode_completion,
+    rollout_datum,
+    weighted_nll,
+)
 from common.schedule import lr_at
+from common.seeding import SEED_RANGE, derive_seed, seeded_rng
 from local_tinker.models import build_tiny_chat_tokenizer
 from train_sft import Config as SFTConfig
 
@@ -33,6 +43,26 @@ def test_sft_datum_matches_the_seed_alignment(tokenizer):
     assert weights.tolist() == ([0] * len(prompt) + [1] * (len(tokens) - len(prompt)))[1:]
     trained = tokenizer.decode([t for t, w in zip(targets, weights, strict=True) if w])
     assert trained == "foo<|im_end|>\n"
+
+
+def test_decode_completion_drops_the_end_of_turn(tokenizer):
+    """The one decoding of sampled tokens (training rewards, evaluation, sample tables)."""
+    tokens = tokenizer.encode("Add pairs: 3+5=8\n<answer>8</answer>", add_special_tokens=False)
+    text = decode_completion(tokenizer, [*tokens, tokenizer.eos_token_id])
+    assert text == "Add pairs: 3+5=8\n<answer>8</answer>"
+    assert decode_completion(tokenizer, np.asarray(tokens, np.int32)) == text  # SDK arrays too
+    assert decode_completion(tokenizer, []) == ""
+
+
+def test_seed_derivation_is_stable_and_streams_are_unrelated():
+    # The key format is part of the shipped data (held-out set, tiny models' corpora): these
+    # values were drawn by `random.Random("eval:7:3")` before seeding.py existed.
+    assert derive_seed("eval", 7, 3) == random.Random("eval:7:3").randrange(2**31)
+    assert seeded_rng("arithmetic", 0, 5).random() == random.Random("arithmetic:0:5").random()
+    seeds = {derive_seed(stream, 0, step, i) for stream in ("rl", "sft-samples")
+             for step in range(1, 11) for i in range(8)}
+    assert len(seeds) == 160 and all(0 <= s < SEED_RANGE for s in seeds)
+    assert derive_seed("rl", 0, 1, 2) != derive_seed("rl", 0, 2, 1) != derive_seed("rl", 1, 1, 2)
 
 
 def test_rl_datum_alignment(tokenizer):

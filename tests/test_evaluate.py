@@ -1,5 +1,6 @@
 """evaluate.py on the local backend: a tiny SFT checkpoint scored against the base model, checked
-from the files and the offline W&B run it leaves behind; --compare; and clear errors."""
+from the files and the offline W&B run it leaves behind; comparing the two SFT runs with
+`python -m common.compare`; and clear errors."""
 
 import json
 import math
@@ -9,6 +10,7 @@ import pytest
 
 import evaluate
 import train_sft
+from common import compare
 from common.config import ConfigError, parse_config
 from common.evaluation import wilson_interval
 from tests.wandb_records import read_offline_run
@@ -22,7 +24,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def sft_runs(tmp_path_factory) -> list[Path]:
-    """A tiny SFT run on arithmetic solutions, and one on foo with another lr (for --compare)."""
+    """A tiny SFT run on arithmetic solutions, and one on foo with another lr (to compare)."""
     root = tmp_path_factory.mktemp("sft")
     train_sft.main(train_sft.Config(
         backend="local", dataset="arithmetic-solutions", dataset_size=16, max_steps=2,
@@ -74,6 +76,21 @@ def test_eval_json_agrees_with_every_sampled_row(arithmetic_eval, sft_runs):
     assert (run_dir / "accuracy.png").read_bytes().startswith(PNG_MAGIC)
 
 
+def test_the_accuracy_plot_says_what_was_scored_and_how(arithmetic_eval, tmp_path):
+    report, run_dir = arithmetic_eval
+    cfg = evaluate.Config(checkpoint=["x"], num_problems=12, max_tokens=32)
+    fig = evaluate.plot_accuracy("arithmetic", report["models"],
+                                 evaluate.plot_title(cfg, report["models"]), tmp_path / "a.png")
+    (ax,) = fig.axes
+    assert ax.get_title() == ("arithmetic: 12 held-out problems (arithmetic_heldout.jsonl)\n"
+                              "sampled at temperature 0.3, max_tokens 32, seed 0\n"
+                              "checkpoint: sft-a")
+    assert ax.get_ylabel() == "accuracy (95% Wilson CI)" and ax.get_xlabel() == "pair count"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["all", "1 pair", "2 pairs", "3 pairs"]
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"base:tiny-instruct", "sft-a"}
+    assert (tmp_path / "a.png").read_bytes().startswith(PNG_MAGIC)
+
+
 def test_eval_is_a_wandb_run_in_the_training_runs_group(arithmetic_eval, sft_runs):
     report, run_dir = arithmetic_eval
     wandb_run = read_offline_run(run_dir)
@@ -118,8 +135,8 @@ def test_eval_run_uses_the_training_runs_checkpoint_artifact(arithmetic_eval, sf
 
 
 def test_compare_reports_finals_bests_and_config_differences(sft_runs, tmp_path):
-    report = evaluate.main(evaluate.Config(compare=[str(d) for d in sft_runs],
-                                           log_dir=tmp_path / "cmp"))
+    report = compare.main(compare.Config(runs=[str(d) for d in sft_runs],
+                                         out_dir=tmp_path / "cmp"))
     text = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| lr " in text and "0.002" in text and "0.001" in text
     assert "log_dir" not in text and "| seed" not in text  # only keys that differ
@@ -145,11 +162,17 @@ def test_chat_eval_gives_a_finite_nll(sft_runs, tmp_path):
     assert "nll/token" in (tmp_path / "chat" / "eval.md").read_text()
 
 
+def test_flags_it_does_not_use_are_gone():
+    for flag in ("--compare", "--compare_keys", "--lr", "--lora_rank", "--sample_every"):
+        with pytest.raises(ConfigError, match=f"unrecognized arguments: {flag}"):
+            parse_config(evaluate.Config, [flag, "x"])
+
+
 def test_list_flags_parse():
     cfg = parse_config(evaluate.Config, ["--checkpoint", "runs/a", "local://r/sampler_weights/x",
                                          "--nobase_model", "--num_problems", "5"])
     assert cfg.checkpoint == ["runs/a", "local://r/sampler_weights/x"]
-    assert cfg.base_model is False and cfg.num_problems == 5 and cfg.compare == []
+    assert cfg.base_model is False and cfg.num_problems == 5
 
 
 @pytest.mark.parametrize("overrides, error, message", [
@@ -159,8 +182,6 @@ def test_list_flags_parse():
      "--checkpoint local://abc/sampler_weights/final: model_path must start with 'tinker://'"),
     ({"checkpoint": ["no/such/run"]}, FileNotFoundError, "--checkpoint no/such/run: neither"),
     ({"checkpoint": ["EMPTY"]}, FileNotFoundError, "no checkpoints.jsonl in .*empty"),
-    ({"compare": ["EMPTY"]}, FileNotFoundError, "empty: no metrics.jsonl"),
-    ({"compare": ["EMPTY"], "checkpoint": ["x"]}, ConfigError, "--compare: .* drop --checkpoint"),
     ({"base_model": False}, ConfigError, "--base_model: nothing to score"),
     ({"num_problems": 0}, ConfigError, "--num_problems: must be >= 1"),
     ({"heldout": "missing.jsonl"}, FileNotFoundError, "held-out file not found: missing.jsonl"),

@@ -1,6 +1,6 @@
-"""common/evaluation.py: intervals, scoring with a scripted sampler, summaries, run comparison."""
+"""common/evaluation.py: intervals, scoring with a scripted sampler, requests in flight,
+summaries and tables."""
 
-import json
 import math
 
 import numpy as np
@@ -8,18 +8,17 @@ import pytest
 from tinker import types
 
 from common.evaluation import (
-    config_differences,
-    final_and_best,
+    in_flight,
     markdown_table,
     problem_params,
-    run_curves,
     score_arithmetic,
     score_chat,
     summarize,
     summarize_chat,
     wilson_interval,
 )
-from common.tasks import Problem
+from common.seeding import derive_seed
+from common.tasks import Problem, arithmetic_task
 from local_tinker.models import build_tiny_chat_tokenizer
 
 TOKENIZER = build_tiny_chat_tokenizer()
@@ -86,16 +85,17 @@ PROBLEMS = [Problem((3, 5)), Problem((1, 2, 3, 4)), Problem((2, 2, 1, 1, 1, 1)),
 PARAMS = types.SamplingParams(max_tokens=32, temperature=0.3, seed=7)
 
 
-def test_score_arithmetic_submits_everything_first_and_scores_each_answer():
+def test_score_arithmetic_submits_a_chunk_ahead_and_scores_each_answer():
     answers = ["<answer>8</answer>", "Add pairs: 3, 7\n<answer>20</answer>", "no tag",
                "<answer>18</answer>"]
     sampler = ScriptedSampler(answers)
     rows = score_arithmetic(sampler, TOKENIZER, PROBLEMS, PARAMS)
     kinds = [kind for kind, _ in sampler.events]
-    assert kinds == ["submit"] * 4 + ["wait"] * 4
+    assert kinds == ["submit"] * 4 + ["wait"] * 4  # fewer problems than one chunk
     assert [r["correct"] for r in rows] == [True, False, False, True]
     assert [r["parsed"] for r in rows] == [8, 20, None, 18]
-    assert rows[0]["completion"] == "<answer>8</answer><|im_end|>"  # special tokens kept
+    # Decoded as training decodes (common.datums.decode_completion): no end-of-turn token.
+    assert rows[0]["completion"] == "<answer>8</answer>"
     assert rows[1] | {"completion": None} == {
         "numbers": "1, 2, 3, 4", "pair_count": 2, "answer": 21, "completion": None, "parsed": 20,
         "reward_format": 0.1, "reward_correct": 0.0, "reward_concise": 0.0, "reward": 0.1,
@@ -104,6 +104,7 @@ def test_score_arithmetic_submits_everything_first_and_scores_each_answer():
     # One seed per problem, all different, the same on every call.
     assert len(set(sampler.seeds)) == 4
     assert sampler.seeds == [problem_params(PARAMS, i).seed for i in range(4)]
+    assert sampler.seeds == [derive_seed("eval", 7, i) for i in range(4)]
     assert problem_params(PARAMS.model_copy(update={"seed": None}), 3).seed is None
 
 
@@ -112,6 +113,36 @@ def test_concise_bonus_is_optional():
                             PARAMS, concise_bonus=True)
     assert rows[0]["reward_concise"] > 0
     assert rows[0]["reward"] == pytest.approx(1.1 + rows[0]["reward_concise"])
+
+
+def test_the_reward_is_the_tasks_as_in_training():
+    """train_rl's default reward pays the concise bonus only with an answer tag; so does the
+    evaluation's, and --noconcise_needs_answer (the seed's reward) pays it for any short text."""
+    untagged = ["I am not sure"]
+    rows = score_arithmetic(ScriptedSampler(untagged), TOKENIZER, PROBLEMS[:1], PARAMS,
+                            concise_bonus=True)
+    assert rows[0]["reward"] == rows[0]["reward_concise"] == 0.0
+    seeds = arithmetic_task(concise_needs_answer=False)
+    rows = score_arithmetic(ScriptedSampler(untagged), TOKENIZER, PROBLEMS[:1], PARAMS,
+                            task=seeds, concise_bonus=True)
+    assert rows[0]["reward"] == pytest.approx(0.3 * (200 - 4) / 180)
+
+
+def test_in_flight_reads_one_chunk_while_the_next_is_queued():
+    """Chunks of 2 out of 5: the third chunk goes out only once the first has been read, so
+    answers (and the progress bar) arrive chunk by chunk, and the sampler always has the next
+    chunk queued."""
+    events = []
+
+    def submit(i):
+        events.append(f"submit {i}")
+        return i
+
+    for i in in_flight(submit, 5, chunk=2):
+        events.append(f"read {i}")
+    assert events == ["submit 0", "submit 1", "submit 2", "submit 3", "read 0", "read 1",
+                      "submit 4", "read 2", "read 3", "read 4"]
+    assert list(in_flight(lambda i: i, 0, chunk=2)) == []
 
 
 def test_summarize_counts_and_intervals():
@@ -141,24 +172,7 @@ def test_score_chat_nll_per_reference_token_and_exact_match():
     assert summary["n"] == 2
 
 
-def test_run_curves_final_and_best(tmp_path):
-    rows = [{"step": 1, "train/loss": 2.0, "_time": 0}, {"step": 2, "train/loss": 1.0},
-            {"step": 3, "train/loss": 1.5, "eval/accuracy": 0.25, "note": "text"}]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "{cut")
-    curves = run_curves(tmp_path)
-    assert curves == {"train/loss": [(1, 2.0), (2, 1.0), (3, 1.5)], "eval/accuracy": [(3, 0.25)]}
-    assert final_and_best(curves["train/loss"], "train/loss") == (1.5, 1.0)
-    assert final_and_best([(1, 0.5), (2, 0.25)], "eval/accuracy") == (0.25, 0.5)
-    assert all(math.isnan(v) for v in final_and_best([], "eval/accuracy"))
-    with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
-        run_curves(tmp_path / "elsewhere")
-
-
-def test_config_differences_and_markdown_table():
-    configs = {"a": {"lr": 1e-3, "seed": 0, "log_dir": "x"}, "b": {"lr": 2e-3, "seed": 0}}
-    assert config_differences(configs, ignore=["log_dir"]) == {"lr": {"a": 1e-3, "b": 2e-3}}
-    assert config_differences(configs) == {"log_dir": {"a": "x", "b": None},
-                                           "lr": {"a": 1e-3, "b": 2e-3}}
+def test_markdown_table():
     table = markdown_table(["run", "value"], [["a|b", 0.123456], ["c", None]])
     assert table.splitlines() == ["| run  | value  |", "|------|--------|",
                                   "| a\\|b | 0.1235 |", "| c    |        |"]

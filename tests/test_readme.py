@@ -11,11 +11,12 @@ import pytest
 import evaluate
 import train_rl
 import train_sft
+from common import compare
 from common.config import parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"train_sft.py": train_sft.Config, "train_rl.py": train_rl.Config,
-           "evaluate.py": evaluate.Config}
+           "evaluate.py": evaluate.Config, "common.compare": compare.Config}
 
 
 def bash_blocks() -> list[str]:
@@ -46,8 +47,13 @@ def test_every_script_and_file_the_commands_name_exists():
             assert (ROOT / target).is_file(), argv
 
 
-@pytest.mark.parametrize("argv", [a for a in commands() if a[1] in SCRIPTS],
+def script_and_flags(argv: list[str]) -> tuple[str, list[str]]:
+    """`python X.py flags` or `python -m module flags` -> (X.py or module, flags)."""
+    return (argv[2], argv[3:]) if argv[1] == "-m" else (argv[1], argv[2:])
+
+
+@pytest.mark.parametrize("argv", [a for a in commands() if script_and_flags(a)[0] in SCRIPTS],
                          ids=lambda a: " ".join(a[1:])[:60])
 def test_script_commands_parse(argv):
-    flags = [a for a in argv[2:] if a not in ("[--latency", "1.0]")]
-    parse_config(SCRIPTS[argv[1]], flags)
+    script, flags = script_and_flags(argv)
+    parse_config(SCRIPTS[script], [a for a in flags if a not in ("[--latency", "1.0]")])

@@ -23,6 +23,8 @@ from common.runs import TrainingDiverged
 from tests.wandb_records import read_offline_run
 
 ROOT = Path(__file__).resolve().parent.parent
+# Only stops a hung test: a loaded machine may take many times the idle time, and that is fine.
+HANG_CAP_S = 1800
 SFT_FLAGS = ["--backend", "local", "--wandb_mode", "offline", "--max_steps", "24",
              "--save_every", "4", "--sample_every", "0", "--eval_every", "6"]
 
@@ -43,7 +45,7 @@ def start_sft(log_dir: Path, *extra: str) -> subprocess.Popen:
 
 def wait_for_steps(log_dir: Path, steps: int, process: subprocess.Popen) -> None:
     metrics = log_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_CAP_S
     while time.monotonic() < deadline and process.poll() is None:
         if metrics.exists() and len(read_jsonl(metrics)) >= steps:
             return
@@ -54,14 +56,14 @@ def wait_for_steps(log_dir: Path, steps: int, process: subprocess.Popen) -> None
 @pytest.mark.e2e
 def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path):
     straight = start_sft(tmp_path / "straight")
-    assert straight.wait(timeout=300) == 0
+    assert straight.wait(timeout=HANG_CAP_S) == 0
     kill_at = random.Random().randint(3, 20)  # any step, between or on checkpoints
     victim = start_sft(tmp_path / "killed")
     wait_for_steps(tmp_path / "killed", kill_at, victim)
     victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
+    victim.wait(timeout=HANG_CAP_S)
     resumed = start_sft(tmp_path / "killed", "--resume")
-    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+    assert resumed.wait(timeout=HANG_CAP_S) == 0, resumed.stdout.read()
 
     expected = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
     got = read_jsonl(tmp_path / "killed" / "metrics.jsonl")
@@ -81,7 +83,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     process = start_sft(log_dir)
     wait_for_steps(log_dir, 5, process)
     process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=120)
+    output, _ = process.communicate(timeout=HANG_CAP_S)
     assert process.returncode == 130, output
     assert "saving a checkpoint" in output
     summary = json.loads((log_dir / "summary.json").read_text())
@@ -94,7 +96,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     assert [r for r in run.records if r["type"] == "preempting"]  # ... and expects the resume
 
     resumed = start_sft(log_dir, "--resume")
-    assert resumed.wait(timeout=300) == 0
+    assert resumed.wait(timeout=HANG_CAP_S) == 0
     assert [m["step"] for m in read_jsonl(log_dir / "metrics.jsonl")] == list(range(1, 25))
     assert json.loads((log_dir / "summary.json").read_text())["status"] == "finished"
 
@@ -105,7 +107,7 @@ def test_sigterm_saves_the_step_and_ends_the_run_with_exit_code_143(tmp_path):
     process = start_sft(log_dir)
     wait_for_steps(log_dir, 3, process)
     process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
+    output, _ = process.communicate(timeout=HANG_CAP_S)
     assert process.returncode == 143, output
     assert "SIGTERM: finishing this step, then saving a checkpoint" in output
     stopped = json.loads((log_dir / "summary.json").read_text())["interrupted_at_step"]
@@ -126,9 +128,9 @@ def test_samples_table_covers_every_sampled_step_across_sigkill_and_resume(tmp_p
     victim = start_sft(log_dir, *flags)
     wait_for_steps(log_dir, 7, victim)  # saved at 4; sampled at 2, 4, 6
     victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
+    victim.wait(timeout=HANG_CAP_S)
     resumed = start_sft(log_dir, *flags, "--resume")
-    output, _ = resumed.communicate(timeout=300)
+    output, _ = resumed.communicate(timeout=HANG_CAP_S)
     assert resumed.returncode == 0, output
     # (Tracking never stops training: had W&B failed, the run would go on with files alone.)
     assert not [line for line in output.splitlines()
@@ -261,7 +263,7 @@ def test_kills_at_20_points_lose_and_duplicate_no_step(tmp_path):
     metrics.jsonl and the W&B history end with every step exactly once, values as a run that
     was never killed."""
     straight = start_sft(tmp_path / "straight")
-    assert straight.wait(timeout=600) == 0
+    assert straight.wait(timeout=HANG_CAP_S) == 0
     seed = random.randrange(10**6)
     points = kill_points(seed)
     assert len(points) == 20
@@ -277,10 +279,10 @@ def test_kills_at_20_points_lose_and_duplicate_no_step(tmp_path):
             killed_at.append(point)
         else:  # the run got past this point before it could be watched (a fast step)
             assert process.returncode == 0, process.stdout.read()
-        process.wait(timeout=60)
+        process.wait(timeout=HANG_CAP_S)
         process.stdout.close()
     final = start_sft(log_dir)
-    assert final.wait(timeout=600) == 0, final.stdout.read()
+    assert final.wait(timeout=HANG_CAP_S) == 0, final.stdout.read()
     assert len(killed_at) >= 18, (seed, killed_at)
 
     expected = read_jsonl(tmp_path / "straight" / "metrics.jsonl")

@@ -212,7 +212,7 @@ def test_futures_behave_as_the_sdk_documents(world):
         assert sampler.sample(world["prompt"], 1, types.SamplingParams(max_tokens=2)).result()
     trainer = world["trainer"]
     futures = [trainer.forward([datum], "cross_entropy") for _ in range(3)]
-    done, pending = concurrent.futures.wait([f.future() for f in futures], timeout=120)
+    done, pending = concurrent.futures.wait([f.future() for f in futures], timeout=1800)
     assert not pending and all(f.future().done() for f in futures)
 
     async def together():

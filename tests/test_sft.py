@@ -58,7 +58,10 @@ def test_sft_run_learns_and_is_tracked(tmp_path, monkeypatch):
     assert [t.step for t in increments] == [10, 20, 30, 40]
     for table in increments:
         assert len(table.rows) == 2 and {r["step"] for r in table.rows} == {table.step}
-    assert increments[-1].rows[0]["completion"] == "foo<|im_end|>"
+    # Decoded as every sample is (common.datums.decode_completion): the answer without its
+    # end-of-turn token, which the stop reason records.
+    assert increments[-1].rows[0]["completion"] == "foo"
+    assert increments[-1].rows[0]["stop_reason"] == "stop"
     checkpoints = read_jsonl(run_dir / "checkpoints.jsonl")
     # Each checkpoint's sampler record comes before its state record (resume keys on states).
     assert [(c["name"], c["kind"]) for c in checkpoints] == [

@@ -1,4 +1,5 @@
-"""The arithmetic task: generator, stream, prompts, worked solutions, held-out set, registry."""
+"""The arithmetic task: generator, stream, prompts, held-out set, the Task train_rl and evaluate
+use; and the warm-start worked solutions generated from it (common/data.py)."""
 
 import json
 import random
@@ -7,24 +8,20 @@ from pathlib import Path
 
 import pytest
 
+from common.data import solutions_dataset, worked_solution
 from common.rewards import compute_reward
 from common.tasks import (
+    ARITHMETIC,
     DEFAULT_HELDOUT,
     SYSTEM_PROMPT,
-    TASKS,
     Difficulty,
     Problem,
-    Task,
     arithmetic_task,
     build_messages,
     generate_problem,
-    get_task,
     heldout_problems,
     load_heldout,
-    problem_stream,
     sample_problem,
-    solutions_dataset,
-    worked_solution,
 )
 
 
@@ -119,18 +116,17 @@ def test_generator_custom_difficulty() -> None:
 
 
 def test_stream_is_deterministic_and_resumable() -> None:
+    """Problem k of a seed depends on (seed, k) alone: a resumed run (train_rl asks for problem
+    (step - 1) * batch_size + i) gets the problems an uninterrupted one would."""
     difficulty = Difficulty()
-    stream = problem_stream(3, difficulty)
-    first = [next(stream) for _ in range(20)]
-    again = problem_stream(3, difficulty)
-    assert [next(again) for _ in range(20)] == first
-    resumed = problem_stream(3, difficulty, start=12)
-    assert [next(resumed) for _ in range(8)] == first[12:]
+    task = arithmetic_task(difficulty)
+    first = [task.sample(3, k) for k in range(20)]
+    assert [task.sample(3, k) for k in range(12, 20)] == first[12:]
     assert [sample_problem(3, k, difficulty) for k in range(20)] == first
-    other = problem_stream(4, difficulty)
-    assert [next(other) for _ in range(20)] != first
-    with pytest.raises(ValueError, match="start"):
-        problem_stream(3, difficulty, start=-1)
+    assert [task.sample(4, k) for k in range(20)] != first
+    # The seeding scheme is part of the data (common/seeding.py): these must never change.
+    assert first[:3] == [Problem((5, 9, 6, 7, 8, 3)), Problem((2, 16, 18, 4, 11, 19)),
+                         Problem((14, 11))]
 
 
 def test_build_messages() -> None:
@@ -246,20 +242,21 @@ def test_heldout_missing_and_empty(tmp_path: Path) -> None:
         load_heldout(empty)
 
 
-def test_task_registry() -> None:
-    task = get_task("arithmetic")
-    assert isinstance(task, Task)
-    assert set(TASKS) == {"arithmetic"}
+def test_the_task_is_what_train_rl_and_evaluate_see() -> None:
+    task = ARITHMETIC
     problem = task.sample(3, 7)
     assert problem == sample_problem(3, 7)
     assert task.messages(problem) == build_messages(problem)
     assert task.answer(problem) == problem.answer
+    assert task.load_heldout() == load_heldout()
     solution = worked_solution(problem, random.Random(0), 0.0, 0.0)
     assert task.reward(problem, solution, False)["total"] == pytest.approx(1.1)
-    with pytest.raises(ValueError, match="known tasks: arithmetic"):
-        get_task("chess")
-    with pytest.raises(TypeError):
-        TASKS["other"] = task  # type: ignore[index]
+    # train_rl's default reward: the concise bonus needs an answer tag ...
+    assert task.reward(problem, "", True)["total"] == 0.0
+    assert task.reward(problem, solution, True)["concise"] > 0
+    # ... and --noconcise_needs_answer is the seed's, which pays it for any short text.
+    seeds = arithmetic_task(concise_needs_answer=False)
+    assert seeds.reward(problem, "", True)["total"] == pytest.approx(0.3 * 200 / 180)
 
 
 def test_task_difficulty_and_heldout_path(tmp_path: Path) -> None:
