@@ -46,7 +46,7 @@ import local_tinker  # noqa: E402
 import train_rl  # noqa: E402
 from common.advantages import compute_advantages  # noqa: E402
 from common.config import LOCAL_DEFAULT_MODEL  # noqa: E402
-from common.datums import chat_tokens, rollout_datum  # noqa: E402
+from common.datums import chat_tokens, decode_completion, rollout_datum  # noqa: E402
 
 PROBE_REPEATS = 3
 LORA_RANK = train_rl.Config.lora_rank  # the adapter train_rl trains, for the direct SDK loops
@@ -154,8 +154,8 @@ def service_times(shape: Shape, latency: float, root: Path) -> tuple[float, floa
 
 def group_rewards(task, tokenizer, problem, sequences) -> list[float]:
     """train_rl's reward (concise bonus on, as in the timed runs) of each sampled sequence."""
-    return [task.reward(problem, tokenizer.decode(s.tokens, skip_special_tokens=True),
-                        True)["total"] for s in sequences]
+    return [task.reward(problem, decode_completion(tokenizer, s.tokens), True)["total"]
+            for s in sequences]
 
 
 def kept_datums(prompts, groups, rewards) -> list[types.Datum]:
