@@ -86,7 +86,7 @@ def main() -> None:
     for h in history:
         print(f"{h['step']:>4} | {h['reward/mean']:>6.2f} | {h['rl/accuracy']:>5.0%} | "
               f"{h['completions/mean_words']:>5.1f} | {h['completions/clipped_frac']:>7.0%} | "
-              f"{'yes' if h['tokens/trained'] else 'no'}")
+              f"{'yes' if h.get('tokens/trained') else 'no'}")
     print(f"python {' '.join(COMMAND)}: {wall:.0f} s wall on {os.cpu_count()} CPUs "
           f"(1-minute load average {load:.2f} at the start); run in {run_dir}")
     if args.plot:
