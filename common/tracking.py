@@ -35,7 +35,10 @@ import contextlib
 import json
 import netrc
 import os
+import queue
 import re
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -55,10 +58,12 @@ from common.runfiles import (  # noqa: F401
     GIT_DIFF,
     GROUP,
     METRICS,
+    RECORD_FILES,
     RUN_ID,
     SAMPLES,
     SUMMARY,
     TABLES,
+    RecordLog,
     RunFileError,
     append_jsonl,
     keep_rows,
@@ -72,9 +77,10 @@ from common.runfiles import (  # noqa: F401
     write_atomic,
     write_git_diff,
 )
-from common.secrets import redact
+from common.secrets import redact, secret_values
 
 Mode = Literal["auto", "online", "offline", "disabled"]
+WANDB_QUEUE = 1000  # W&B calls the worker may be behind before the loop waits for it
 WANDB_INIT_TIMEOUT_S = 15.0  # longest an online W&B init may take before falling back to offline
 DEFAULT_PROJECT, LOCAL_PROJECT = "tinker-experiments", "tinker-experiments-local"
 # What W&B's summary (and so the runs table and a sweep's ranking) shows for a key: the best
@@ -197,8 +203,10 @@ class Tracker:
                 (self.run_dir / name).unlink(missing_ok=True)
         self._summary = read_summary(self.run_dir)
         self._checkpoints: list[list[Any]] = []
+        # Kept open for the run's appends (one flush per record, no open/close per step).
+        self._records = {name: RecordLog(self.run_dir / name) for name in RECORD_FILES}
         self._keep_rows(lambda row: True)  # drops a line a crash cut short, loads checkpoints
-        self.config: dict[str, Any] = redact(plain(config))
+        self.config: dict[str, Any] = _redact(plain(config))
         write_atomic(self.run_dir / CONFIG, yaml.safe_dump(self.config, sort_keys=False))
         id_path = self.run_dir / RUN_ID
         if not (resume and id_path.exists()):
@@ -228,6 +236,15 @@ class Tracker:
             self._init_args = (project, run_name, group, job_type, entity,
                                [*dict.fromkeys([*tags, *auto_tags(self.config)])], notes)
             self._run = self._init_wandb(*self._init_args)
+        # W&B calls run in order on one worker thread, so the loop does not wait for W&B; the
+        # files are written before a call is queued, so a crash loses nothing that only W&B had.
+        self._calls: queue.Queue[tuple[str, Callable[[Any], object]] | None] = queue.Queue(
+            maxsize=WANDB_QUEUE)
+        self._worker: threading.Thread | None = None
+        if self._run is not None:
+            self._worker = threading.Thread(target=self._run_wandb_calls, name="wandb-calls",
+                                            daemon=True)
+            self._worker.start()
 
     def _init_wandb(self, project: str, name: str, group: str | None, job_type: str,
                     entity: str | None, tags: list[str], notes: str | None) -> Any:
@@ -237,6 +254,7 @@ class Tracker:
             self._say(f"W&B unavailable ({_error(e)}); continuing with files only")
             self.wandb_mode = "disabled"
             return None
+        _skip_pandas_import(wandb)
         # Offline is tried twice: W&B's local service can fail to start in time on a loaded
         # machine, and a second try is cheaper than a run without its W&B record.
         attempts = [*(["online"] if self.wandb_mode == "online" else []), "offline", "offline"]
@@ -299,8 +317,8 @@ class Tracker:
 
     def log(self, metrics: Mapping[str, float | int], step: int) -> None:
         """Append one row to metrics.jsonl and log the same values to W&B at `step`."""
-        row = redact({k: plain(v) for k, v in metrics.items()})
-        append_jsonl(self.run_dir / METRICS, [{"step": step, **row, "_time": time.time()}])
+        row = _redact({k: plain(v) for k, v in metrics.items()})
+        self._records[METRICS].append([{"step": step, **row, "_time": time.time()}])
         if self._run is not None and step < self._wandb_step:
             # Typically a resumed online run: W&B holds these steps from the interrupted attempt
             # and would drop them with a warning each; say it once instead.
@@ -309,7 +327,7 @@ class Tracker:
                 self._say(f"W&B is at step {self._wandb_step}; earlier steps go to {METRICS} only")
             return
         to_wandb = self._for_wandb(row)
-        self._wandb("log", lambda run: run.log(to_wandb, step=step))
+        self._wandb_soon("log", lambda run: run.log(to_wandb, step=step))
         self._wandb_step = max(step, self._wandb_step)
         self._history_keys.update(to_wandb)
 
@@ -321,16 +339,18 @@ class Tracker:
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         """Append rows to samples.jsonl and add them to the W&B table `key` as one increment."""
-        rows = redact([[plain(cell) for cell in row] for row in rows])
+        rows = _redact([[plain(cell) for cell in row] for row in rows])
         records = [
             {"table": key, "step": step, **dict(zip(columns, row, strict=False))} for row in rows
         ]
-        append_jsonl(self.run_dir / SAMPLES, records)
+        self._records[SAMPLES].append(records)
 
         self._wandb_increment(key, columns, rows, step)
 
     def _wandb_increment(self, key: str, columns: list[str], rows: list[list[Any]],
                          step: int) -> None:
+        at = max(step, self._wandb_step)  # not below W&B's step, or W&B drops it; rows carry theirs
+
         def log(run: Any) -> None:
             if self._incremental:
                 table = self._tables.get(key) or self._new_table(key, columns)
@@ -342,13 +362,12 @@ class Tracker:
                 table = wandb.Table(columns=list(columns), allow_mixed_types=True, data=[
                     [r.get(c) for c in columns] for _, r in read_jsonl(self.run_dir / SAMPLES)
                     if r.get("table") == key])
-            # Not below W&B's current step, or W&B would drop it; the rows carry their step.
-            run.log({key: table}, step=max(step, self._wandb_step))
+            run.log({key: table}, step=at)
             logged = self._table_log.setdefault(key, {"columns": list(columns), "steps": []})
             logged["steps"].append(step)
             write_atomic(self.run_dir / TABLES, json.dumps(self._table_log) + "\n")
 
-        self._wandb("table", log)
+        self._wandb_soon("table", log)
         self._wandb_step = max(step, self._wandb_step)
 
     def _new_table(self, key: str, columns: list[str]) -> Any:
@@ -367,29 +386,30 @@ class Tracker:
 
     def log_image(self, key: str, path: Path, step: int) -> None:
         """Mirror an image the run already wrote to its directory (a plot) to W&B."""
+        at = max(step, self._wandb_step)
 
         def log(run: Any) -> None:
             import wandb
 
-            run.log({key: wandb.Image(str(path))}, step=max(step, self._wandb_step))
+            run.log({key: wandb.Image(str(path))}, step=at)
 
-        self._wandb("image", log)
+        self._wandb_soon("image", log)
 
     def log_checkpoint(self, step: int, name: str, path: str, kind: str,
                        state_path: str | None = None) -> None:
         """Record a saved checkpoint in checkpoints.jsonl and the summary (`checkpoint/last`).
         A sampler checkpoint also becomes a W&B `model` artifact, with the state checkpoint of
         the same step and name (`state_path`, or an earlier record) in its metadata."""
-        record = redact({"step": step, "name": name, "path": str(path), "kind": kind})
-        append_jsonl(self.run_dir / CHECKPOINTS, [{**record, "_time": time.time()}])
+        record = _redact({"step": step, "name": name, "path": str(path), "kind": kind})
+        self._records[CHECKPOINTS].append([{**record, "_time": time.time()}])
         self._checkpoints.append([record[c] for c in CHECKPOINT_COLUMNS])
         self.set_summary({"checkpoint/last": record["path"]})
         if kind == "sampler":
-            state = redact(state_path) if state_path else next(
+            state = _redact(state_path) if state_path else next(
                 (c[2] for c in reversed(self._checkpoints)
                  if c[0] == step and c[1] == name and c[3] == "state"), None)
             metadata = checkpoint_metadata(self.config, step, name, state, record["path"])
-            self._wandb("artifact", lambda run: run.log_artifact(
+            self._wandb_soon("artifact", lambda run: run.log_artifact(
                 reference_artifact(model_artifact_name(self.run_id), record["path"], metadata),
                 aliases=checkpoint_aliases(step, name)))
 
@@ -415,7 +435,7 @@ class Tracker:
                 run._log_artifact(artifact, aliases=[alias], is_user_created=True,
                                   use_after_commit=True)
 
-        self._wandb("use_artifact", use)
+        self._wandb_soon("use_artifact", use)
 
     def use_artifact(self, name: str) -> None:
         """`run.use_artifact(name)` for an artifact named on the command line. Only an online
@@ -423,7 +443,7 @@ class Tracker:
         if self._run is not None and self.wandb_mode != "online":
             self._say(f"W&B is {self.wandb_mode}: this run cannot record that it used {name}")
             return
-        self._wandb("use_artifact", lambda run: run.use_artifact(name))
+        self._wandb_soon("use_artifact", lambda run: run.use_artifact(name))
 
     def summary_value(self, key: str) -> Any:
         return self._summary.get(key)
@@ -434,17 +454,18 @@ class Tracker:
     def set_summary(self, values: Mapping[str, Any]) -> None:
         """Merge into the run summary: summary.json (rewritten atomically) and W&B's. Logged
         keys whose W&B summary define_metric computes (best and last) are left to W&B there."""
-        values = redact(plain(values))
+        values = _redact(plain(values))
         self._summary.update(values)
         write_atomic(self.run_dir / SUMMARY, json.dumps(self._summary, indent=2) + "\n")
         to_wandb = {k: v for k, v in self._for_wandb(values).items()
                     if not (k in self._metric_summaries and k in self._history_keys)}
         if to_wandb:
-            self._wandb("summary", lambda run: run.summary.update(to_wandb))
+            self._wandb_soon("summary", lambda run: run.summary.update(to_wandb))
 
     def truncate_after(self, step: int) -> None:
         """Drop records with step > `step` (metrics, checkpoints, samples): a resumed run redoes
         them. Call it right after resuming from the checkpoint saved at `step`."""
+        self.wait_for_wandb()  # the W&B table log below is the worker's to update
         self._keep_rows(lambda row: row.get("step", -1) <= step)
         # A killed process loses what W&B still buffered, so W&B may lack kept rows: replay
         # those it may not have. W&B keeps the first copy of a step (a resumed online run
@@ -453,7 +474,7 @@ class Tracker:
             if self._run is not None and row["step"] >= self._wandb_step:
                 values = self._for_wandb(
                     {k: v for k, v in row.items() if k not in ("step", "_time")})
-                self._wandb("log", lambda run, v=values, s=row["step"]: run.log(v, step=s))
+                self._wandb_soon("log", lambda run, v=values, s=row["step"]: run.log(v, step=s))
                 self._wandb_step = row["step"]
                 self._history_keys.update(values)
         # The W&B tables continue with the rows kept (one increment at `step`); the redone
@@ -469,6 +490,8 @@ class Tracker:
         self.set_summary({"checkpoint/last": last})
 
     def _keep_rows(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        for record_log in self._records.values():
+            record_log.close()  # the rewrite replaces the file: no handle may outlive it
         keep_rows(self.run_dir, keep)
         self._checkpoints = [
             [r.get(c) for c in CHECKPOINT_COLUMNS] for r in read_checkpoints(self.run_dir)
@@ -494,10 +517,13 @@ class Tracker:
         status = self._status or ("finished" if exit_code == 0 else "failed")
         # "error": None also clears one left in summary.json by an interrupted attempt.
         self.set_summary({"status": status, "error": self._error})
+        self._stop_worker()  # every queued W&B call is made before the run is closed
         if status == "interrupted":  # W&B's state for a run that will be resumed
             self._wandb("mark_preempting", lambda run: run.mark_preempting())
         self._wandb("finish", lambda run: run.finish(exit_code=exit_code))
         self._run = None
+        for record_log in self._records.values():
+            record_log.close()
 
     def __enter__(self) -> Tracker:
         return self
@@ -514,6 +540,36 @@ class Tracker:
         self._error = _error(exc)[:500]
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else None
         self.finish(code or (130 if isinstance(exc, KeyboardInterrupt) else 1))
+
+    def _wandb_soon(self, what: str, call: Callable[[Any], object]) -> None:
+        """Queue one W&B call for the worker (made in order); without a worker, make it now."""
+        if self._worker is None:
+            self._wandb(what, call)
+        else:
+            self._calls.put((what, call))  # blocks only when W&B is WANDB_QUEUE calls behind
+
+    def _run_wandb_calls(self) -> None:
+        while (item := self._calls.get()) is not None:
+            try:
+                self._wandb(*item)
+            except BaseException as e:  # noqa: BLE001 - a dead worker would hang finish()
+                self._run = None
+                self._say(f"W&B {item[0]} failed ({_error(e)}); W&B is off for the rest of "
+                          "this run")
+            finally:
+                self._calls.task_done()
+        self._calls.task_done()
+
+    def wait_for_wandb(self) -> None:
+        """Return once W&B has been given every call made so far (they run on a worker)."""
+        if self._worker is not None:
+            self._calls.join()
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            self._calls.put(None)
+            self._worker.join()
+            self._worker = None
 
     def _wandb(self, what: str, call: Callable[[Any], object]) -> None:
         """Run one W&B call. If an online run fails, continue the same run offline (synced
@@ -538,7 +594,7 @@ class Tracker:
         self._say(f"W&B {what} failed ({failure}); W&B is off for the rest of this run")
 
     def _say(self, message: str) -> None:
-        print(redact(f"tracking: {message}"), flush=True)
+        print(_redact(f"tracking: {message}"), flush=True)
 
 
 def reference_artifact(name: str, uri: str, metadata: Mapping[str, Any]) -> Any:
@@ -574,6 +630,31 @@ def _teardown_wandb() -> None:
         wandb.teardown()
     except Exception:  # best effort, already on the error path
         pass
+
+
+def _redact(obj: Any) -> Any:
+    """`redact` with the secrets of the environment as it is now. Finding them scans every
+    environment variable (~0.7 ms) and every step's row is redacted, so they are found again
+    only when the environment changed."""
+    global _env_secrets
+    env = dict(os.environ)
+    if env != _env_secrets[0]:
+        _env_secrets = (env, secret_values())
+    return redact(obj, _env_secrets[1])
+
+
+_env_secrets: tuple[dict[str, str], list[str]] = ({}, [])
+
+
+def _skip_pandas_import(wandb: Any) -> None:
+    """W&B checks every non-scalar value it logs (tables, images, a None in the summary)
+    against pandas.DataFrame, importing pandas to do so once pandas is installed (it comes with
+    `datasets`): ~0.5-1 s in the middle of a run that never uses it. Told pandas is absent, W&B
+    recognises a DataFrame by its type name instead; once pandas is imported this changes
+    nothing."""
+    util = getattr(wandb, "util", None)
+    if "pandas" not in sys.modules and getattr(util, "pd_available", None) is True:
+        util.pd_available = False
 
 
 def _error(e: BaseException) -> str:

@@ -151,6 +151,7 @@ def test_failed_online_init_falls_back_to_offline(
     # A W&B error later turns W&B off once; the files keep going.
     run = tracker._run
     tracker.log({"train/loss": 1.0}, step=0)
+    tracker.wait_for_wandb()  # W&B calls run on a worker thread: step 0 reached W&B
     monkeypatch.setattr(run, "log", lambda *a, **k: 1 / 0)
     tracker.log({"train/loss": 0.5}, step=1)
     tracker.log({"train/loss": 0.25}, step=2)
@@ -319,12 +320,14 @@ def test_redact(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_failing_online_run_continues_offline(tmp_path: Path, capsys) -> None:
     tracker = make_tracker(tmp_path)
     tracker.log({"train/loss": 1.0}, step=1)
+    tracker.wait_for_wandb()  # W&B calls run on a worker thread: step 1 is logged fine
     tracker.wandb_mode = "online"  # as if this run were online, and its connection now broke
 
     def broken_log(*args, **kwargs):
         raise ConnectionError("network is gone")
     tracker._run.log = broken_log
     tracker.log({"train/loss": 0.5}, step=2)  # must not raise
+    tracker.wait_for_wandb()
     assert "continuing this run offline" in capsys.readouterr().out
     assert tracker.wandb_mode == "offline" and tracker._run.log is not broken_log
     tracker.log({"train/loss": 0.25}, step=3)
@@ -400,6 +403,7 @@ def test_a_resumed_run_continues_the_samples_table_from_its_checkpoint(tmp_path:
         tracker.log({"train/loss": 1.0 / step}, step)
         if step % 2 == 0:
             tracker.log_table("samples", SAMPLE_COLUMNS, [[step, "q", f"first {step}", 0.0]], step)
+    tracker.wait_for_wandb()  # W&B had all of it (a kill may also lose what is still queued)
     tracker._run.finish(exit_code=137)  # as good as killed: no Tracker.finish
     with make_tracker(tmp_path, resume=True) as tracker:
         tracker.truncate_after(4)
