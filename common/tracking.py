@@ -236,15 +236,10 @@ class Tracker:
             self._init_args = (project, run_name, group, job_type, entity,
                                [*dict.fromkeys([*tags, *auto_tags(self.config)])], notes)
             self._run = self._init_wandb(*self._init_args)
-        # W&B calls run in order on one worker thread, so the loop does not wait for W&B; the
-        # files are written before a call is queued, so a crash loses nothing that only W&B had.
         self._calls: queue.Queue[tuple[str, Callable[[Any], object]] | None] = queue.Queue(
             maxsize=WANDB_QUEUE)
         self._worker: threading.Thread | None = None
-        if self._run is not None:
-            self._worker = threading.Thread(target=self._run_wandb_calls, name="wandb-calls",
-                                            daemon=True)
-            self._worker.start()
+        self._start_worker()
 
     def _init_wandb(self, project: str, name: str, group: str | None, job_type: str,
                     entity: str | None, tags: list[str], notes: str | None) -> Any:
@@ -540,6 +535,16 @@ class Tracker:
         self._error = _error(exc)[:500]
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else None
         self.finish(code or (130 if isinstance(exc, KeyboardInterrupt) else 1))
+
+    def _start_worker(self) -> None:
+        """W&B calls run in order on one worker thread, so the loop does not wait for W&B (a
+        step's log, a table, an artifact: ~2-30 ms each). The run's files are written before
+        the call is queued: a crash loses nothing but what W&B had not yet been given, which a
+        resumed run replays from metrics.jsonl as it does for what W&B's own buffers lose."""
+        if self._run is not None:
+            self._worker = threading.Thread(target=self._run_wandb_calls, name="wandb-calls",
+                                            daemon=True)
+            self._worker.start()
 
     def _wandb_soon(self, what: str, call: Callable[[Any], object]) -> None:
         """Queue one W&B call for the worker (made in order); without a worker, make it now."""
