@@ -14,8 +14,8 @@ import pytest
 
 import train_sft
 from common.cli import run_main
+from common.runfiles import read_metrics
 from common.secrets import MASK, redact, secret_values
-from common.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 SFT = ["--backend", "local", "--wandb_mode", "disabled", "--sample_every", "0",

@@ -12,14 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
+from common.runfiles import read_checkpoints
 from common.secrets import MASK, is_secret_key, redact, secret_values
-from common.tracking import (
-    Tracker,
-    has_wandb_credentials,
-    read_checkpoints,
-    resolve_wandb_mode,
-    run_name,
-)
+from common.tracking import Tracker, has_wandb_credentials, resolve_wandb_mode, run_name
 from tests.wandb_records import read_offline_run
 
 SAMPLE_COLUMNS = ["step", "prompt", "completion", "reward"]
