@@ -479,3 +479,51 @@ def test_old_servers_get_the_whole_table_under_one_key_when_asked(tmp_path: Path
     versions = read_offline_run(tmp_path).tables["samples"]
     assert [t.info["_type"] for t in versions] == ["table-file", "table-file"]
     assert [[r["completion"] for r in t.rows] for t in versions] == [["a1"], ["a1", "a2"]]
+
+
+def test_the_loop_does_not_wait_for_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B calls run on a worker thread: a step is in metrics.jsonl and log() has returned while
+    W&B is still busy; finish() gives W&B every step, in order."""
+    import threading
+
+    tracker = make_tracker(tmp_path)
+    release, given = threading.Event(), []
+    real_log = tracker._run.log
+
+    def busy_log(values, step):
+        release.wait(120)
+        given.append(step)
+        real_log(values, step=step)
+    monkeypatch.setattr(tracker._run, "log", busy_log)
+    for step in (1, 2, 3):
+        tracker.log({"train/loss": 1.0 / step}, step)
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    assert given == []  # W&B is still on step 1
+    release.set()
+    tracker.finish()
+    assert given == [1, 2, 3]
+    history = read_offline_run(tmp_path).history
+    assert [(r["_step"], r["train/loss"]) for r in history if "train/loss" in r] == [
+        (1, 1.0), (2, 0.5), (3, 1 / 3)]
+
+
+def test_logging_a_table_to_wandb_does_not_import_pandas(tmp_path: Path) -> None:
+    """W&B would import pandas (~1 s) at the first table or None it logs; the run never uses it."""
+    import subprocess
+
+    code = f"""
+import sys
+from common.tracking import Tracker
+with Tracker({str(tmp_path)!r}, project="p", mode="offline", run_name="n", group=None,
+             job_type="sft", config={{}}) as tracker:
+    tracker.log({{"train/loss": 1.0}}, 1)
+    tracker.log_table("samples", ["step", "completion"], [[1, "foo"]], 1)
+    tracker.set_summary({{"checkpoint/last": None}})
+print("pandas imported:", "pandas" in sys.modules)
+"""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    assert "pandas imported: False" in out
+    table = read_offline_run(tmp_path).tables["samples"][0]
+    assert table.data == [[1, "foo"]]
