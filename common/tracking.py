@@ -345,18 +345,21 @@ class Tracker:
     def _wandb_increment(self, key: str, columns: list[str], rows: list[list[Any]],
                          step: int) -> None:
         at = max(step, self._wandb_step)  # not below W&B's step, or W&B drops it; rows carry theirs
+        # Old servers get every row so far (samples.jsonl) as one new version of the table: read
+        # now, as the worker may run this after later rows were appended.
+        so_far = None if self._incremental else [
+            [r.get(c) for c in columns] for _, r in read_jsonl(self.run_dir / SAMPLES)
+            if r.get("table") == key]
 
         def log(run: Any) -> None:
-            if self._incremental:
+            if so_far is None:
                 table = self._tables.get(key) or self._new_table(key, columns)
                 for row in rows:
                     table.add_data(*row)
-            else:  # every row so far (samples.jsonl) as one new version of the table
+            else:
                 import wandb
 
-                table = wandb.Table(columns=list(columns), allow_mixed_types=True, data=[
-                    [r.get(c) for c in columns] for _, r in read_jsonl(self.run_dir / SAMPLES)
-                    if r.get("table") == key])
+                table = wandb.Table(columns=list(columns), allow_mixed_types=True, data=so_far)
             run.log({key: table}, step=at)
             logged = self._table_log.setdefault(key, {"columns": list(columns), "steps": []})
             logged["steps"].append(step)
