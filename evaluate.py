@@ -61,20 +61,16 @@ from common.evaluation import (
     summarize,
     summarize_chat,
 )
+from common.runfiles import CHECKPOINTS, RUN_ID, read_checkpoints, read_group, read_run_config
 from common.runs import RUNS_DIR
 from common.sdk import types
 from common.secrets import redact, redact_name
 from common.tasks import DEFAULT_HELDOUT, Problem, Task, arithmetic_task
 from common.tracking import (
-    CHECKPOINTS,
-    RUN_ID,
     Tracker,
     checkpoint_metadata,
     default_project,
     model_artifact_name,
-    read_checkpoints,
-    read_group,
-    read_run_config,
     resolve_wandb_mode,
 )
 

@@ -58,11 +58,11 @@ from common.costs import (
 )
 from common.datums import chat_tokens, decode_completion, rollout_datum
 from common.evaluation import score_arithmetic, spread, summarize
+from common.runfiles import write_atomic
 from common.runs import check_update, due, start_run
 from common.sdk import types
 from common.seeding import derive_seed
 from common.tasks import Difficulty, arithmetic_task
-from common.tracking import write_atomic
 
 HEADLINE = ["reward/mean", "rl/accuracy", "eval/accuracy", "completions/mean_words"]
 

@@ -19,8 +19,9 @@ from typing import Any
 
 from common.backend import is_refusal, refusal_reason
 from common.config import ConfigError
+from common.runfiles import read_checkpoints
 from common.secrets import redact
-from common.tracking import Tracker, read_checkpoints
+from common.tracking import Tracker
 
 
 def checkpoint_name(step: int) -> str:

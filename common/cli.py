@@ -20,9 +20,9 @@ from common.backend import BackendError
 from common.config import ConfigError, parse_config
 from common.data import DatasetError
 from common.datums import DatumError
+from common.runfiles import RunFileError
 from common.runs import TrainingDiverged
 from common.secrets import redact, secret_values
-from common.tracking import RunFileError
 
 # Problems with what the user gave (flags, files, run directory, service): exit 2, no traceback.
 INPUT_ERRORS: tuple[type[BaseException], ...] = (

@@ -25,8 +25,8 @@ from simple_parsing.helpers import field
 from common.cli import run_main
 from common.config import require
 from common.evaluation import markdown_table
+from common.runfiles import METRICS, read_metrics, read_run_config
 from common.runs import RUNS_DIR
-from common.tracking import METRICS, read_metrics, read_run_config
 
 DEFAULT_KEYS = ("train/loss", "eval/loss", "reward/mean", "rl/accuracy", "eval/accuracy")
 # Identify a run rather than configure it; they differ between any two runs.

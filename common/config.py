@@ -31,7 +31,7 @@ from simple_parsing.helpers import field
 from simple_parsing.helpers.custom_actions import BooleanOptionalAction
 
 from common.costs import TINY_MODELS
-from common.tracking import read_run_config
+from common.runfiles import read_run_config
 
 TINKER_DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 # tiny-math fine-tuned to follow the arithmetic task's instructions some of the time, as the

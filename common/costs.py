@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from common.tracking import read_metrics
+from common.runfiles import read_metrics
 
 DEFAULT_PRICES = Path(__file__).resolve().parent.parent / "data" / "tinker_prices.json"
 PRICE_FILE = "data/tinker_prices.json"  # as messages name it, relative to the repository

@@ -28,16 +28,9 @@ from common.backend import connect
 from common.checkpoints import checkpoint_name, last_state, save_checkpoint, start_training_client
 from common.config import ConfigError, as_dict
 from common.costs import CostMeter, last_logged_metrics
+from common.runfiles import CONFIG, read_group, read_run_config
 from common.secrets import redact, redact_name
-from common.tracking import (
-    CONFIG,
-    Tracker,
-    default_group,
-    default_project,
-    read_group,
-    read_run_config,
-    run_name,
-)
+from common.tracking import Tracker, default_group, default_project, run_name
 
 RUNS_DIR = Path("runs")
 

@@ -1,18 +1,10 @@
-"""Experiment tracking: one Tracker per run writes files first and mirrors them to W&B.
+"""Experiment tracking: one Tracker per run writes the run's files first and mirrors them to W&B.
 
-Everything lands in the run directory, so the files alone describe a run:
-  config.yaml        the resolved config, secrets redacted
-  metrics.jsonl      one {"step", **metrics, "_time"} object per log(); NaN and inf are written
-                     as NaN / Infinity (Python's json default, which json.loads reads back)
-  checkpoints.jsonl  one {"step", "name", "path", "kind", "_time"} object per saved checkpoint
-  samples.jsonl      every row of every log_table() call, as {"table", "step", **row}
-  summary.json       the run summary, merged and rewritten atomically on every update
-  wandb_run_id       the W&B run id; a Tracker made with resume=True continues that W&B run
-  wandb_group        the W&B group the run joined (evaluate.py puts its run in the same one)
-  wandb_tables.json  the W&B tables logged and at which steps, so a resumed run continues them
-  git_diff.patch     `git diff HEAD` of the code that ran (first line: the commit); W&B gets it too
-  wandb/             W&B's own files. Unlike DESIGN's `./wandb`, each run dir is self-contained:
-                     browse with `wandb leet <run_dir>/wandb`, upload with `wandb sync`.
+Scripts log through the Tracker alone. What it writes to the run directory (metrics.jsonl,
+checkpoints.jsonl, samples.jsonl, summary.json, config.yaml, ...) and how those files are read
+back is `common.runfiles`; code that only reads a run directory imports that, not this. W&B's
+own files go to `<run_dir>/wandb/`. Unlike DESIGN's `./wandb`, each run dir is self-contained:
+browse with `wandb leet <run_dir>/wandb`, upload with `wandb sync`.
 
 W&B mode "auto" is online when credentials exist, else offline; "disabled" never imports wandb.
 Tracking never kills training: a failed online init falls back to offline, then to files only,
@@ -40,30 +32,55 @@ What W&B shows, following its documented conventions:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import netrc
 import os
+import queue
 import re
-import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 
-from common.secrets import redact
+# Names of the file layer that were defined here before it was a module of its own; existing
+# imports from common.tracking keep working.
+from common.runfiles import (  # noqa: F401
+    CHECKPOINT_COLUMNS,
+    CHECKPOINTS,
+    CONFIG,
+    GIT_DIFF,
+    GROUP,
+    METRICS,
+    RECORD_FILES,
+    RUN_ID,
+    SAMPLES,
+    SUMMARY,
+    TABLES,
+    RecordLog,
+    RunFileError,
+    append_jsonl,
+    keep_rows,
+    plain,
+    read_checkpoints,
+    read_group,
+    read_jsonl,
+    read_metrics,
+    read_run_config,
+    read_summary,
+    write_atomic,
+    write_git_diff,
+)
+from common.secrets import redact, secret_values
 
 Mode = Literal["auto", "online", "offline", "disabled"]
-METRICS, CHECKPOINTS, SAMPLES = "metrics.jsonl", "checkpoints.jsonl", "samples.jsonl"
-SUMMARY, CONFIG, RUN_ID = "summary.json", "config.yaml", "wandb_run_id"
-GROUP, TABLES, GIT_DIFF = "wandb_group", "wandb_tables.json", "git_diff.patch"
-CHECKPOINT_COLUMNS = ["step", "name", "path", "kind"]
+WANDB_QUEUE = 1000  # W&B calls the worker may be behind before the loop waits for it
 WANDB_INIT_TIMEOUT_S = 15.0  # longest an online W&B init may take before falling back to offline
 DEFAULT_PROJECT, LOCAL_PROJECT = "tinker-experiments", "tinker-experiments-local"
 # What W&B's summary (and so the runs table and a sweep's ranking) shows for a key: the best
@@ -77,7 +94,6 @@ NOT_TO_WANDB = ("progress/step",)  # W&B's own `_step` is the same number
 # Flags that say how a run is tracked, not what it is: kept in config.yaml, not in W&B's config.
 NOT_WANDB_CONFIG = ("wandb_mode", "wandb_project", "wandb_entity", "wandb_group", "wandb_tags",
                     "wandb_notes", "wandb_incremental_tables", "run_name", "resume", "dry_run")
-ROOT = Path(__file__).resolve().parent.parent
 # api.wandb.ai, plus wandb 0.31's default host, plus a self-hosted server's if one is set.
 _WANDB_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
 
@@ -92,44 +108,6 @@ def has_wandb_credentials() -> bool:
     except (OSError, netrc.NetrcParseError):
         return False
     return any(host and host in entries for host in hosts)
-
-
-class RunFileError(ValueError):
-    """A run directory's file is damaged; the message names the file and line."""
-
-
-def read_run_config(run_dir: Path) -> dict[str, Any]:
-    """The resolved config a run directory recorded ({} when it has none)."""
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        return {}
-    try:
-        config = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise RunFileError(f"{path}: damaged, not the YAML a run writes "
-                           f"({' '.join(str(exc).split())[:200]})") from None
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise RunFileError(f"{path}: damaged, expected a mapping of config keys, "
-                           f"got {type(config).__name__}")
-    return config
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    """summary.json ({} when absent). It is derived data, rewritten on every update, so a
-    damaged one is started over with a warning rather than stopping the run."""
-    path = Path(run_dir) / SUMMARY
-    if not path.exists():
-        return {}
-    try:
-        summary = json.loads(path.read_bytes().decode("utf-8"))
-        if isinstance(summary, dict):
-            return summary
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        pass
-    print(f"warning: {path} is damaged; starting the run summary over", flush=True)
-    return {}
 
 
 def resolve_wandb_mode(mode: str) -> str:
@@ -162,12 +140,6 @@ def default_group(name: str) -> str:
     WANDB_SWEEP_ID), else the run itself, so the evaluations of a run join it."""
     sweep = os.environ.get("WANDB_SWEEP_ID")
     return f"sweep-{sweep}" if sweep else name
-
-
-def read_group(run_dir: Path) -> str | None:
-    """The W&B group a run directory's run joined (None for runs made before it was kept)."""
-    path = Path(run_dir) / GROUP
-    return path.read_text().strip() or None if path.is_file() else None
 
 
 def model_artifact_name(run_id: str) -> str:
@@ -204,16 +176,6 @@ def run_name(
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", name)
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The metrics rows of a run, in order (a line cut short by a crash is skipped)."""
-    return [row for _, row in _read_jsonl(Path(run_dir) / METRICS)]
-
-
-def read_checkpoints(run_dir: Path) -> list[dict[str, Any]]:
-    """The checkpoint records of a run, oldest first."""
-    return [row for _, row in _read_jsonl(Path(run_dir) / CHECKPOINTS)]
-
-
 class Tracker:
     """Files + W&B for one run; see the module docstring for what goes where."""
 
@@ -241,16 +203,18 @@ class Tracker:
                 (self.run_dir / name).unlink(missing_ok=True)
         self._summary = read_summary(self.run_dir)
         self._checkpoints: list[list[Any]] = []
+        # Kept open for the run's appends (one flush per record, no open/close per step).
+        self._records = {name: RecordLog(self.run_dir / name) for name in RECORD_FILES}
         self._keep_rows(lambda row: True)  # drops a line a crash cut short, loads checkpoints
-        self.config: dict[str, Any] = redact(_plain(config))
-        _write_atomic(self.run_dir / CONFIG, yaml.safe_dump(self.config, sort_keys=False))
+        self.config: dict[str, Any] = _redact(plain(config))
+        write_atomic(self.run_dir / CONFIG, yaml.safe_dump(self.config, sort_keys=False))
         id_path = self.run_dir / RUN_ID
         if not (resume and id_path.exists()):
-            _write_atomic(id_path, uuid.uuid4().hex[:8])  # not `random`: scripts seed it
+            write_atomic(id_path, uuid.uuid4().hex[:8])  # not `random`: scripts seed it
         self.run_id = id_path.read_text().strip()
         if group:
-            _write_atomic(self.run_dir / GROUP, group)
-        _write_git_diff(self.run_dir / GIT_DIFF)
+            write_atomic(self.run_dir / GROUP, group)
+        write_git_diff(self.run_dir / GIT_DIFF)
         self._metric_summaries = dict(METRIC_SUMMARIES if metric_summaries is None
                                       else metric_summaries)
         self._tables: dict[str, Any] = {}  # key -> the wandb.Table its increments come from
@@ -272,6 +236,10 @@ class Tracker:
             self._init_args = (project, run_name, group, job_type, entity,
                                [*dict.fromkeys([*tags, *auto_tags(self.config)])], notes)
             self._run = self._init_wandb(*self._init_args)
+        self._calls: queue.Queue[tuple[str, Callable[[Any], object]] | None] = queue.Queue(
+            maxsize=WANDB_QUEUE)
+        self._worker: threading.Thread | None = None
+        self._start_worker()
 
     def _init_wandb(self, project: str, name: str, group: str | None, job_type: str,
                     entity: str | None, tags: list[str], notes: str | None) -> Any:
@@ -281,6 +249,7 @@ class Tracker:
             self._say(f"W&B unavailable ({_error(e)}); continuing with files only")
             self.wandb_mode = "disabled"
             return None
+        _skip_pandas_import(wandb)
         # Offline is tried twice: W&B's local service can fail to start in time on a loaded
         # machine, and a second try is cheaper than a run without its W&B record.
         attempts = [*(["online"] if self.wandb_mode == "online" else []), "offline", "offline"]
@@ -321,7 +290,7 @@ class Tracker:
             self._wandb_step = int(getattr(run, "starting_step", 0) or 0)
             if run.id != self.run_id:  # a sweep agent assigns the id: resume must use that one
                 self.run_id = run.id
-                _write_atomic(self.run_dir / RUN_ID, run.id)
+                write_atomic(self.run_dir / RUN_ID, run.id)
             if attempt == "offline":
                 wandb_dir = self.run_dir / "wandb"
                 self._say(
@@ -343,8 +312,8 @@ class Tracker:
 
     def log(self, metrics: Mapping[str, float | int], step: int) -> None:
         """Append one row to metrics.jsonl and log the same values to W&B at `step`."""
-        row = redact({k: _plain(v) for k, v in metrics.items()})
-        _append_jsonl(self.run_dir / METRICS, [{"step": step, **row, "_time": time.time()}])
+        row = _redact({k: plain(v) for k, v in metrics.items()})
+        self._records[METRICS].append([{"step": step, **row, "_time": time.time()}])
         if self._run is not None and step < self._wandb_step:
             # Typically a resumed online run: W&B holds these steps from the interrupted attempt
             # and would drop them with a warning each; say it once instead.
@@ -353,7 +322,7 @@ class Tracker:
                 self._say(f"W&B is at step {self._wandb_step}; earlier steps go to {METRICS} only")
             return
         to_wandb = self._for_wandb(row)
-        self._wandb("log", lambda run: run.log(to_wandb, step=step))
+        self._wandb_soon("log", lambda run: run.log(to_wandb, step=step))
         self._wandb_step = max(step, self._wandb_step)
         self._history_keys.update(to_wandb)
 
@@ -365,34 +334,38 @@ class Tracker:
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         """Append rows to samples.jsonl and add them to the W&B table `key` as one increment."""
-        rows = redact([[_plain(cell) for cell in row] for row in rows])
+        rows = _redact([[plain(cell) for cell in row] for row in rows])
         records = [
             {"table": key, "step": step, **dict(zip(columns, row, strict=False))} for row in rows
         ]
-        _append_jsonl(self.run_dir / SAMPLES, records)
+        self._records[SAMPLES].append(records)
 
         self._wandb_increment(key, columns, rows, step)
 
     def _wandb_increment(self, key: str, columns: list[str], rows: list[list[Any]],
                          step: int) -> None:
+        at = max(step, self._wandb_step)  # not below W&B's step, or W&B drops it; rows carry theirs
+        # Old servers get every row so far (samples.jsonl) as one new version of the table: read
+        # now, as the worker may run this after later rows were appended.
+        so_far = None if self._incremental else [
+            [r.get(c) for c in columns] for _, r in read_jsonl(self.run_dir / SAMPLES)
+            if r.get("table") == key]
+
         def log(run: Any) -> None:
-            if self._incremental:
+            if so_far is None:
                 table = self._tables.get(key) or self._new_table(key, columns)
                 for row in rows:
                     table.add_data(*row)
-            else:  # every row so far (samples.jsonl) as one new version of the table
+            else:
                 import wandb
 
-                table = wandb.Table(columns=list(columns), allow_mixed_types=True, data=[
-                    [r.get(c) for c in columns] for _, r in _read_jsonl(self.run_dir / SAMPLES)
-                    if r.get("table") == key])
-            # Not below W&B's current step, or W&B would drop it; the rows carry their step.
-            run.log({key: table}, step=max(step, self._wandb_step))
+                table = wandb.Table(columns=list(columns), allow_mixed_types=True, data=so_far)
+            run.log({key: table}, step=at)
             logged = self._table_log.setdefault(key, {"columns": list(columns), "steps": []})
             logged["steps"].append(step)
-            _write_atomic(self.run_dir / TABLES, json.dumps(self._table_log) + "\n")
+            write_atomic(self.run_dir / TABLES, json.dumps(self._table_log) + "\n")
 
-        self._wandb("table", log)
+        self._wandb_soon("table", log)
         self._wandb_step = max(step, self._wandb_step)
 
     def _new_table(self, key: str, columns: list[str]) -> Any:
@@ -411,29 +384,30 @@ class Tracker:
 
     def log_image(self, key: str, path: Path, step: int) -> None:
         """Mirror an image the run already wrote to its directory (a plot) to W&B."""
+        at = max(step, self._wandb_step)
 
         def log(run: Any) -> None:
             import wandb
 
-            run.log({key: wandb.Image(str(path))}, step=max(step, self._wandb_step))
+            run.log({key: wandb.Image(str(path))}, step=at)
 
-        self._wandb("image", log)
+        self._wandb_soon("image", log)
 
     def log_checkpoint(self, step: int, name: str, path: str, kind: str,
                        state_path: str | None = None) -> None:
         """Record a saved checkpoint in checkpoints.jsonl and the summary (`checkpoint/last`).
         A sampler checkpoint also becomes a W&B `model` artifact, with the state checkpoint of
         the same step and name (`state_path`, or an earlier record) in its metadata."""
-        record = redact({"step": step, "name": name, "path": str(path), "kind": kind})
-        _append_jsonl(self.run_dir / CHECKPOINTS, [{**record, "_time": time.time()}])
+        record = _redact({"step": step, "name": name, "path": str(path), "kind": kind})
+        self._records[CHECKPOINTS].append([{**record, "_time": time.time()}])
         self._checkpoints.append([record[c] for c in CHECKPOINT_COLUMNS])
         self.set_summary({"checkpoint/last": record["path"]})
         if kind == "sampler":
-            state = redact(state_path) if state_path else next(
+            state = _redact(state_path) if state_path else next(
                 (c[2] for c in reversed(self._checkpoints)
                  if c[0] == step and c[1] == name and c[3] == "state"), None)
             metadata = checkpoint_metadata(self.config, step, name, state, record["path"])
-            self._wandb("artifact", lambda run: run.log_artifact(
+            self._wandb_soon("artifact", lambda run: run.log_artifact(
                 reference_artifact(model_artifact_name(self.run_id), record["path"], metadata),
                 aliases=checkpoint_aliases(step, name)))
 
@@ -459,7 +433,7 @@ class Tracker:
                 run._log_artifact(artifact, aliases=[alias], is_user_created=True,
                                   use_after_commit=True)
 
-        self._wandb("use_artifact", use)
+        self._wandb_soon("use_artifact", use)
 
     def use_artifact(self, name: str) -> None:
         """`run.use_artifact(name)` for an artifact named on the command line. Only an online
@@ -467,7 +441,7 @@ class Tracker:
         if self._run is not None and self.wandb_mode != "online":
             self._say(f"W&B is {self.wandb_mode}: this run cannot record that it used {name}")
             return
-        self._wandb("use_artifact", lambda run: run.use_artifact(name))
+        self._wandb_soon("use_artifact", lambda run: run.use_artifact(name))
 
     def summary_value(self, key: str) -> Any:
         return self._summary.get(key)
@@ -478,31 +452,32 @@ class Tracker:
     def set_summary(self, values: Mapping[str, Any]) -> None:
         """Merge into the run summary: summary.json (rewritten atomically) and W&B's. Logged
         keys whose W&B summary define_metric computes (best and last) are left to W&B there."""
-        values = redact(_plain(values))
+        values = _redact(plain(values))
         self._summary.update(values)
-        _write_atomic(self.run_dir / SUMMARY, json.dumps(self._summary, indent=2) + "\n")
+        write_atomic(self.run_dir / SUMMARY, json.dumps(self._summary, indent=2) + "\n")
         to_wandb = {k: v for k, v in self._for_wandb(values).items()
                     if not (k in self._metric_summaries and k in self._history_keys)}
         if to_wandb:
-            self._wandb("summary", lambda run: run.summary.update(to_wandb))
+            self._wandb_soon("summary", lambda run: run.summary.update(to_wandb))
 
     def truncate_after(self, step: int) -> None:
         """Drop records with step > `step` (metrics, checkpoints, samples): a resumed run redoes
         them. Call it right after resuming from the checkpoint saved at `step`."""
+        self.wait_for_wandb()  # the W&B table log below is the worker's to update
         self._keep_rows(lambda row: row.get("step", -1) <= step)
         # A killed process loses what W&B still buffered, so W&B may lack kept rows: replay
         # those it may not have. W&B keeps the first copy of a step (a resumed online run
         # starts at `starting_step`; an offline one is de-duplicated by `wandb sync`).
-        for _, row in _read_jsonl(self.run_dir / METRICS):
+        for _, row in read_jsonl(self.run_dir / METRICS):
             if self._run is not None and row["step"] >= self._wandb_step:
                 values = self._for_wandb(
                     {k: v for k, v in row.items() if k not in ("step", "_time")})
-                self._wandb("log", lambda run, v=values, s=row["step"]: run.log(v, step=s))
+                self._wandb_soon("log", lambda run, v=values, s=row["step"]: run.log(v, step=s))
                 self._wandb_step = row["step"]
                 self._history_keys.update(values)
         # The W&B tables continue with the rows kept (one increment at `step`); the redone
         # steps log theirs again.
-        kept = [row for _, row in _read_jsonl(self.run_dir / SAMPLES)]
+        kept = [row for _, row in read_jsonl(self.run_dir / SAMPLES)]
         for key, logged in list(self._table_log.items()):
             rows = [[r.get(c) for c in logged["columns"]] for r in kept if r.get("table") == key]
             if rows and self._run is not None:
@@ -513,9 +488,9 @@ class Tracker:
         self.set_summary({"checkpoint/last": last})
 
     def _keep_rows(self, keep: Callable[[dict[str, Any]], bool]) -> None:
-        for name in (METRICS, CHECKPOINTS, SAMPLES):
-            if (path := self.run_dir / name).exists():
-                _write_atomic(path, "".join(line for line, row in _read_jsonl(path) if keep(row)))
+        for record_log in self._records.values():
+            record_log.close()  # the rewrite replaces the file: no handle may outlive it
+        keep_rows(self.run_dir, keep)
         self._checkpoints = [
             [r.get(c) for c in CHECKPOINT_COLUMNS] for r in read_checkpoints(self.run_dir)
         ]
@@ -540,10 +515,13 @@ class Tracker:
         status = self._status or ("finished" if exit_code == 0 else "failed")
         # "error": None also clears one left in summary.json by an interrupted attempt.
         self.set_summary({"status": status, "error": self._error})
+        self._stop_worker()  # every queued W&B call is made before the run is closed
         if status == "interrupted":  # W&B's state for a run that will be resumed
             self._wandb("mark_preempting", lambda run: run.mark_preempting())
         self._wandb("finish", lambda run: run.finish(exit_code=exit_code))
         self._run = None
+        for record_log in self._records.values():
+            record_log.close()
 
     def __enter__(self) -> Tracker:
         return self
@@ -560,6 +538,46 @@ class Tracker:
         self._error = _error(exc)[:500]
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else None
         self.finish(code or (130 if isinstance(exc, KeyboardInterrupt) else 1))
+
+    def _start_worker(self) -> None:
+        """W&B calls run in order on one worker thread, so the loop does not wait for W&B (a
+        step's log, a table, an artifact: ~2-30 ms each). The run's files are written before
+        the call is queued: a crash loses nothing but what W&B had not yet been given, which a
+        resumed run replays from metrics.jsonl as it does for what W&B's own buffers lose."""
+        if self._run is not None:
+            self._worker = threading.Thread(target=self._run_wandb_calls, name="wandb-calls",
+                                            daemon=True)
+            self._worker.start()
+
+    def _wandb_soon(self, what: str, call: Callable[[Any], object]) -> None:
+        """Queue one W&B call for the worker (made in order); without a worker, make it now."""
+        if self._worker is None:
+            self._wandb(what, call)
+        else:
+            self._calls.put((what, call))  # blocks only when W&B is WANDB_QUEUE calls behind
+
+    def _run_wandb_calls(self) -> None:
+        while (item := self._calls.get()) is not None:
+            try:
+                self._wandb(*item)
+            except BaseException as e:  # noqa: BLE001 - a dead worker would hang finish()
+                self._run = None
+                self._say(f"W&B {item[0]} failed ({_error(e)}); W&B is off for the rest of "
+                          "this run")
+            finally:
+                self._calls.task_done()
+        self._calls.task_done()
+
+    def wait_for_wandb(self) -> None:
+        """Return once W&B has been given every call made so far (they run on a worker)."""
+        if self._worker is not None:
+            self._calls.join()
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            self._calls.put(None)
+            self._worker.join()
+            self._worker = None
 
     def _wandb(self, what: str, call: Callable[[Any], object]) -> None:
         """Run one W&B call. If an online run fails, continue the same run offline (synced
@@ -584,7 +602,7 @@ class Tracker:
         self._say(f"W&B {what} failed ({failure}); W&B is off for the rest of this run")
 
     def _say(self, message: str) -> None:
-        print(redact(f"tracking: {message}"), flush=True)
+        print(_redact(f"tracking: {message}"), flush=True)
 
 
 def reference_artifact(name: str, uri: str, metadata: Mapping[str, Any]) -> Any:
@@ -611,36 +629,6 @@ def _quiet_wandb() -> Iterator[None]:
         term._show_warnings = shown
 
 
-def _write_git_diff(path: Path) -> None:
-    """The commit and the uncommitted changes of the code that runs (nothing outside git)."""
-    try:
-        def git(*args: str) -> str:
-            return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True,
-                                  text=True, timeout=20, check=True).stdout
-        commit = git("rev-parse", "HEAD").strip()
-        diff = git("diff", "HEAD")
-    except (OSError, subprocess.SubprocessError):
-        return
-    _write_atomic(path, redact(f"# commit {commit}\n{diff}"))
-
-
-def _plain(obj: Any) -> Any:
-    """Plain Python (dict/list/str/number/bool/None) for YAML, JSON and W&B."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = dataclasses.asdict(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | set | frozenset):
-        return [_plain(v) for v in obj]
-    if obj is None or isinstance(obj, str | bool | int | float):
-        return obj
-    if isinstance(obj, Enum):
-        return _plain(obj.value)
-    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
-        return _plain(obj.tolist())
-    return str(obj)
-
-
 def _teardown_wandb() -> None:
     """Release a failed run: W&B keeps its id reserved until torn down, so reopening the run
     (offline, same id) would fail with "run ID is in use"."""
@@ -652,53 +640,30 @@ def _teardown_wandb() -> None:
         pass
 
 
+def _redact(obj: Any) -> Any:
+    """`redact` with the secrets of the environment as it is now. Finding them scans every
+    environment variable (~0.7 ms) and every step's row is redacted, so they are found again
+    only when the environment changed."""
+    global _env_secrets
+    env = dict(os.environ)
+    if env != _env_secrets[0]:
+        _env_secrets = (env, secret_values())
+    return redact(obj, _env_secrets[1])
+
+
+_env_secrets: tuple[dict[str, str], list[str]] = ({}, [])
+
+
+def _skip_pandas_import(wandb: Any) -> None:
+    """W&B checks every non-scalar value it logs (tables, images, a None in the summary)
+    against pandas.DataFrame, importing pandas to do so once pandas is installed (it comes with
+    `datasets`): ~0.5-1 s in the middle of a run that never uses it. Told pandas is absent, W&B
+    recognises a DataFrame by its type name instead; once pandas is imported this changes
+    nothing."""
+    util = getattr(wandb, "util", None)
+    if "pandas" not in sys.modules and getattr(util, "pd_available", None) is True:
+        util.pd_available = False
+
+
 def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
-
-
-def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    # Open, write, close per call: every line is on disk even if the process dies next.
-    with path.open("a") as f:
-        f.write("".join(json.dumps(row, default=str) + "\n" for row in rows))
-
-
-def _read_jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(line, parsed) pairs. A last line with no newline is what a crash mid-write leaves: it
-    is skipped with a warning. A bad line anywhere else is damage: RunFileError names it."""
-    if not path.exists():
-        return []
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RunFileError(f"{path}: damaged, not UTF-8 (byte {exc.start})") from None
-    lines = text.splitlines(keepends=True)
-    pairs = []
-    for number, line in enumerate(lines, start=1):
-        torn = number == len(lines) and not line.endswith("\n")
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if isinstance(row, dict) and (not torn or "step" in row):
-            pairs.append((line if line.endswith("\n") else line + "\n", row))
-        elif torn:
-            if _warned_torn.get(path) != line:
-                _warned_torn[path] = line
-                print(f"warning: {path}: the last line was cut short (a crash while "
-                      "writing); ignoring it", flush=True)
-        elif line.strip():
-            raise RunFileError(f"{path} line {number}: damaged, not a JSON record "
-                               f"({line.strip()[:80]!r}); fix or delete that line")
-    return pairs
-
-
-_warned_torn: dict[Path, str] = {}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-write_atomic = _write_atomic  # for run files written outside the tracker (train_rl's rollouts)

@@ -14,8 +14,8 @@ import pytest
 
 import train_sft
 from common.cli import run_main
+from common.runfiles import read_metrics
 from common.secrets import MASK, redact, secret_values
-from common.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 SFT = ["--backend", "local", "--wandb_mode", "disabled", "--sample_every", "0",
@@ -289,3 +289,35 @@ def test_a_crash_at_a_checkpoint_loses_no_step(tmp_path, monkeypatch, script, wh
     run_dir = tmp_path / "run"
     assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4]
     assert [c["step"] for c in states(run_dir)] == [2, 4]
+
+
+# --- the file layer -------------------------------------------------------------------------------
+
+def test_reading_a_run_directory_needs_neither_wandb_nor_the_tracker():
+    """costs (and any other run-dir reader) import common.runfiles: no W&B, no Tracker."""
+    code = ("import sys, common.runfiles, common.costs; "
+            "print(sorted(m for m in ('wandb', 'common.tracking') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True, timeout=120).stdout
+    assert out.strip() == "[]"
+
+
+def test_rows_logged_before_a_sigkill_are_in_the_files(tmp_path):
+    """A record is in the kernel when log() returns: SIGKILL right after loses none of it."""
+    code = f"""
+import os, signal
+from common.tracking import Tracker
+tracker = Tracker({str(tmp_path)!r}, project="p", mode="disabled", run_name="n", group=None,
+                  job_type="sft", config={{}})
+for step in range(1, 4):
+    tracker.log({{"train/loss": 1.0 / step}}, step)
+tracker.log_table("samples", ["step", "completion"], [[3, "foo"]], 3)
+tracker.log_checkpoint(3, "000003", "tinker://x/weights/000003", "state")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    killed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120)
+    assert killed.returncode == -9
+    assert [(m["step"], m["train/loss"]) for m in read_metrics(tmp_path)] == [
+        (1, 1.0), (2, 0.5), (3, 1 / 3)]
+    assert read_jsonl(tmp_path / "samples.jsonl")[0]["completion"] == "foo"
+    assert read_jsonl(tmp_path / "checkpoints.jsonl")[0]["name"] == "000003"

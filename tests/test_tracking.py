@@ -12,14 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
+from common.runfiles import read_checkpoints
 from common.secrets import MASK, is_secret_key, redact, secret_values
-from common.tracking import (
-    Tracker,
-    has_wandb_credentials,
-    read_checkpoints,
-    resolve_wandb_mode,
-    run_name,
-)
+from common.tracking import Tracker, has_wandb_credentials, resolve_wandb_mode, run_name
 from tests.wandb_records import read_offline_run
 
 SAMPLE_COLUMNS = ["step", "prompt", "completion", "reward"]
@@ -151,6 +146,7 @@ def test_failed_online_init_falls_back_to_offline(
     # A W&B error later turns W&B off once; the files keep going.
     run = tracker._run
     tracker.log({"train/loss": 1.0}, step=0)
+    tracker.wait_for_wandb()  # W&B calls run on a worker thread: step 0 reached W&B
     monkeypatch.setattr(run, "log", lambda *a, **k: 1 / 0)
     tracker.log({"train/loss": 0.5}, step=1)
     tracker.log({"train/loss": 0.25}, step=2)
@@ -319,12 +315,14 @@ def test_redact(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_failing_online_run_continues_offline(tmp_path: Path, capsys) -> None:
     tracker = make_tracker(tmp_path)
     tracker.log({"train/loss": 1.0}, step=1)
+    tracker.wait_for_wandb()  # W&B calls run on a worker thread: step 1 is logged fine
     tracker.wandb_mode = "online"  # as if this run were online, and its connection now broke
 
     def broken_log(*args, **kwargs):
         raise ConnectionError("network is gone")
     tracker._run.log = broken_log
     tracker.log({"train/loss": 0.5}, step=2)  # must not raise
+    tracker.wait_for_wandb()
     assert "continuing this run offline" in capsys.readouterr().out
     assert tracker.wandb_mode == "offline" and tracker._run.log is not broken_log
     tracker.log({"train/loss": 0.25}, step=3)
@@ -400,6 +398,7 @@ def test_a_resumed_run_continues_the_samples_table_from_its_checkpoint(tmp_path:
         tracker.log({"train/loss": 1.0 / step}, step)
         if step % 2 == 0:
             tracker.log_table("samples", SAMPLE_COLUMNS, [[step, "q", f"first {step}", 0.0]], step)
+    tracker.wait_for_wandb()  # W&B had all of it (a kill may also lose what is still queued)
     tracker._run.finish(exit_code=137)  # as good as killed: no Tracker.finish
     with make_tracker(tmp_path, resume=True) as tracker:
         tracker.truncate_after(4)
@@ -480,3 +479,51 @@ def test_old_servers_get_the_whole_table_under_one_key_when_asked(tmp_path: Path
     versions = read_offline_run(tmp_path).tables["samples"]
     assert [t.info["_type"] for t in versions] == ["table-file", "table-file"]
     assert [[r["completion"] for r in t.rows] for t in versions] == [["a1"], ["a1", "a2"]]
+
+
+def test_the_loop_does_not_wait_for_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B calls run on a worker thread: a step is in metrics.jsonl and log() has returned while
+    W&B is still busy; finish() gives W&B every step, in order."""
+    import threading
+
+    tracker = make_tracker(tmp_path)
+    release, given = threading.Event(), []
+    real_log = tracker._run.log
+
+    def busy_log(values, step):
+        release.wait(120)
+        given.append(step)
+        real_log(values, step=step)
+    monkeypatch.setattr(tracker._run, "log", busy_log)
+    for step in (1, 2, 3):
+        tracker.log({"train/loss": 1.0 / step}, step)
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    assert given == []  # W&B is still on step 1
+    release.set()
+    tracker.finish()
+    assert given == [1, 2, 3]
+    history = read_offline_run(tmp_path).history
+    assert [(r["_step"], r["train/loss"]) for r in history if "train/loss" in r] == [
+        (1, 1.0), (2, 0.5), (3, 1 / 3)]
+
+
+def test_logging_a_table_to_wandb_does_not_import_pandas(tmp_path: Path) -> None:
+    """W&B would import pandas (~1 s) at the first table or None it logs; the run never uses it."""
+    import subprocess
+
+    code = f"""
+import sys
+from common.tracking import Tracker
+with Tracker({str(tmp_path)!r}, project="p", mode="offline", run_name="n", group=None,
+             job_type="sft", config={{}}) as tracker:
+    tracker.log({{"train/loss": 1.0}}, 1)
+    tracker.log_table("samples", ["step", "completion"], [[1, "foo"]], 1)
+    tracker.set_summary({{"checkpoint/last": None}})
+print("pandas imported:", "pandas" in sys.modules)
+"""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    assert "pandas imported: False" in out
+    table = read_offline_run(tmp_path).tables["samples"][0]
+    assert table.data == [[1, "foo"]]
