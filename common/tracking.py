@@ -49,9 +49,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-# Names of the file layer that were defined here before it was a module of its own; existing
-# imports from common.tracking keep working.
-from common.runfiles import (  # noqa: F401
+from common.runfiles import (
     CHECKPOINT_COLUMNS,
     CHECKPOINTS,
     CONFIG,
@@ -64,15 +62,10 @@ from common.runfiles import (  # noqa: F401
     SUMMARY,
     TABLES,
     RecordLog,
-    RunFileError,
-    append_jsonl,
     keep_rows,
     plain,
     read_checkpoints,
-    read_group,
     read_jsonl,
-    read_metrics,
-    read_run_config,
     read_summary,
     write_atomic,
     write_git_diff,
