@@ -25,7 +25,13 @@ from tqdm import tqdm
 
 from common import rundir
 from common.backend import connect
-from common.checkpoints import checkpoint_name, last_state, save_checkpoint, start_training_client
+from common.checkpoints import (
+    checkpoint_name,
+    last_checkpoint,
+    last_state,
+    save_checkpoint,
+    start_training_client,
+)
 from common.config import ConfigError, as_dict
 from common.costs import CostMeter, last_logged_metrics
 from common.runfiles import CONFIG, read_group, read_run_config
@@ -231,6 +237,12 @@ class Run:
 
     def finish(self, metrics: dict[str, float], keys: list[str], warning: str | None = None
                ) -> None:
+        if not metrics:  # nothing left to do (a rerun of a finished run): its last record
+            metrics = {k: v for k, v in self.last_metrics.items() if k not in ("step", "_time")}
+        final = last_checkpoint(self.tracker.run_dir, "sampler")
+        if final and final["name"] == "final" and not self.tracker.summary_value(
+                "checkpoint/final"):  # killed between the final checkpoint and its summary
+            self.tracker.log_final_checkpoint(final["path"])
         end_of_run(self.tracker, self.meter, metrics, keys, warning)
 
     def _save_hooks(self, step: int) -> None:
