@@ -3,10 +3,10 @@
 A training script's setup is one call:
 
     with start_run(cfg, "train_rl", job_type="rl") as run:
-        for step in run.steps(total_steps, desc="rl"):  # progress bar; ends early, saved, on Ctrl-C
-            ...                                # the algorithm, on run.training_client
-            run.log(metrics, step)             # + the step's tokens and cost (run.meter)
-            run.save_if_due(step)              # after the record: a crash redoes the step
+        for step in run.steps(total_steps, desc="rl"):  # a bar; Ctrl-C: saved, stops
+            ...                                   # the algorithm, on run.training_client
+            run.log(metrics, step)                # + the step's tokens and cost (run.meter)
+            run.save_if_due(step)                 # after the record: a crash redoes the step
         run.finish(metrics, headline_keys)
 """
 
