@@ -206,6 +206,9 @@ def plot_curves(curves: Mapping[str, Curves], kinds: Mapping[str, str], keys: Se
         ax.set_xlabel("step")
         ax.set_ylabel(y_label(key, kind))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+        low, high = ax.get_xlim()
+        if high - low < 2:  # one step only: MaxNLocator falls back to fractional ticks
+            ax.set_xlim(math.floor(low) - 1, math.ceil(high) + 1)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(charts):]:
         ax.set_visible(False)

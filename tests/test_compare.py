@@ -141,3 +141,10 @@ def test_the_module_runs_as_a_command(sft_and_rl, tmp_path):
     assert missing.returncode == 2
     assert missing.stderr.strip().endswith("nope: no metrics.jsonl (is it a training run "
                                            "directory?)")
+
+
+def test_a_chart_of_one_step_still_has_whole_step_ticks(tmp_path):
+    curves = {"rl": {"eval/accuracy": [(10, 0.59)]}}
+    fig = compare.plot_curves(curves, {"rl": "rl"}, ["eval/accuracy"], tmp_path / "c.png")
+    ticks = fig.axes[0].get_xticks()
+    assert 10 in ticks and all(float(t).is_integer() for t in ticks)
