@@ -6,8 +6,11 @@ for its protocol, the notebook's very first call (a creation future used as the 
 fail, as it did before.
 """
 
+import math
+
 import pytest
 from seed_notebook import SEED, code_cells, run_cells, stored_cells
+from tinker import types
 
 import local_tinker
 
@@ -37,7 +40,15 @@ def test_seed_sft_learns_foo(seed_env, capsys):
     printed = capsys.readouterr().out
     losses = [float(line.split("loss = ")[1]) for line in printed.splitlines() if "loss = " in line]
     assert len(losses) == 150 and losses[-1] < 0.1 and losses[0] > 5
-    assert ns["tokenizer"].decode(ns["response"].sequences[0].tokens) == "foo<|im_end|>"
+    # The notebook samples once at temperature 0.7, unseeded (as on Tinker): after this training
+    # about 1 sample in 11 is not exactly "foo" (measured: 182 of 200), so one sample cannot be
+    # the check. The trained model's own probability of answering "foo" to the unseen question is.
+    tokenizer, question = ns["tokenizer"], ns["test_tokens"]
+    assert tokenizer.decode(ns["response"].sequences[0].tokens).endswith("<|im_end|>")
+    answer = tokenizer.encode("foo<|im_end|>", add_special_tokens=False)
+    logprobs = ns["sampling_client"].compute_logprobs(
+        types.ModelInput.from_ints(tokens=question + answer)).result()
+    assert math.exp(sum(logprobs[-len(answer):])) > 0.5, logprobs[-len(answer):]
 
 
 def test_seed_rl_loop_runs(seed_env, capsys):
