@@ -50,6 +50,7 @@ from common.config import (
     check_service,
     finite,
     require,
+    require_at_least,
     resolve_backend,
 )
 from common.data import load_chat_data
@@ -134,9 +135,7 @@ class Target:
 def validate(cfg: Config) -> None:
     require(bool(cfg.checkpoint) or cfg.base_model, "base_model",
             "nothing to score: pass --checkpoint, or keep --base_model")
-    require(cfg.num_problems is None or cfg.num_problems >= 1, "num_problems",
-            f"must be >= 1, got {cfg.num_problems}")
-    require(cfg.max_tokens >= 1, "max_tokens", f"must be >= 1, got {cfg.max_tokens}")
+    require_at_least(cfg, num_problems=1, max_tokens=1)
     require(finite(cfg.temperature) and cfg.temperature >= 0, "temperature",
             f"must be a number >= 0, got {cfg.temperature}")
     check_service(cfg)

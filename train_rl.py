@@ -45,6 +45,7 @@ from common.config import (
     finite,
     lr_field,
     require,
+    require_at_least,
     resolved,
 )
 from common.costs import (
@@ -108,25 +109,18 @@ class Config(ServiceConfig, TrainingConfig, TrackingConfig, CheckpointConfig):
     """Score held-out problems every N steps and at the end (0: only at the end)."""
     eval_problems: int = 99
     """Held-out problems per evaluation, spread over the pair counts (greedy decoding)."""
-    # --- run economics
-    dry_run: bool = False
-    """Print the run's token and cost upper bounds, then exit without calling the backend."""
 
 
 def validate(cfg: Config) -> None:
     check_common(cfg)
-    require(cfg.group_size >= 1, "group_size", f"must be >= 1, got {cfg.group_size}")
+    require_at_least(cfg, group_size=1, eval_problems=0, concise_bonus_after=0,
+                     max_steps_off_policy=0)
     require(cfg.group_size >= 2 or cfg.advantage != "group", "group_size",
             "1 leaves group advantages always zero; use >= 2 or --advantage batch")
-    require(cfg.max_tokens >= 1, "max_tokens", f"must be >= 1, got {cfg.max_tokens}")
     require(finite(cfg.temperature) and cfg.temperature > 0, "temperature",
             f"must be a number > 0 for RL, got {cfg.temperature}")
     require(finite(cfg.large_share) and 0 <= cfg.large_share <= 1, "large_share",
             f"must be in [0, 1], got {cfg.large_share}")
-    require(cfg.concise_bonus_after is None or cfg.concise_bonus_after >= 0,
-            "concise_bonus_after", f"must be >= 0 (or None), got {cfg.concise_bonus_after}")
-    require(cfg.eval_every >= 0, "eval_every", f"must be >= 0, got {cfg.eval_every}")
-    require(cfg.eval_problems >= 0, "eval_problems", f"must be >= 0, got {cfg.eval_problems}")
 
 
 def make_task(cfg: Config):
@@ -187,16 +181,11 @@ def main(cfg: Config) -> dict[str, float]:
             train_metrics = update.metrics(step) if update else {}
             run.meter.add(trained=update.tokens if update else 0)
             untrained_steps += update is None
-            metrics = {
-                **rollout_metrics(groups, texts, rewards),
-                **train_metrics,
-                "rl/staleness": batch.staleness,
-                "rl/frac_groups_zero_std": adv.frac_groups_zero_std,
-                "rl/steps_without_training": untrained_steps,
-                "train/lr": cfg.lr, "progress/step": step,
-                "progress/done_frac": step / cfg.max_steps,
-                "time/sample": t_sampled - t0, "time/train": time.perf_counter() - t_sampled,
-            }
+            metrics = {**rollout_metrics(groups, texts, rewards, adv), **train_metrics,
+                       "rl/staleness": batch.staleness,
+                       "rl/steps_without_training": untrained_steps, "train/lr": cfg.lr,
+                       "progress/step": step, "progress/done_frac": step / cfg.max_steps,
+                       "time/sample": t_sampled - t0, "time/train": time.perf_counter() - t_sampled}
             if due(step, cfg.eval_every, cfg.max_steps) and heldout:
                 metrics.update(evaluate_heldout(sampler.result(), tokenizer, task, heldout, cfg,
                                                 run.meter))
@@ -365,7 +354,7 @@ def untrained_warning(untrained_steps: int, steps: int) -> str | None:
             "datum had a non-zero advantage")
 
 
-def rollout_metrics(groups, texts, rewards) -> dict[str, float]:
+def rollout_metrics(groups, texts, rewards, adv) -> dict[str, float]:
     flat = [r for group in rewards for r in group]
     seqs = [s for group in groups for s in group]
     sampled_lp = np.concatenate([np.asarray(s.logprobs) for s in seqs if s.tokens] or [[0.0]])
@@ -375,6 +364,7 @@ def rollout_metrics(groups, texts, rewards) -> dict[str, float]:
         **{f"reward/{part}": float(np.mean([r[part] for r in flat]))
            for part in ("format", "correct", "concise")},
         "rl/accuracy": float(np.mean([r["correct"] > 0 for r in flat])),
+        "rl/frac_groups_zero_std": adv.frac_groups_zero_std,
         # Mean surprisal of the sampled tokens: a cheap per-token entropy estimate.
         "rl/entropy": float(-sampled_lp.mean()),
         "completions/mean_words": float(np.mean([len(t.split()) for g in texts for t in g])),

@@ -31,6 +31,7 @@ from common.config import (
     finite,
     lr_field,
     require,
+    require_at_least,
     resolved,
 )
 from common.costs import (
@@ -97,24 +98,16 @@ class Config(ServiceConfig, TrainingConfig, TrackingConfig, CheckpointConfig):
     """Longest sampled answer."""
     temperature: float = 0.7
     """Sampling temperature for the samples table."""
-    # --- run economics
-    dry_run: bool = False
-    """Print the run's estimated tokens and cost, then exit without calling the backend."""
 
 
 def validate(cfg: Config) -> None:
     check_common(cfg)
     require(0 <= cfg.eval_fraction < 1, "eval_fraction",
             f"must be in [0, 1), got {cfg.eval_fraction}")
-    require(cfg.epochs >= 1, "epochs", f"must be >= 1, got {cfg.epochs}")
-    require(cfg.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {cfg.warmup_steps}")
-    require(cfg.max_length >= 2, "max_length", f"must be >= 2, got {cfg.max_length}")
-    require(cfg.max_tokens >= 1, "max_tokens", f"must be >= 1, got {cfg.max_tokens}")
-    require(cfg.eval_every >= 0, "eval_every", f"must be >= 0, got {cfg.eval_every}")
+    require_at_least(cfg, epochs=1, warmup_steps=0, max_length=2, sample_prompts=0,
+                     dataset_size=1)
     require(finite(cfg.temperature) and cfg.temperature >= 0, "temperature",
             f"must be a number >= 0, got {cfg.temperature}")
-    require(cfg.sample_prompts >= 0, "sample_prompts", f"must be >= 0, got {cfg.sample_prompts}")
-    require(cfg.dataset_size >= 1, "dataset_size", f"must be >= 1, got {cfg.dataset_size}")
     require(cfg.max_steps is None or cfg.warmup_steps <= cfg.max_steps, "warmup_steps",
             f"{cfg.warmup_steps} is longer than the run (--max_steps {cfg.max_steps})")
 

@@ -196,15 +196,21 @@ def sft_config(spec: dict, log_dir: Path | None):
         wandb_mode="disabled", save_every=0, sample_every=0)
 
 
-def run_ours_sft(spec: dict, work: Path) -> dict:
+def run_ours(name: str, script: str, make_config, spec: dict, work: Path):
+    """One of our training scripts, in this process: (its final metrics, its metrics.jsonl rows,
+    RSS before it ran)."""
+    import importlib
+
     import torch  # noqa: F401  (imported before the baseline, as on the TRL side)
 
-    import train_sft
-
+    main = importlib.import_module(script).main
     rss = rss_now_mb()
-    log_dir = work / "ours-sft"
-    final = train_sft.main(sft_config(spec, log_dir))
-    rows = read_metrics(log_dir)
+    final = main(make_config(spec, work / name))
+    return final, read_metrics(work / name), rss
+
+
+def run_ours_sft(spec: dict, work: Path) -> dict:
+    final, rows, rss = run_ours("ours-sft", "train_sft", sft_config, spec, work)
     return summarize("ours-sft", [r["time/step"] for r in rows],
                      [r["tokens/trained"] for r in rows], {"final_loss": final["train/loss"]}, rss,
                      {"losses": [r["train/loss"] for r in rows]})
@@ -298,20 +304,15 @@ def rl_config(spec: dict, log_dir: Path | None):
 
 
 def run_ours_rl(spec: dict, work: Path) -> dict:
-    import torch  # noqa: F401
-
-    import train_rl
-
-    rss = rss_now_mb()
-    log_dir = work / "ours-rl"
-    final = train_rl.main(rl_config(spec, log_dir))
-    rows = read_metrics(log_dir)
+    final, rows, rss = run_ours("ours-rl", "train_rl", rl_config, spec, work)
+    # A step whose groups all tied trains nothing and logs no loss: NaN in its place.
+    losses = [r.get("train/loss", math.nan) for r in rows]
     return summarize("ours-rl", [r["time/step"] for r in rows],
                      [r["tokens/sampled"] + r["tokens/trained"] for r in rows],
                      {"final_reward": final["reward/mean"], "final_accuracy": final["rl/accuracy"],
                       "mean_reward": statistics.mean(r["reward/mean"] for r in rows),
-                      "final_loss": final["train/loss"]}, rss,
-                     {"losses": [r["train/loss"] for r in rows],
+                      "final_loss": losses[-1]}, rss,
+                     {"losses": losses,
                       "rewards": [r["reward/mean"] for r in rows],
                       "sampled_tokens": sum(r["tokens/sampled"] for r in rows),
                       "trained_tokens": sum(r["tokens/trained"] for r in rows)})

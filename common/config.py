@@ -70,6 +70,9 @@ class TrainingConfig:
     """LoRA rank."""
     sample_every: int = 10
     """Log a table of samples every N steps (0: never)."""
+    dry_run: bool = False
+    """Print the run's token and cost estimate (upper bounds for RL), then exit without calling
+    the backend."""
 
 
 @dataclass
@@ -450,6 +453,13 @@ def require(condition: bool, flag: str, message: str) -> None:
         raise ConfigError(f"--{flag}: {message}")
 
 
+def require_at_least(cfg: Any, **minimums: int) -> None:
+    """`--flag: must be >= N` for each flag=N given; a flag left at None (unset) passes."""
+    for flag, low in minimums.items():
+        value = getattr(cfg, flag)
+        require(value is None or value >= low, flag, f"must be >= {low}, got {value}")
+
+
 MAX_LORA_RANK = 1024  # far above any useful rank; a typo like 100000 would allocate for hours
 
 
@@ -462,11 +472,8 @@ def check_common(cfg: Any) -> None:
     require(finite(cfg.lr) and cfg.lr > 0, "lr", f"must be a positive number, got {cfg.lr}")
     require(1 <= cfg.lora_rank <= MAX_LORA_RANK, "lora_rank",
             f"must be in [1, {MAX_LORA_RANK}], got {cfg.lora_rank}")
-    require(cfg.batch_size >= 1, "batch_size", f"must be >= 1, got {cfg.batch_size}")
-    require(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps",
-            f"must be >= 1, got {cfg.max_steps}")
-    require(cfg.save_every >= 0, "save_every", f"must be >= 0, got {cfg.save_every}")
-    require(cfg.sample_every >= 0, "sample_every", f"must be >= 0, got {cfg.sample_every}")
+    require_at_least(cfg, batch_size=1, max_steps=1, max_tokens=1, save_every=0, sample_every=0,
+                     eval_every=0)
     require(not (cfg.resume and cfg.log_dir is None), "resume",
             "needs --log_dir, the run directory to continue")
     check_service(cfg)

@@ -26,7 +26,6 @@ OMP_NUM_THREADS=1; other thread counts give slightly different floats):
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -45,7 +44,12 @@ from common.tasks import (  # noqa: E402
     build_messages,
     problem_at,
 )
-from local_tinker.models import TINY_INSTRUCT_WEIGHTS, build_tiny_math, save_shipped  # noqa: E402
+from local_tinker.models import (  # noqa: E402
+    TINY_INSTRUCT_WEIGHTS,
+    build_tiny_math,
+    save_shipped,
+    train_every_weight,
+)
 
 SEED = 0
 EVAL_PREFIX = "tiny-instruct-eval"  # its own problem stream: not training, not held-out
@@ -107,35 +111,27 @@ def main() -> None:
     pad = tokenizer.pad_token_id
     rows = solutions_dataset(args.steps * args.batch_size, SEED, DEFAULT_DIFFICULTY,
                              error_rate=args.error_rate, verbose_rate=args.verbose_rate)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98),
-                                  weight_decay=0.0)
-    warmup = min(30, args.steps)
-    torch.manual_seed(SEED)
-    started = time.monotonic()
-    for step in range(args.steps):
-        progress = max(0.0, (step - warmup) / max(1, args.steps - warmup))
-        cosine = 0.1 + 0.45 * (1 + math.cos(math.pi * progress))  # tiny-math's schedule
-        scale = (step + 1) / warmup if step < warmup else cosine
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * scale
+
+    def batch_at(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         batch = rows[step * args.batch_size:(step + 1) * args.batch_size]
         prompt_lens = [len(chat_tokens(tokenizer, r["messages"][:-1], add_generation_prompt=True))
                        for r in batch]
         full = [chat_tokens(tokenizer, r["messages"], add_generation_prompt=False)[
                     :n + TRAIN_COMPLETION_TOKENS] for r, n in zip(batch, prompt_lens, strict=True)]
         width = max(map(len, full))
-        ids = torch.tensor([t + [pad] * (width - len(t)) for t in full])
         # Loss on the assistant turn only (its <|im_end|> included), as train_sft's datums.
-        labels = torch.tensor([[-100] * n + t[n:] + [-100] * (width - len(t))
-                               for t, n in zip(full, prompt_lens, strict=True)])
-        loss = model(input_ids=ids, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        if (step + 1) % 10 == 0 or step + 1 == args.steps:
-            print(f"step {step + 1}/{args.steps}  loss {loss.item():.3f}  "
-                  f"{time.monotonic() - started:.0f}s", flush=True)
+        return (torch.tensor([t + [pad] * (width - len(t)) for t in full]),
+                torch.tensor([[-100] * n + t[n:] + [-100] * (width - len(t))
+                              for t, n in zip(full, prompt_lens, strict=True)]))
+
+    def report(step: int, loss: float) -> None:
+        print(f"step {step}/{args.steps}  loss {loss:.3f}  {time.monotonic() - started:.0f}s",
+              flush=True)
+
+    torch.manual_seed(SEED)
+    started = time.monotonic()
+    final_loss = train_every_weight(model, args.steps, args.lr, min(30, args.steps), batch_at,
+                                    report, report_every=10)
 
     model.eval()
     measured = sampled_accuracy(model, tokenizer, args.eval_per_pair_count)
@@ -151,7 +147,7 @@ def main() -> None:
         "trained": "every weight (full fine-tune; nothing to merge)",
         "train_completion_tokens": TRAIN_COMPLETION_TOKENS,
         "torch_threads": torch.get_num_threads(),
-        "final_loss": round(loss.item(), 4),
+        "final_loss": round(final_loss, 4),
         "sampled": {"temperature": EVAL_TEMPERATURE, "max_tokens": EVAL_MAX_TOKENS,
                     "problems_per_pair_count": args.eval_per_pair_count, **measured},
         "seconds": round(time.monotonic() - started),

@@ -26,7 +26,6 @@ script documents and reproduces it (about 18 minutes on 2 CPU cores):
 """
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,12 @@ from common.tasks import (  # noqa: E402
     problem_at,
     work_lines,
 )
-from local_tinker.models import TINY_MATH_WEIGHTS, build_tiny_chat, save_shipped  # noqa: E402
+from local_tinker.models import (  # noqa: E402
+    TINY_MATH_WEIGHTS,
+    build_tiny_chat,
+    save_shipped,
+    train_every_weight,
+)
 
 SEED = 0
 CORPUS_PREFIX = "tiny-math-corpus"  # its own problem stream, unrelated to training and held-out
@@ -109,41 +113,32 @@ def main() -> None:
     base = build_tiny_chat()  # the tiny-chat network and its fixed-seed initial weights
     model, tokenizer = base.fresh_copy().train(), base.tokenizer
     pad = tokenizer.pad_token_id
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98),
-                                  weight_decay=0.0)
-    warmup = min(100, args.steps)
-    started = time.monotonic()
-    for step in range(args.steps):
-        # Linear warmup, then cosine decay to a tenth: the usual recipe, and the decay is
-        # worth a few points of two-pair accuracy at this size.
-        progress = max(0.0, (step - warmup) / max(1, args.steps - warmup))
-        cosine = 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-        scale = (step + 1) / warmup if step < warmup else cosine
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * scale
+
+    def batch_at(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         docs = [tokenizer(document(step * args.batch_size + i))["input_ids"] + [pad]
                 for i in range(args.batch_size)]
         width = max(map(len, docs))
-        ids = torch.tensor([d + [pad] * (width - len(d)) for d in docs])
-        labels = torch.tensor([d + [-100] * (width - len(d)) for d in docs])
-        loss = model(input_ids=ids, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        if (step + 1) % 250 == 0 or step + 1 == args.steps:
-            model.eval()
-            accuracy = plain_accuracy(model, tokenizer)
-            model.train()
-            print(f"step {step + 1}/{args.steps}  loss {loss.item():.3f}  "
-                  f"greedy accuracy by pair count {accuracy}  "
-                  f"{time.monotonic() - started:.0f}s", flush=True)
+        return (torch.tensor([d + [pad] * (width - len(d)) for d in docs]),
+                torch.tensor([d + [-100] * (width - len(d)) for d in docs]))
+
+    accuracy: dict[int, float] = {}
+
+    def report(step: int, loss: float) -> None:
+        model.eval()
+        accuracy.update(plain_accuracy(model, tokenizer))
+        model.train()
+        print(f"step {step}/{args.steps}  loss {loss:.3f}  greedy accuracy by pair count "
+              f"{accuracy}  {time.monotonic() - started:.0f}s", flush=True)
+
+    started = time.monotonic()
+    final_loss = train_every_weight(model, args.steps, args.lr, min(100, args.steps), batch_at,
+                                    report, report_every=250)
 
     card = {
         "made_by": "data/make_tiny_math.py",
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": SEED,
         "problems_seen": args.steps * args.batch_size * PROBLEMS_PER_DOCUMENT,
-        "final_loss": round(loss.item(), 4),
+        "final_loss": round(final_loss, 4),
         "greedy_accuracy_plain_format": accuracy,
         "seconds": round(time.monotonic() - started),
         "torch": torch.__version__,

@@ -160,7 +160,8 @@ FLAG_CASES = [
     *[("rl", f, v, rf"--{f}\b.*(invalid int value|must be|group advantages)") for f, values in {
         "group_size": ["0", "1", "-2", "2.5"], "batch_size": ["0", "x"], "max_tokens": ["0"],
         "eval_every": ["-1"], "eval_problems": ["-1"], "max_steps": ["0", "1e3"],
-        "concise_bonus_after": ["-1", "soon"], "lora_rank": ["0", "100000"]}.items()
+        "concise_bonus_after": ["-1", "soon"], "lora_rank": ["0", "100000"],
+        "max_steps_off_policy": ["-1"]}.items()
       for v in values],
     *[("rl", f, v, rf"--{f}\b.*{BAD_FLOAT}") for f, values in {
         "temperature": ["0", "-1", "nan", "inf"], "large_share": ["2", "-0.5", "nan"],
