@@ -148,22 +148,21 @@ def main(cfg: Config) -> dict[str, Any]:
     cfg = dataclasses.replace(cfg, model=cfg.model or targets[-1].base_model)
     task = arithmetic_task(heldout_path=cfg.heldout, concise_needs_answer=cfg.concise_needs_answer)
     items = load_items(cfg, task)
-    service = connect(cfg.backend, cfg.base_url)
-    # Every client is created (and every checkpoint path checked) before the first sample.
-    futures = [service.create_sampling_client(model_path=t.path) if t.path
-               else service.create_sampling_client(base_model=t.base_model) for t in targets]
-    clients = [sampling_client(f, t) for f, t in zip(futures, targets, strict=True)]
     params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature,
                                   seed=cfg.seed)
-    with open_eval_tracker(cfg, targets) as tracker:
-        declare_inputs(tracker, targets)
-        results = []
-        for target, client in zip(targets, clients, strict=True):
-            print(f"scoring {target.label} on {len(items)} {cfg.task} items")
-            rows, summary = score(cfg, client, task, items, params)
-            results.append({"target": target, "rows": rows, "summary": summary})
-        report = write_report(cfg, results, tracker)
-    return report
+    with connect(cfg.backend, cfg.base_url) as service:
+        # Every client is created (and every checkpoint path checked) before the first sample.
+        futures = [service.create_sampling_client(model_path=t.path) if t.path
+                   else service.create_sampling_client(base_model=t.base_model) for t in targets]
+        clients = [sampling_client(f, t) for f, t in zip(futures, targets, strict=True)]
+        with open_eval_tracker(cfg, targets) as tracker:
+            declare_inputs(tracker, targets)
+            results = []
+            for target, client in zip(targets, clients, strict=True):
+                print(f"scoring {target.label} on {len(items)} {cfg.task} items")
+                rows, summary = score(cfg, client, task, items, params)
+                results.append({"target": target, "rows": rows, "summary": summary})
+            return write_report(cfg, results, tracker)
 
 
 def eval_targets(cfg: Config) -> list[Target]:

@@ -1,4 +1,5 @@
-"""`connect(backend, base_url)`: a `tinker.ServiceClient`, for Tinker or for the local server.
+"""`with connect(backend, base_url) as service`: a `tinker.ServiceClient`, for Tinker or for the
+local server, whose session is finished when the block ends.
 
 The tinker SDK is the only client in the project. `--backend local` starts the embedded server
 (`local_tinker`) on a free loopback port of this process, or with `--base_url` uses a local server
@@ -6,7 +7,9 @@ started elsewhere (`python -m local_tinker serve`), and points the SDK at it wit
 placeholder key (never the user's TINKER_API_KEY, which must not reach any other host).
 Before handing out a Tinker client we check that the endpoint answers at all, because the SDK
 retries an unreachable server for a long time (its progress timeout is two hours) and a user
-with a typo in --base_url deserves an answer in seconds.
+with a typo in --base_url deserves an answer in seconds. The session is finished ("success",
+"errored", or "interrupted" for Ctrl-C and signals) so that the service frees its models now
+rather than when heartbeats stop, which for a script run in-process (tests, benchmarks) was never.
 
 Knobs for tests and benchmarks, read when the local server starts: LOCAL_TINKER_ROOT (where
 checkpoints live), LOCAL_TINKER_LATENCY_S and LOCAL_TINKER_FAULT_RATE (see local_tinker.server).
@@ -18,10 +21,12 @@ import atexit
 import contextlib
 import os
 import re
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
 REACHABILITY_TIMEOUT_S = 10.0
+SESSION_CLOSE_TIMEOUT_S = 10.0
 _servers = contextlib.ExitStack()  # embedded servers, stopped before the interpreter exits
 atexit.register(_servers.close)
 _started: dict[tuple, str] = {}  # their options -> base_url
@@ -51,8 +56,27 @@ def refusal_reason(exc: BaseException) -> str:
     return re.split(r" for self\.request_id=", text)[0].strip()
 
 
-def connect(backend: str, base_url: str | None = None) -> Any:
-    """A ServiceClient for `backend` ("tinker" or "local", as resolved from the config)."""
+@contextlib.contextmanager
+def connect(backend: str, base_url: str | None = None) -> Iterator[Any]:
+    """A ServiceClient for `backend` ("tinker" or "local", as resolved from the config), its
+    session finished on the way out."""
+    service = _service_client(backend, base_url)
+    status = "interrupted"  # unless the block ends normally or with an error
+    try:
+        yield service
+        status = "success"
+    except Exception:
+        status = "errored"
+        raise
+    finally:
+        try:  # bounded: an unreachable service must not hold up (or hide) the run's own ending
+            service.close(status).result(timeout=SESSION_CLOSE_TIMEOUT_S)
+        except Exception as exc:
+            print(f"note: could not finish the {backend} session ({type(exc).__name__}); the "
+                  "service ends it when its heartbeats stop")
+
+
+def _service_client(backend: str, base_url: str | None) -> Any:
     import tinker
 
     if backend == "local":

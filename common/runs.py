@@ -257,17 +257,18 @@ def start_run(cfg: Any, script: str, job_type: str, may_change: tuple[str, ...] 
     matters: a bad price file fails before anything is spent; the run directory is locked and
     checked before the client loads its saved state; a continued run drops the records after
     its checkpoint before the meter reads its totals back. Raises SystemExit with the signal's
-    exit code after the files are closed if a signal stopped the run."""
+    exit code after the files are closed if a signal stopped the run; the backend session is
+    finished last (success, errored or interrupted)."""
     meter = CostMeter(cfg.model, cfg.backend)
-    service = connect(cfg.backend, cfg.base_url)
-    tracker = open_tracker(cfg, script, job_type=job_type, may_change=may_change)
-    with tracker, GracefulStop() as stop:
-        training_client, done_steps = start_training_client(service, cfg, tracker.run_dir)
-        tracker.truncate_after(done_steps)  # a continued run redoes what came after its state
-        last_metrics = last_logged_metrics(tracker.run_dir)
-        meter.restore(last_metrics)
-        run = Run(cfg, tracker, training_client, training_client.get_tokenizer(), meter, stop,
-                  done_steps, last_metrics)
-        yield run
-    if run.stopped_early:
-        raise SystemExit(stop.exit_code)  # stopped by a signal, cleanly: the checkpoint is saved
+    with connect(cfg.backend, cfg.base_url) as service:
+        tracker = open_tracker(cfg, script, job_type=job_type, may_change=may_change)
+        with tracker, GracefulStop() as stop:
+            training_client, done_steps = start_training_client(service, cfg, tracker.run_dir)
+            tracker.truncate_after(done_steps)  # a continued run redoes what came after its state
+            last_metrics = last_logged_metrics(tracker.run_dir)
+            meter.restore(last_metrics)
+            run = Run(cfg, tracker, training_client, training_client.get_tokenizer(), meter, stop,
+                      done_steps, last_metrics)
+            yield run
+        if run.stopped_early:  # stopped by a signal, cleanly: the checkpoint is saved
+            raise SystemExit(stop.exit_code)

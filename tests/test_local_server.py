@@ -4,6 +4,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import local_tinker
 from common.datums import conversation_datum
 
 ROOT = Path(__file__).resolve().parent.parent
+HANG_CAP_S = 600  # only a hang reaches it; the release normally follows within milliseconds
 
 
 def foo_data(tokenizer, n: int = 6) -> list[types.Datum]:
@@ -90,3 +92,26 @@ def test_embedded_server_binds_loopback_only(local_server):
     assert host == "127.0.0.1"
     with socket.create_connection((host, int(port))):
         pass
+
+
+def test_scripts_finish_their_session_so_the_server_frees_its_models(local_server, tmp_path):
+    """A run's session ends with the run: the server drops its training model and samplers
+    (before, an in-process run's session lived, heartbeating, until the process exited)."""
+    import evaluate
+    import train_sft
+
+    url, server = local_server
+    sessions, models, samplers = (set(server._sessions), set(server.runtime.models),
+                                  set(server.runtime.samplers))
+    train_sft.main(train_sft.Config(backend="local", base_url=url, max_steps=2, batch_size=4,
+                                    log_dir=tmp_path / "sft", wandb_mode="disabled",
+                                    sample_every=0))
+    evaluate.main(evaluate.Config(backend="local", base_url=url, checkpoint=[str(tmp_path / "sft")],
+                                  task="chat", dataset="foo", num_problems=2, max_tokens=4,
+                                  wandb_mode="disabled", log_dir=tmp_path / "eval"))
+    assert set(server._sessions) == sessions  # both sessions finished, none left behind
+    # Their models and samplers are released by jobs queued behind their last calls.
+    deadline = time.monotonic() + HANG_CAP_S
+    while (set(server.runtime.models), set(server.runtime.samplers)) != (models, samplers):
+        assert time.monotonic() < deadline, (server.runtime.models, server.runtime.samplers)
+        time.sleep(0.05)
