@@ -18,7 +18,7 @@ import torch
 
 import train_rl
 import train_sft
-from common.backend import BackendError
+from common.backend import SESSION_CLOSE_TIMEOUT_S, BackendError
 from common.runs import TrainingDiverged
 from tests.wandb_records import read_offline_run
 
@@ -184,6 +184,33 @@ def test_unreachable_tinker_endpoint_fails_fast(monkeypatch, tmp_path):
     with pytest.raises(BackendError, match="needs TINKER_API_KEY"):
         train_sft.main(train_sft.Config(backend="tinker", wandb_mode="disabled"))
     silent.close()
+
+
+def test_a_session_the_service_cannot_finish_does_not_hold_up_the_end(tmp_path):
+    """The service went away mid-run: finishing its session gives up after its bound with a
+    note, and the process exits, instead of the SDK retrying for minutes (a process of its own,
+    as a script is: the SDK's retries die with it)."""
+    script = f"""
+import contextlib, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+import local_tinker
+from common.backend import connect
+server = contextlib.ExitStack()
+url, _ = server.enter_context(local_tinker.embedded({str(tmp_path)!r}))
+with connect("local", url) as service:
+    service.create_lora_training_client("tiny-chat", rank=2).result()  # opens the session
+    server.close()
+    print("server stopped", time.monotonic(), flush=True)
+print("block left", time.monotonic(), flush=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=HANG_CAP_S)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "note: could not finish the local session" in proc.stdout
+    times = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+             for line in proc.stdout.splitlines() if line.startswith(("server", "block"))}
+    # The bound itself, with room for a loaded machine (an unbounded close waits 5 minutes).
+    assert times["block left"] - times["server stopped"] < SESSION_CLOSE_TIMEOUT_S + 60
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
