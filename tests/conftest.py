@@ -45,3 +45,28 @@ def service_client(local_server):
     with tinker.ServiceClient(base_url=local_server[0],
                               api_key=local_tinker.LOCAL_API_KEY) as client:
         yield client
+
+
+@pytest.fixture
+def silent_url():
+    """http://127.0.0.1:<port> of a server that accepts connections and never answers."""
+    import socket
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    held = []
+
+    def accept_until_closed() -> None:
+        try:
+            while True:
+                held.append(silent.accept())
+        except OSError:  # the socket closed at teardown
+            pass
+
+    threading.Thread(target=accept_until_closed, daemon=True).start()
+    yield f"http://127.0.0.1:{silent.getsockname()[1]}"
+    silent.close()
+    for connection, _ in held:
+        connection.close()

@@ -6,10 +6,8 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -162,16 +160,10 @@ def test_injected_faults_do_not_change_the_result(tmp_path, monkeypatch):
         assert faulty[key] == clean[key]
 
 
-def test_unreachable_tinker_endpoint_fails_fast(monkeypatch, tmp_path):
+def test_unreachable_tinker_endpoint_fails_fast(monkeypatch, tmp_path, silent_url):
     monkeypatch.setenv("TINKER_API_KEY", "tml-not-a-real-key-000")
-    # A server that accepts connections and never answers: the SDK would wait for a long time.
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen()
-    held = []
-    threading.Thread(target=lambda: held.append(silent.accept()), daemon=True).start()
-    port = silent.getsockname()[1]
-    for url in (f"http://127.0.0.1:{port}", "http://127.0.0.1:9"):  # silent; refused
+    # A server that never answers: the SDK would wait for a long time.
+    for url in (silent_url, "http://127.0.0.1:9"):  # silent; refused
         started = time.monotonic()
         unreachable = "cannot reach the Tinker service at .* Check --base_url"
         with pytest.raises(BackendError, match=unreachable):
@@ -183,7 +175,6 @@ def test_unreachable_tinker_endpoint_fails_fast(monkeypatch, tmp_path):
     monkeypatch.delenv("TINKER_API_KEY")
     with pytest.raises(BackendError, match="needs TINKER_API_KEY"):
         train_sft.main(train_sft.Config(backend="tinker", wandb_mode="disabled"))
-    silent.close()
 
 
 def test_a_session_the_service_cannot_finish_does_not_hold_up_the_end(tmp_path):

@@ -218,22 +218,15 @@ def test_a_secret_in_run_name_or_base_url_reaches_no_name_path_console_or_wandb(
 # --- W&B online attempt -----------------------------------------------------------------------
 
 @pytest.mark.e2e
-def test_an_unanswered_wandb_online_attempt_falls_back_within_the_bound(tmp_path, monkeypatch):
+def test_an_unanswered_wandb_online_attempt_falls_back_within_the_bound(tmp_path, monkeypatch,
+                                                                       silent_url):
     """With a key and a server that never answers, W&B's default waits 90 s before the offline
     fallback; Tracker bounds it (WANDB_INIT_TIMEOUT_S)."""
-    import socket
-    import threading
     import time
 
     from common.tracking import WANDB_INIT_TIMEOUT_S, Tracker
 
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen()
-    held = []
-    threading.Thread(target=lambda: held.extend(silent.accept() for _ in range(100)),
-                     daemon=True).start()
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    monkeypatch.setenv("WANDB_BASE_URL", silent_url)
     monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
     started = time.monotonic()
     tracker = Tracker(tmp_path, project="p", mode="online", run_name="n", group=None,
@@ -242,7 +235,6 @@ def test_an_unanswered_wandb_online_attempt_falls_back_within_the_bound(tmp_path
     tracker.finish()
     assert tracker.wandb_mode == "offline"
     assert took < WANDB_INIT_TIMEOUT_S + 45, took  # W&B's own default is 90 s
-    silent.close()
 
 
 # --- crash points around a checkpoint -----------------------------------------------------------
