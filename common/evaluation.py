@@ -29,6 +29,7 @@ from common.rewards import parse_answer
 from common.sdk import types
 from common.seeding import derive_seed
 from common.tasks import ARITHMETIC, Problem, Task
+from common.tracking import PROGRESS_REDRAW_S
 
 REWARD_PARTS = ("format", "correct", "concise")
 """compute_reward's parts; rows and summaries carry them as reward_<part>."""
@@ -97,7 +98,8 @@ def in_flight(submit: Callable[[int], F], n: int, chunk: int = IN_FLIGHT_CHUNK) 
 def progress_bar(n: int, show: bool) -> tqdm:
     """A bar over `n` results; smoothing=0 makes rate and ETA the average since the start,
     which stays honest when results arrive in bursts of a chunk."""
-    return tqdm(total=n, desc="eval", disable=not show, dynamic_ncols=True, smoothing=0)
+    return tqdm(total=n, desc="eval", disable=not show, dynamic_ncols=True, smoothing=0,
+                mininterval=PROGRESS_REDRAW_S)
 
 
 def score_arithmetic(

@@ -36,7 +36,13 @@ from common.config import ConfigError, as_dict
 from common.costs import CostMeter, last_logged_metrics
 from common.runfiles import CONFIG, read_group, read_run_config
 from common.secrets import redact, redact_name
-from common.tracking import Tracker, default_group, default_project, run_name
+from common.tracking import (
+    PROGRESS_REDRAW_S,
+    Tracker,
+    default_group,
+    default_project,
+    run_name,
+)
 
 RUNS_DIR = Path("runs")
 
@@ -207,7 +213,8 @@ class Run:
         signal's code once its files are closed)."""
         self.total_steps = total_steps
         self._bar = tqdm(range(self.done_steps + 1, total_steps + 1), initial=self.done_steps,
-                         total=total_steps, desc=desc, dynamic_ncols=True)
+                         total=total_steps, desc=desc, dynamic_ncols=True,
+                         mininterval=PROGRESS_REDRAW_S)
         for step in self._bar:
             yield step
             if self.stop.requested and step < total_steps:
@@ -218,7 +225,7 @@ class Run:
 
     def show(self, **values: str) -> None:
         """Headline numbers beside the progress bar."""
-        self._bar.set_postfix(**values)
+        self._bar.set_postfix(**values, refresh=False)  # drawn with the next redraw
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """The step's record, with its tokens and cost from the meter (and tokens per second

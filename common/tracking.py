@@ -75,6 +75,10 @@ from common.secrets import redact, secret_values
 Mode = Literal["auto", "online", "offline", "disabled"]
 WANDB_QUEUE = 1000  # W&B calls the worker may be behind before the loop waits for it
 WANDB_INIT_TIMEOUT_S = 15.0  # longest an online W&B init may take before falling back to offline
+# Progress bars redraw at most this often. Every redraw is console output that is redacted, sent
+# to W&B's console capture and kept in its output.log (and in a piped log): at tqdm's 0.1 s plus
+# a redraw per postfix update, a 200-step tiny-chat SFT run wrote ~480 redraws; now ~80.
+PROGRESS_REDRAW_S = 0.5
 DEFAULT_PROJECT, LOCAL_PROJECT = "tinker-experiments", "tinker-experiments-local"
 # What W&B's summary (and so the runs table and a sweep's ranking) shows for a key: the best
 # value and the last, instead of only the last. Keys not listed keep W&B's default (last).
