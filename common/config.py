@@ -468,7 +468,8 @@ def finite(value: float) -> bool:
 
 
 def check_common(cfg: Any) -> None:
-    """Checks every script's shared flags need; scripts add their own with `require`."""
+    """Checks of the flags both training scripts have; each adds its own (`require`,
+    `require_at_least`)."""
     require(finite(cfg.lr) and cfg.lr > 0, "lr", f"must be a positive number, got {cfg.lr}")
     require(1 <= cfg.lora_rank <= MAX_LORA_RANK, "lora_rank",
             f"must be in [1, {MAX_LORA_RANK}], got {cfg.lora_rank}")
