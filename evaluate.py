@@ -1,27 +1,24 @@
-"""Score checkpoints (and the base model) on fixed held-out data.
+"""Score checkpoints (and the base model) on a task's held-out problems.
 
 For each model (the base model, then every --checkpoint) one answer per held-out problem is
-sampled and scored with the training reward (the task's, as train_rl.py computes it); requests
-go out a chunk ahead of the answers being read, so the progress bar moves as answers arrive.
-Accuracy comes with a Wilson 95% interval, overall and per pair count. With --task chat the
-score is the held-out NLL per reference token (teacher-forced through the sampling client's
-compute_logprobs, no training client needed) and the exact-match rate of a sampled answer.
-Results go to the console, eval.json, eval.md, accuracy.png and a W&B run (job_type "eval")
-in the training run's group, which declares each checkpoint it scores as an input (the training
-run's `model` artifact), so W&B's lineage graph reads training run -> checkpoint -> evaluation.
-Comparing finished runs' curves and configs is `python -m common.compare` (common/compare.py).
+sampled and scored with the task's reward, as train_rl.py computes it (--task and its flags mean
+what they mean there); requests go out a chunk ahead of the answers being read, so the progress
+bar moves as answers arrive. Accuracy comes with a Wilson 95% interval, overall and per slice of
+the task (pair count for arithmetic, a difficulty knob for reasoning-gym). With --task chat the
+score is the held-out NLL per reference token of an SFT dataset (teacher-forced through the
+sampling client's compute_logprobs) and the exact-match rate of a sampled answer.
+Results go to the console, eval.json, eval.md, accuracy.png and a W&B run (job_type "eval") in the
+training run's group, which declares each checkpoint it scores as an input (the training run's
+`model` artifact): W&B's lineage graph reads training run -> checkpoint -> evaluation.
 
-Deviations from the seed's "Testing" section: a fixed held-out set (data/arithmetic_heldout.jsonl,
-100 problems per pair count, from a random stream of its own; one-pair problems can still equal a
-training problem, as there are only 361 of them) instead of five fresh problems per look; every
-answer is kept and scored, not just printed; accuracy carries confidence intervals; each problem
-has its own sampling seed so a rerun repeats; the base model is the real base model (the seed
-samples an untrained LoRA, which is the same thing at init); checkpoints are loaded from their
-saved sampler weights, so evaluation runs any time after training, not inside the notebook.
+Deviations from the seed's "Testing" section: a fixed held-out set instead of five fresh problems
+per look; every answer is kept and scored, not just printed; accuracy carries confidence
+intervals; each problem has its own sampling seed, so a rerun repeats; checkpoints are loaded
+from their saved sampler weights, so evaluation runs any time after training.
 
-    .venv/bin/python evaluate.py --checkpoint runs/<rl run dir>   # its final checkpoint
-    .venv/bin/python evaluate.py --task chat --dataset foo --checkpoint runs/<sft run dir>
-    .venv/bin/python evaluate.py --checkpoint my-team/tinker-experiments/model-1a2b3c4d:final
+    python evaluate.py --checkpoint runs/<rl run dir>   # its final checkpoint, + the base model
+    python evaluate.py --task dataset:data/arithmetic_qa.jsonl --checkpoint runs/<rl run dir>
+    python evaluate.py --task chat --dataset foo --checkpoint runs/<sft run dir>
 """
 
 from __future__ import annotations
@@ -34,10 +31,9 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from common import rundir
-from common.backend import connect, get_tokenizer, is_refusal, refusal_reason
+from common.backend import connect, get_tokenizer, is_refusal, refusal_reason, types
 from common.checkpoints import last_checkpoint
 from common.cli import run_main
 from common.config import (
@@ -56,17 +52,17 @@ from common.config import (
 from common.data import load_chat_data
 from common.evaluation import (
     markdown_table,
-    score_arithmetic,
+    part_order,
     score_chat,
+    score_problems,
     spread,
     summarize,
     summarize_chat,
 )
 from common.runfiles import CHECKPOINTS, RUN_ID, read_checkpoints, read_group, read_run_config
-from common.runs import RUNS_DIR
-from common.sdk import types
-from common.secrets import redact, redact_name
-from common.tasks import DEFAULT_HELDOUT, Problem, Task, arithmetic_task
+from common.runs import check_owner, run_dir_of, stop_on_signals
+from common.secrets import redact
+from common.tasks import TaskConfig, make_task
 from common.tracking import (
     Tracker,
     checkpoint_metadata,
@@ -77,8 +73,8 @@ from common.tracking import (
 
 
 @dataclass
-class Config(ServiceConfig, TrackingConfig):
-    """Held-out scores of checkpoints and their base model."""
+class Config(ServiceConfig, TaskConfig, TrackingConfig):
+    """Held-out scores of checkpoints and their base model on a task (or an SFT chat dataset)."""
 
     # --- what to score
     checkpoint: list[str] = field(default_factory=list)
@@ -86,28 +82,20 @@ class Config(ServiceConfig, TrackingConfig):
     (entity/project/model-<run id>:final): --checkpoint A B."""
     base_model: bool = True
     """Also score the untrained base model (--nobase_model to skip)."""
-    # --- data
-    task: Literal["arithmetic", "chat"] = "arithmetic"
-    """arithmetic: held-out problems, scored by reward; chat: NLL and exact match on --dataset."""
-    heldout: str = str(DEFAULT_HELDOUT)
-    """Held-out arithmetic problems (JSON lines with `numbers`)."""
     dataset: str = "foo"
-    """Chat dataset for --task chat (shipped name, file, or hub org/name)."""
+    """--task chat: the SFT dataset to score (shipped name, file, or hub org/name)."""
     dataset_split: str = "train"
-    """Split of a hub dataset for --task chat."""
+    """--task chat: split of a hub dataset."""
     num_problems: int | None = None
-    """Score this many problems (or chat rows), spread evenly over the file. Default: all."""
+    """Score this many held-out problems (or chat rows), spread evenly. Default: all."""
     # --- sampling
     temperature: float = 0.3
     """Sampling temperature (the seed's 0.3)."""
     max_tokens: int = 256
     """Longest sampled answer (the seed's 256)."""
-    # --- reward (arithmetic)
     concise_bonus: bool = False
-    """Include the concise bonus in eval/reward, as train_rl does after --concise_bonus_after."""
-    concise_needs_answer: bool = True
-    """Pay the concise bonus only with an answer tag, as train_rl --concise_needs_answer does
-    (its default); --noconcise_needs_answer is the seed's reward."""
+    """arithmetic: include the concise bonus in the reward, as train_rl does after
+    --concise_bonus_after."""
 
 
 @dataclass(frozen=True)
@@ -119,16 +107,14 @@ class Target:
     path: str | None = None
     """Sampler weights; None scores the base model itself."""
     run_dir: str | None = None
+    step: int | None = None
+    """The training step of the checkpoint, when it came from a run directory."""
     artifact: str | None = None
-    """The W&B `model` artifact of the weights: `name:alias` of the training run's checkpoint,
-    or the artifact named on the command line."""
+    """The W&B `model` artifact of the weights (`name:alias`), if known."""
     artifact_metadata: dict[str, Any] | None = field(default=None, compare=False, hash=False)
-    """The metadata of the training run's artifact (rebuilt from its files), or None for a
-    named artifact (used by name)."""
+    """The training run's artifact metadata (rebuilt from its files); None for a named one."""
     group: str | None = None
-    """The W&B group of the run that made the weights, if known."""
     project: str | None = None
-    """The W&B project of the run that made the weights (where its artifact lives), if known."""
     entity: str | None = None
 
 
@@ -146,23 +132,43 @@ def main(cfg: Config) -> dict[str, Any]:
     validate(cfg)
     targets = eval_targets(cfg)  # run directories resolved: a bad one fails before any work
     cfg = dataclasses.replace(cfg, model=cfg.model or targets[-1].base_model)
-    task = arithmetic_task(heldout_path=cfg.heldout, concise_needs_answer=cfg.concise_needs_answer)
-    items = load_items(cfg, task)
+    if cfg.task == "chat":
+        task, items = None, load_chat_data(cfg.dataset, cfg.dataset_split).conversations
+    else:
+        task = make_task(cfg, heldout_only=True)
+        items = task.heldout()
+    items = spread(items, cfg.num_problems or len(items))
+    name = cfg.run_name or re.sub(r"[^A-Za-z0-9._+-]+", "-", f"evaluate-{short(cfg.model)}-"
+                                  f"{datetime.now():%Y%m%d-%H%M%S}")
+    run_dir = run_dir_of(cfg, redact(name))
+    check_owner(run_dir, "evaluate")  # never a training run's directory
     params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature,
                                   seed=cfg.seed)
-    with connect(cfg.backend, cfg.base_url) as service:
+    with stop_on_signals(), connect(cfg.backend, cfg.base_url) as service:
         # Every client is created (and every checkpoint path checked) before the first sample.
         futures = [service.create_sampling_client(model_path=t.path) if t.path
                    else service.create_sampling_client(base_model=t.base_model) for t in targets]
         clients = [sampling_client(f, t) for f, t in zip(futures, targets, strict=True)]
-        with open_eval_tracker(cfg, targets) as tracker:
+        with open_tracker(cfg, run_dir, redact(name), targets) as tracker:
             declare_inputs(tracker, targets)
             results = []
             for target, client in zip(targets, clients, strict=True):
-                print(f"scoring {target.label} on {len(items)} {cfg.task} items")
-                rows, summary = score(cfg, client, task, items, params)
+                print(f"scoring {target.label} on {len(items)} held-out "
+                      f"{'conversations' if task is None else 'problems'}")
+                tokenizer = get_tokenizer(client, cfg.model)
+                if task is None:
+                    rows = score_chat(client, tokenizer, items, params, progress=True)
+                    summary = summarize_chat(rows)
+                else:
+                    rows = score_problems(client, tokenizer, items, params, task,
+                                          cfg.concise_bonus, progress=True)
+                    summary = summarize(rows)
                 results.append({"target": target, "rows": rows, "summary": summary})
             return write_report(cfg, results, tracker)
+
+
+def short(model: str) -> str:
+    return model.rstrip("/").rsplit("/", 1)[-1]
 
 
 def eval_targets(cfg: Config) -> list[Target]:
@@ -224,18 +230,17 @@ def checkpoint_target(arg: str, model: str | None, default_model: str,
                     f":step-{sampler['step']:06d}")
         metadata = checkpoint_metadata(run_config, sampler["step"], sampler["name"], state,
                                        sampler["path"])
-    group = (read_group(run_dir) or run_config.get("wandb_group") or run_config.get("run_name")
-             or run_dir.resolve().name)  # the last two: runs made before wandb_group was kept
+    group = read_group(run_dir) or run_config.get("wandb_group") or run_dir.resolve().name
     project = run_config.get("wandb_project") or default_project(run_config.get("backend"))
     return Target(run_dir.resolve().name, model or recorded or default_model,
-                  path=sampler["path"], run_dir=str(run_dir), artifact=artifact,
-                  artifact_metadata=metadata, group=group, project=project,
+                  path=sampler["path"], run_dir=str(run_dir), step=int(sampler["step"]),
+                  artifact=artifact, artifact_metadata=metadata, group=group, project=project,
                   entity=run_config.get("wandb_entity"))
 
 
 def artifact_target(name: str, model: str | None, default_model: str, wandb_mode: str) -> Target:
-    """A W&B `model` artifact (`entity/project/model-<run id>:alias`) as logged by the training
-    scripts: its reference is the sampler weights, its metadata the base model."""
+    """A W&B `model` artifact (`entity/project/model-<run id>:alias`) as the training scripts
+    log it: its reference is the sampler weights, its metadata the base model and step."""
     if resolve_wandb_mode(wandb_mode) != "online":
         raise ConfigError(f"--checkpoint {name}: a W&B artifact name needs W&B online (a W&B "
                           "login and --wandb_mode auto/online); offline, pass the run directory "
@@ -248,8 +253,9 @@ def artifact_target(name: str, model: str | None, default_model: str, wandb_mode
         raise ConfigError(f"--checkpoint {name}: not a checkpoint reference artifact")
     producer = artifact.logged_by()
     return Target(artifact.name, model or artifact.metadata.get("base_model") or default_model,
-                  path=entry.ref, artifact=name, group=producer.group if producer else None,
-                  project=artifact.project, entity=artifact.entity)
+                  path=entry.ref, step=artifact.metadata.get("step"), artifact=name,
+                  group=producer.group if producer else None, project=artifact.project,
+                  entity=artifact.entity)
 
 
 def declare_inputs(tracker: Tracker, targets: list[Target]) -> None:
@@ -258,49 +264,22 @@ def declare_inputs(tracker: Tracker, targets: list[Target]) -> None:
         if target.artifact and target.artifact_metadata is None:  # named on the command line
             tracker.use_artifact(target.artifact)
         elif target.artifact and target.path and target.artifact_metadata is not None:
-            name, alias = target.artifact.split(":", 1)
-            tracker.use_checkpoint(name, target.path, target.artifact_metadata, alias)
+            artifact_name, alias = target.artifact.split(":", 1)
+            tracker.use_checkpoint(artifact_name, target.path, target.artifact_metadata, alias)
 
 
-def load_items(cfg: Config, task: Task[Problem]) -> list[Any]:
-    """Held-out problems or chat conversations, `num_problems` of them spread over the file."""
-    if cfg.task == "arithmetic":
-        items: list[Any] = task.load_heldout()
-    else:
-        items = load_chat_data(cfg.dataset, cfg.dataset_split, seed=cfg.seed).conversations
-    return spread(items, cfg.num_problems or len(items))
-
-
-def open_eval_tracker(cfg: Config, targets: list[Target]) -> Tracker:
-    """The eval run, in the group (and project) of the (first) training run it scores."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = redact(cfg.run_name or re.sub(r"[^A-Za-z0-9._+-]+", "-",
-                                         f"evaluate-{cfg.model.rsplit('/', 1)[-1]}-{stamp}"))
-    # By default where the (first) training run is: its group, and its project and entity, where
-    # the checkpoint artifacts this run declares as inputs live.
+def open_tracker(cfg: Config, run_dir: Path, name: str, targets: list[Target]) -> Tracker:
+    """The eval run, in the group, project and entity of the (first) training run it scores,
+    where the checkpoint artifacts it declares as inputs live."""
     trained = next((t for t in targets if t.project), None)
     group = cfg.wandb_group or next((t.group for t in targets if t.group), None)
     project = cfg.wandb_project or (trained.project if trained else default_project(cfg.backend))
     entity = cfg.wandb_entity or (trained.entity if trained else None)
-    run_dir = Path(cfg.log_dir) if cfg.log_dir else RUNS_DIR / redact_name(name)
-    rundir.lock(run_dir)  # one process writes a run directory
-    # One scoring pass: the summary is the values themselves, no best-of-steps.
     return Tracker(run_dir, project=project, mode=cfg.wandb_mode, run_name=name,
                    group=redact(group) if group else None, job_type="eval",
-                   config=as_dict(cfg), entity=entity, tags=cfg.wandb_tags,
-                   notes=cfg.wandb_notes, metric_summaries={},
+                   config={**as_dict(cfg), "script": "evaluate"}, entity=entity,
+                   tags=cfg.wandb_tags, notes=cfg.wandb_notes, metric_summaries={},
                    incremental_tables=cfg.wandb_incremental_tables)
-
-
-def score(cfg: Config, client: Any, task: Task[Problem], items: list[Any],
-          params: types.SamplingParams) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    tokenizer = get_tokenizer(client, cfg.model)
-    if cfg.task == "arithmetic":
-        rows = score_arithmetic(client, tokenizer, items, params, task, cfg.concise_bonus,
-                                progress=True)
-        return rows, summarize(rows)
-    rows = score_chat(client, tokenizer, items, params, progress=True)
-    return rows, summarize_chat(rows)
 
 
 # ---------------------------------------------------------------------------------------
@@ -309,46 +288,34 @@ def score(cfg: Config, client: Any, task: Task[Problem], items: list[Any],
 
 def write_report(cfg: Config, results: list[dict[str, Any]], tracker: Tracker) -> dict[str, Any]:
     run_dir = tracker.run_dir
-    models = [{"label": r["target"].label, "path": r["target"].path,
+    models = [{"label": r["target"].label, "path": r["target"].path, "step": r["target"].step,
                "base_model": r["target"].base_model, "run_dir": r["target"].run_dir,
                **r["summary"]} for r in results]
-    report = {"task": cfg.task, "data": cfg.heldout if cfg.task == "arithmetic" else cfg.dataset,
-              "sampling": {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens,
-                           "seed": cfg.seed}, "models": models}
+    data = cfg.dataset if cfg.task == "chat" else (cfg.heldout or cfg.task)
+    report = redact({"task": cfg.task, "data": data,
+                     "sampling": {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens,
+                                  "seed": cfg.seed}, "models": models})
     (run_dir / "eval.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     text = results_markdown(cfg.task, models)
-    (run_dir / "eval.md").write_text(f"# Evaluation ({cfg.task}, {report['data']})\n\n{text}\n")
+    (run_dir / "eval.md").write_text(redact(f"# Evaluation ({cfg.task}, {data})\n\n{text}\n"))
     print(text)
-    plot_accuracy(cfg.task, models, plot_title(cfg, models), run_dir / "accuracy.png")
+    plot_accuracy(models, plot_title(cfg, models, data), run_dir / "accuracy.png")
     print(f"wrote eval.json, eval.md and accuracy.png to {run_dir}")
 
     metrics = wandb_metrics(models)
     tracker.log(metrics, step=0)
-    tracker.summary(**metrics, **{f"eval/{_key(m['label'])}/path": m["path"] for m in models})
+    tracker.summary(**metrics)
     columns = ["model", *results[0]["rows"][0]]
     table = [[r["target"].label, *row.values()] for r in results for row in r["rows"]]
-    tracker.log_table("samples", columns, table, step=0)
+    tracker.log_table("eval_samples", columns, table, step=0)
     tracker.log_image("eval/accuracy_plot", run_dir / "accuracy.png", step=0)
     return report
 
 
-def _key(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._:+-]+", "_", label)
-
-
 def wandb_metrics(models: list[dict[str, Any]]) -> dict[str, float]:
-    """`eval/<label>/<metric>` per model, and plain `eval/<metric>` for the last model scored
-    (the last checkpoint given, else the base model), the key sweeps and charts use."""
-    def scalars(model: dict[str, Any]) -> dict[str, float]:
-        values = {k: v for k, v in model.items() if isinstance(v, int | float)}
-        for k, v in model.get("by_pair_count", {}).items():
-            values[f"accuracy_pairs{k}"] = v["accuracy"]
-        return values
-
-    metrics = {f"eval/{k}": v for k, v in scalars(models[-1]).items()}
-    for model in models:
-        metrics.update({f"eval/{_key(model['label'])}/{k}": v for k, v in scalars(model).items()})
-    return metrics
+    """The numbers of the last model scored (the last checkpoint given, else the base model)."""
+    return {f"eval/{k}": v for k, v in models[-1].items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and k != "step"}
 
 
 def _interval(value: float, low: float, high: float) -> str:
@@ -362,45 +329,49 @@ def results_markdown(task: str, models: list[dict[str, Any]]) -> str:
             [[m["label"], f"{m['nll']:.4f}", _interval(m["exact_match"], m["exact_match_low"],
               m["exact_match_high"]), f"{m['words']:.1f}", f"{m['tokens']:.1f}", m["n"]]
              for m in models])
-    main = markdown_table(
-        ["model", "accuracy [95% CI]", "reward", "format", "words", "tokens", "n"],
-        [[m["label"], _interval(m["accuracy"], m["accuracy_low"], m["accuracy_high"]),
-          f"{m['reward']:.3f}", f"{m['reward_format']:.3f}", f"{m['words']:.1f}",
+    scored = "accuracy" in models[0]
+    main_table = markdown_table(
+        ["model", *(["accuracy [95% CI]"] if scored else []), "reward",
+         *(["format"] if "reward_format" in models[0] else []), "words", "tokens", "n"],
+        [[m["label"], *([_interval(m["accuracy"], m["accuracy_low"], m["accuracy_high"])]
+                        if scored else []), f"{m['reward']:.3f}",
+          *([f"{m['reward_format']:.3f}"] if "reward_format" in m else []), f"{m['words']:.1f}",
           f"{m['tokens']:.1f}", m["n"]] for m in models])
-    pair_counts = sorted({k for m in models for k in m["by_pair_count"]})
-    by_pairs = markdown_table(
-        ["model", *(f"{k} pair{'s' if k > 1 else ''}" for k in pair_counts)],
+    parts = sorted({k for m in models for k in m.get("by_part", {})}, key=part_order)
+    if not parts:
+        return main_table
+    by_part = markdown_table(
+        ["model", *parts],
         [[m["label"], *(_interval(b["accuracy"], b["low"], b["high"]) + f" n={b['n']}"
-                        if (b := m["by_pair_count"].get(k)) else "" for k in pair_counts)]
-         for m in models])
-    return f"{main}\n\nAccuracy by pair count:\n\n{by_pairs}"
+                        if (b := m["by_part"].get(k)) else "" for k in parts)] for m in models])
+    kind = "pair count" if task == "arithmetic" else "part"
+    return f"{main_table}\n\nAccuracy by {kind}:\n\n{by_part}"
 
 
-def plot_title(cfg: Config, models: list[dict[str, Any]]) -> str:
+def plot_title(cfg: Config, models: list[dict[str, Any]], data: str) -> str:
     """What was scored, on what, and how it was sampled: the plot must stand on its own."""
-    data = Path(cfg.heldout).name if cfg.task == "arithmetic" else cfg.dataset
-    what = "problems" if cfg.task == "arithmetic" else "conversations"
+    what = "conversations" if cfg.task == "chat" else "problems"
     scored = ", ".join(m["label"] for m in models if m["path"]) or "base model only"
-    return (f"{cfg.task}: {models[0]['n']} held-out {what} ({data})\n"
-            f"sampled at temperature {cfg.temperature:g}, max_tokens {cfg.max_tokens}, "
-            f"seed {cfg.seed}\ncheckpoint: {scored}")
+    return redact(f"{cfg.task}: {models[0]['n']} held-out {what} ({Path(data).name})\n"
+                  f"sampled at temperature {cfg.temperature:g}, max_tokens {cfg.max_tokens}, "
+                  f"seed {cfg.seed}\ncheckpoint: {scored}")
 
 
-def plot_accuracy(task: str, models: list[dict[str, Any]], title: str, path: Path) -> Any:
-    """Grouped bars: one group per pair count (and "all"), one bar per model, Wilson error bars;
+def plot_accuracy(models: list[dict[str, Any]], title: str, path: Path) -> Any:
+    """Grouped bars: one group per slice (and "all"), one bar per model, Wilson error bars;
     saved to `path`. Returns the matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on a training box
     import matplotlib.pyplot as plt
 
-    name = "accuracy" if task == "arithmetic" else "exact_match"
+    name = "exact_match" if "exact_match" in models[0] else "accuracy"
+    nan = (math.nan, math.nan, math.nan)
     groups: dict[str, list[tuple[float, float, float]]] = {"all": [
-        (m[name], m[f"{name}_low"], m[f"{name}_high"]) for m in models]}
-    for k in sorted({k for m in models for k in m.get("by_pair_count", {})}):
-        groups[f"{k} pair{'s' if k > 1 else ''}"] = [
-            (b["accuracy"], b["low"], b["high"]) if (b := m["by_pair_count"].get(k))
-            else (math.nan, math.nan, math.nan) for m in models]
+        (m[name], m[f"{name}_low"], m[f"{name}_high"]) if name in m else nan for m in models]}
+    for k in sorted({k for m in models for k in m.get("by_part", {})}, key=part_order):
+        groups[k] = [(b["accuracy"], b["low"], b["high"]) if (b := m["by_part"].get(k)) else nan
+                     for m in models]
     # At least 6.5 inches wide: the three-line title must fit above a single model's bars.
     fig, ax = plt.subplots(figsize=(max(6.5, 2 + 0.6 * len(groups) * max(2, len(models))),
                                     5 + 0.25 * ((len(models) - 1) // 3)))
@@ -412,7 +383,6 @@ def plot_accuracy(task: str, models: list[dict[str, Any]], title: str, path: Pat
         ax.bar(xs, [v for v, _, _ in values], width, yerr=errors, capsize=3,
                label=model["label"])
     ax.set_xticks(range(len(groups)), list(groups))
-    ax.set_xlabel("pair count" if len(groups) > 1 else "")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"{name.replace('_', ' ')} (95% Wilson CI)")
     ax.set_title(title, fontsize="medium")

@@ -16,11 +16,13 @@ a learning-rate schedule, resumable checkpoints, and every step tracked in W&B a
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
 from typing import Literal
 
+from common.backend import tokenizer_for, types
 from common.cli import run_main
 from common.config import (
     CheckpointConfig,
@@ -34,15 +36,8 @@ from common.config import (
     require_at_least,
     resolved,
 )
-from common.costs import (
-    Estimate,
-    datum_token_counts,
-    estimate_sft,
-    price_for,
-    prompt_token_counts,
-    tokenizer_for,
-)
-from common.data import load_chat_data
+from common.costs import Estimate, datum_token_counts, estimate_sft, price_for, prompt_token_counts
+from common.data import file_fingerprint, load_chat_data
 from common.datums import (
     DatumError,
     chat_tokens,
@@ -50,9 +45,7 @@ from common.datums import (
     decode_completion,
     weighted_nll,
 )
-from common.runs import Run, check_update, due, start_run
-from common.schedule import lr_at
-from common.sdk import types
+from common.runs import Run, due, start_run
 from common.seeding import derive_seed, seeded_rng
 
 SEED_LR, TINY_MODEL_LR = 5e-4, 2e-3  # --lr's default on Tinker models / the local tiny models
@@ -117,6 +110,17 @@ def check_warmup(cfg: Config, total_steps: int) -> None:
             f"{cfg.warmup_steps} is longer than the run ({total_steps} steps)")
 
 
+def lr_at(step: int, total_steps: int, peak_lr: float, schedule: str, warmup_steps: int = 0
+          ) -> float:
+    """The learning rate of 1-based `step`: linear warmup, then constant, linear or cosine
+    decay to zero."""
+    if warmup_steps and step <= warmup_steps:
+        return peak_lr * step / warmup_steps
+    progress = min(1.0, (step - warmup_steps - 1) / max(1, total_steps - warmup_steps))
+    return {"constant": peak_lr, "linear": peak_lr * (1.0 - progress),
+            "cosine": peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress))}[schedule]
+
+
 def epoch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
     order = list(range(n_rows))
     seeded_rng("sft", seed, epoch).shuffle(order)
@@ -134,7 +138,8 @@ def main(cfg: Config) -> dict[str, float]:
         return {}
     # Besides length, cadence and tracking, a continued run may change its samples table.
     with start_run(cfg, "train_sft", job_type="sft",
-                   may_change=("sample_prompts", "max_tokens", "temperature")) as run:
+                   may_change=("sample_prompts", "max_tokens", "temperature"),
+                   recorded={"data_fingerprint": file_fingerprint(cfg.dataset)}) as run:
         training_client, tokenizer = run.training_client, run.tokenizer
         split = split_data(data, tokenizer, cfg)
         datums, train_idx, eval_data = split.datums, split.train_idx, split.eval_data
@@ -167,7 +172,6 @@ def main(cfg: Config) -> dict[str, float]:
                        "progress/done_frac": step / total_steps}
             if "grad_norm" in optim_metrics:
                 metrics["train/grad_norm"] = optim_metrics["grad_norm"]
-            check_update(metrics, step)  # before anything is logged or saved from this update
             if eval_future is not None:
                 eval_nll, eval_weighted = weighted_nll(eval_future.result(), eval_data)
                 metrics["eval/loss"] = eval_nll / eval_weighted

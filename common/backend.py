@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import os
 import re
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlparse
 
+# local_tinker.models' names, not imported from there: that module imports torch.
+TINY_MODELS = ("tiny-chat", "tiny-math", "tiny-instruct")
 REACHABILITY_TIMEOUT_S = 10.0
 SESSION_CLOSE_TIMEOUT_S = 10.0
 _servers = contextlib.ExitStack()  # embedded servers, stopped before the interpreter exits
@@ -101,9 +105,38 @@ def _service_client(backend: str, base_url: str | None) -> Any:
 def get_tokenizer(sampling_client: Any, base_model: str) -> Any:
     """The tokenizer of `base_model`. The SDK loads it by hub name, which the built-in local
     models do not have (and offline a hub lookup fails), so theirs comes from the offline copy."""
-    from common.costs import tokenizer_for
-
     return tokenizer_for(base_model) or sampling_client.get_tokenizer()
+
+
+def tokenizer_for(model: str) -> Any | None:
+    """The model's tokenizer if it is available offline, else None (callers then approximate).
+    The tiny models' is built in; any other is looked up in the local Hugging Face cache or at a
+    local path, never over the network (a dry run must not download)."""
+    if model in TINY_MODELS:
+        from local_tinker.models import build_tiny_chat_tokenizer
+
+        return build_tiny_chat_tokenizer()
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(model, local_files_only=True)
+    except Exception:  # not cached, not a path, or no tokenizer files: approximate instead
+        return None
+
+
+class LazyModule(ModuleType):
+    """Stands for the module `name`; imports it when the first attribute is looked up.
+    `import tinker` takes about a second (tinker.types tries `import torch`), which `--help`
+    and a mistyped flag should not wait for."""
+
+    def __getattr__(self, attr: str) -> Any:
+        module = importlib.import_module(self.__name__)
+        self.__dict__.update(module.__dict__)
+        return getattr(module, attr)
+
+
+types = LazyModule("tinker.types")
+"""Use exactly like `from tinker import types`: `from common.backend import types`."""
 
 
 def start_local_server() -> tuple[str, str]:

@@ -45,18 +45,6 @@ def last_checkpoint(run_dir: Path, kind: str) -> dict[str, Any] | None:
     return max(records, key=lambda c: c["step"]) if records else None
 
 
-def last_state(run_dir: Path) -> dict[str, Any] | None:
-    return last_checkpoint(run_dir, "state")
-
-
-def final_sampler_path(run_dir: Path) -> str:
-    """The sampler weights of a run's last checkpoint (what evaluate.py scores for a run dir)."""
-    record = last_checkpoint(run_dir, "sampler")
-    if record is None:
-        raise FileNotFoundError(f"{run_dir}: no sampler checkpoints in checkpoints.jsonl")
-    return record["path"]
-
-
 def start_training_client(service: Any, cfg: Any, run_dir: Path) -> tuple[Any, int]:
     """(training client, steps already done): continued from the run's last loadable saved
     state, warm-started from --load_checkpoint, or a fresh LoRA."""
@@ -75,6 +63,7 @@ def start_training_client(service: Any, cfg: Any, run_dir: Path) -> tuple[Any, i
         if failures:
             print(f"warning: continuing from step {record['step']}; the steps after it are "
                   "redone", flush=True)
+        check_base_model(client, cfg.model, record["path"])
         return client, int(record["step"])
     if failures:
         raise ConfigError(redact(f"--log_dir {run_dir}: no saved state of this run can be "
@@ -83,17 +72,19 @@ def start_training_client(service: Any, cfg: Any, run_dir: Path) -> tuple[Any, i
     if cfg.load_checkpoint:
         path = cfg.load_checkpoint
         if Path(path).is_dir():  # a run directory: its last saved training state
-            saved = last_state(Path(path))
+            saved = last_checkpoint(Path(path), "state")
             if saved is None:
                 raise ConfigError(f"--load_checkpoint {path}: the run has no saved state")
             path = saved["path"]
         try:
-            return service.create_training_client_from_state(path).result(), 0
+            client = service.create_training_client_from_state(path).result()
         except Exception as exc:
             if not is_refusal(exc):  # no such checkpoint, not a path; else a service failure
                 raise
             raise ConfigError(f"--load_checkpoint {cfg.load_checkpoint}: "
                               f"{refusal_reason(exc)}") from None
+        check_base_model(client, cfg.model, path)
+        return client, 0
     try:
         client = service.create_lora_training_client(
             base_model=cfg.model, rank=cfg.lora_rank, seed=cfg.seed)
@@ -103,6 +94,14 @@ def start_training_client(service: Any, cfg: Any, run_dir: Path) -> tuple[Any, i
             raise
         raise ConfigError(f"--model {cfg.model} / --lora_rank {cfg.lora_rank}: "
                           f"{refusal_reason(exc)}") from None
+
+
+def check_base_model(client: Any, model: str, path: str) -> None:
+    """A checkpoint of another base model is not this run's (its config names `model`)."""
+    trained = client.get_info().model_name
+    if trained and trained != model:
+        raise ConfigError(f"{redact(path)} is a LoRA of {trained}, but the run's --model is "
+                          f"{model}; use a checkpoint of {model}, or --model {trained}")
 
 
 def _first_line(exc: BaseException) -> str:

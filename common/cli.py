@@ -1,9 +1,12 @@
 """The scripts' entry point: parse, run, and turn known errors into one `error:` line.
 
-`run_main(main, Config, argv)` returns the exit code: 0 done; 2 a known problem with the input
-(a flag, a config file, a data file and row, a run directory, a backend), printed as a single
-`error: ...` line with no traceback; 1 for anything else, whose traceback is kept (redacted) so a
-bug can still be found. SystemExit (--help, a stop by signal) and KeyboardInterrupt pass through.
+`run_main(main, Config, argv)` returns the exit code: 0 done (or already done); 2 a problem with
+the input (a flag, a config file, a data file and row, a run directory, a task or reward, a
+backend), printed as one `error: ...` line with no traceback; 1 a run that failed for a reason it
+explains (divergence) or an environment failure (disk full, read-only, permission), one line
+naming the path; 128 + N after signal N stopped it at once; 1 for anything else, whose traceback
+is kept (redacted) so a bug can still be found. SystemExit (--help, a clean stop by signal)
+passes through.
 Once the flags are parsed, sys.argv is redacted (W&B records it), and while it runs the console
 is redacted: everything written to stdout/stderr (tqdm, warnings,
 tracebacks, W&B's captured output.log) goes through `common.secrets.redact`.
@@ -21,12 +24,14 @@ from common.config import ConfigError, parse_config
 from common.data import DatasetError
 from common.datums import DatumError
 from common.runfiles import RunFileError
-from common.runs import TrainingDiverged
+from common.runs import AlreadyFinished, Interrupted, TrainingDiverged
 from common.secrets import redact, secret_values
+from common.tasks import TaskError
 
-# Problems with what the user gave (flags, files, run directory, service): exit 2, no traceback.
+# Problems with what the user gave (flags, files, run directory, task, service): exit 2.
 INPUT_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, DatasetError, DatumError, RunFileError, BackendError, FileNotFoundError)
+    ConfigError, DatasetError, DatumError, RunFileError, BackendError, TaskError,
+    FileNotFoundError)
 # The run failed for a reason it explains (exit 1, one line).
 RUN_ERRORS: tuple[type[BaseException], ...] = (TrainingDiverged,)
 
@@ -41,12 +46,22 @@ def run_main(main: Callable[[Any], Any], config_class: type,
             # metadata keeps sys.argv), so a secret passed in a flag goes no further.
             sys.argv = redact(list(sys.argv))
             main(cfg)
+        except AlreadyFinished as exc:
+            print(redact(str(exc)))
+            return 0
         except INPUT_ERRORS as exc:
             print_error(exc)
             return 2
         except RUN_ERRORS as exc:
             print_error(exc)
             return 1
+        except OSError as exc:  # disk full, read-only, permissions: the environment, not a bug
+            print_error(exc)
+            return 1
+        except KeyboardInterrupt as exc:
+            code = exc.exit_code if isinstance(exc, Interrupted) else 130
+            print(f"stopped by {exc or 'SIGINT'}", file=sys.stderr, flush=True)
+            return code
         except Exception:
             sys.stderr.write(redact(traceback.format_exc()))
             return 1
@@ -56,8 +71,8 @@ def run_main(main: Callable[[Any], Any], config_class: type,
 def print_error(exc: BaseException) -> None:
     """One line: `error: <message>` (redacted; a multi-line message is joined)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
-        text = f"{text}: {exc.filename}"
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{exc.strerror or text}: {exc.filename}"
     print(redact(f"error: {text}"), file=sys.stderr, flush=True)
 
 

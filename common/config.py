@@ -30,7 +30,7 @@ from simple_parsing import NestedMode
 from simple_parsing.helpers import field
 from simple_parsing.helpers.custom_actions import BooleanOptionalAction
 
-from common.costs import TINY_MODELS
+from common.backend import TINY_MODELS
 from common.runfiles import read_run_config
 
 TINKER_DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
@@ -60,6 +60,9 @@ class ServiceConfig:
     (--checkpoint), else Qwen/Qwen3-4B-Instruct-2507 on Tinker and tiny-instruct locally."""
     seed: int = 0
     """Seed for LoRA init, data order and sampling."""
+    threads: int | None = None
+    """Torch threads of the embedded local backend. Default: chosen from the cores and the
+    machine's load (OMP_NUM_THREADS also sets it)."""
 
 
 @dataclass
@@ -115,11 +118,12 @@ class CheckpointConfig:
 # Where each flag is listed in --help, group by group in this order (any script's field; a field
 # listed nowhere goes under OTHER_FLAGS, which tests/test_help.py refuses).
 FLAG_GROUPS: dict[str, tuple[str, ...]] = {
-    "task and data": ("pair_counts", "large_share", "concise_bonus_after", "concise_needs_answer",
-                      "task", "heldout", "dataset", "dataset_split", "dataset_size",
-                      "skip_invalid", "max_length"),
-    "model and backend": ("backend", "base_url", "model", "lora_rank", "seed", "checkpoint",
-                          "base_model", "dry_run"),
+    "task and data": ("task", "prompt_field", "answer_field", "heldout", "heldout_fraction",
+                      "task_config", "system_prompt", "reward", "answer_format", "pair_counts",
+                      "large_share", "concise_bonus_after", "concise_needs_answer", "dataset",
+                      "dataset_split", "dataset_size", "skip_invalid", "max_length"),
+    "model and backend": ("backend", "base_url", "model", "lora_rank", "seed", "threads",
+                          "checkpoint", "base_model", "dry_run"),
     "optimisation": ("lr", "lr_schedule", "warmup_steps", "batch_size", "group_size", "epochs",
                      "max_steps", "loss_fn", "advantage", "max_steps_off_policy"),
     "sampling": ("max_tokens", "temperature", "sample_prompts"),
@@ -134,7 +138,9 @@ OTHER_FLAGS = "other"
 # What a flag's value is, where its type alone would say only TEXT.
 FLAG_METAVARS = {
     "config_path": "FILE.yaml", "base_url": "URL", "model": "NAME", "dataset": "NAME|FILE",
-    "heldout": "FILE", "load_checkpoint": "RUN_DIR|tinker://PATH",
+    "heldout": "FILE|ORG/NAME", "task": "arithmetic|dataset:SPEC|reasoning_gym:NAME",
+    "reward": "answer|exact|FILE.py:FUNCTION", "system_prompt": "TEXT|@FILE",
+    "task_config": "JSON", "load_checkpoint": "RUN_DIR|tinker://PATH",
     "checkpoint": "RUN_DIR|tinker://PATH|ARTIFACT", "compare": "RUN_DIR", "compare_keys": "KEY",
     "log_dir": "RUN_DIR", "run_name": "NAME", "wandb_project": "NAME", "wandb_entity": "NAME",
     "wandb_group": "NAME", "wandb_tags": "TAG", "pair_counts": "N,N,...",
@@ -168,6 +174,7 @@ def parse_config(config_class: type[C], argv: Sequence[str] | None = None) -> C:
                         help="YAML file of flag values; flags given here override it.")
     default = config_class(**values) if values else None
     parser.add_arguments(config_class, dest="config", default=default)
+    _require_values(parser, argv)
     try:
         cfg = parser.parse_args(argv).config
     except (TypeError, ValueError) as exc:  # a value simple-parsing's own decoding refused
@@ -175,6 +182,23 @@ def parse_config(config_class: type[C], argv: Sequence[str] | None = None) -> C:
             raise
         raise ConfigError(f"bad flag value ({exc})") from None
     return dataclasses.replace(cfg, **nulls) if nulls else cfg
+
+
+def _require_values(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """A flag that takes a value must be given one: argparse lets an optional field's flag
+    stand alone and means None (`--lr` alone trained at the default lr; `--load_checkpoint`
+    alone trained from scratch), and `--log_dir=` gives an empty name."""
+    takes_value = {option for action in parser._actions if action.nargs in (None, "?")
+                   and not isinstance(action, BooleanOptionalAction) and action.option_strings
+                   for option in action.option_strings if option not in ("-h", "--help")}
+    for i, arg in enumerate(argv):
+        option, eq, value = arg.partition("=")
+        if option not in takes_value:
+            continue
+        missing = (not value.strip()) if eq else (i + 1 == len(argv) or argv[i + 1].startswith("--")
+                                                  or not argv[i + 1].strip())
+        if missing:
+            raise ConfigError(f"{option}: expected a value")
 
 
 def _negative_values_attached(argv: list[str]) -> list[str]:

@@ -22,8 +22,8 @@ Approximations:
   figure is what the list prices give, not an invoice. Steps that a crash threw away before a
   resume were billed but are no longer in metrics.jsonl, so they are not counted.
 - Dry-run estimates count tokens exactly when the model's tokenizer is available offline
-  (`tokenizer_for`). Otherwise they use characters / 4 plus a few template tokens per chat
-  message (`approx_tokens`), and the printed estimate says so.
+  (`common.backend.tokenizer_for`). Otherwise they use characters / 4 plus a few template
+  tokens per chat message (`approx_tokens`), and the printed estimate says so.
 - SFT estimates charge each step `batch_size` x the mean row length. Over whole epochs with
   `batch_size` dividing the rows this is exact. Otherwise it is the expected value, because the
   rows left out of each epoch's ragged last batch depend on that epoch's shuffle.
@@ -40,16 +40,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from common.runfiles import read_metrics
-
 DEFAULT_PRICES = Path(__file__).resolve().parent.parent / "data" / "tinker_prices.json"
 PRICE_FILE = "data/tinker_prices.json"  # as messages name it, relative to the repository
 BACKENDS = ("tinker", "local")
 KINDS = ("prompt", "sampled", "trained")
 """Token kinds, in the order they are reported; each maps to one rate of `Prices`."""
 RATES = ("prefill", "sample", "train")
-# local_tinker.models' names, not imported: that module imports torch. Both share one tokenizer.
-TINY_MODELS = ("tiny-chat", "tiny-math", "tiny-instruct")
 # Qwen-style chat templates wrap each message in <|im_start|>, role, "\n", ..., <|im_end|>, "\n",
 # and the generation prompt is <|im_start|>assistant\n. The approximate counts add these.
 TEMPLATE_TOKENS_PER_MESSAGE = 5
@@ -209,7 +205,7 @@ class CostMeter:
     def restore(self, last_metrics: Mapping[str, Any]) -> None:
         """Continue a resumed run's cumulative counts from the last metrics row the run kept.
 
-        Call it after `tracker.truncate_after(done_steps)`, with `last_logged_metrics(run_dir)`.
+        Call it after `tracker.truncate_after(done_steps)`, with the run's last metrics row.
         An empty row (nothing logged yet) leaves the meter at zero.
         """
         if not last_metrics:
@@ -246,12 +242,6 @@ class CostMeter:
             cost = (f"cost {format_usd(self._usd)} ({self.model} at Tinker prices of "
                     f"{self.price.as_of})")
         return f"{tokens}; {cost}"
-
-
-def last_logged_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """The last complete row of `run_dir`/metrics.jsonl ({} when there is none)."""
-    rows = read_metrics(Path(run_dir))
-    return rows[-1] if rows else {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,21 +390,3 @@ def prompt_token_counts(prompts: Sequence[Conversation], tokenizer: Any
                         ) -> tuple[list[int], bool]:
     """(per prompt, its tokens with the generation prompt; exact?), as sampling requests send."""
     return _chat_token_counts(prompts, tokenizer, add_generation_prompt=True)
-
-
-def tokenizer_for(model: str) -> Any | None:
-    """The model's tokenizer if it is available offline, else None (callers then approximate).
-
-    The tiny models' tokenizer is built in. Any other model is looked up only in the local Hugging
-    Face cache or at a local path, never over the network: a dry run must not download.
-    """
-    if model in TINY_MODELS:
-        from local_tinker.models import build_tiny_chat_tokenizer
-
-        return build_tiny_chat_tokenizer()
-    try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(model, local_files_only=True)
-    except Exception:  # not cached, not a path, or no tokenizer files: approximate instead
-        return None

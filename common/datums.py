@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from common.sdk import types
+from common.backend import types
 
 
 class DatumError(ValueError):

@@ -1,23 +1,30 @@
-"""Pure reward functions for the arithmetic task: format, correctness and an optional concise bonus.
+"""Pure reward functions: the seed's arithmetic reward, answer extraction, and grading.
 
-The reward is the seed's (tinkering-with-tinker, "Test 2: RLVR"): 0.1 for a parseable
+The seed's reward (tinkering-with-tinker, "Test 2: RLVR"): 0.1 for a parseable
 `<answer>N</answer>` tag, 1.0 when N is right, and with `concise_bonus` a length bonus of
 0.3 * (200 - words) / 180 for responses under 200 words. `total` is the sum of the parts.
+Deviations from the seed, all about robustness, none about the values: only ASCII digits parse
+(the seed's `\\d` also matches e.g. Arabic-Indic digits, which `int()` accepts); an optional
+leading minus is accepted; a number longer than `MAX_ANSWER_DIGITS` is unparseable.
 
-Deviations from the seed, all about robustness, none about the values:
-- only ASCII digits parse (the seed's `\\d` also matches e.g. Arabic-Indic digits, which
-  `int()` then accepts, so "١٢" would score as 12);
-- an optional leading minus is accepted (the seed's pattern gives no format reward for "-3");
-- a number longer than `MAX_ANSWER_DIGITS` is unparseable instead of raising (Python refuses
-  `int()` on strings over 4300 digits, and no answer here is anywhere near that long).
+Other tasks use the same shape, `answer_reward`: 0.1 for an answer in the expected form (answer
+tags, or `\\boxed{}`), 1.0 when it matches the reference. "Matches" is math-verify's
+equivalence (so `0.5`, `1/2` and `\\frac{1}{2}` match), falling back to string equality after
+trimming where either side is not maths (a word, a list); `exact` is string equality only.
 """
 
+from __future__ import annotations
+
+import math
 import re
+import threading
+from collections.abc import Mapping
+from typing import Literal
 
 FORMAT_REWARD = 0.1
-"""Reward for a response whose first well-formed answer tag holds an integer."""
+"""Reward for a response whose answer is in the expected form."""
 CORRECT_REWARD = 1.0
-"""Reward for a parsed answer equal to the correct one."""
+"""Reward for a correct answer."""
 CONCISE_WEIGHT = 0.3
 """Concise bonus scale: bonus = CONCISE_WEIGHT * (CONCISE_WORDS - words) / CONCISE_SPAN."""
 CONCISE_WORDS = 200
@@ -28,33 +35,31 @@ slightly exceeds it below 20 words: 0.333 for an empty response)."""
 MAX_ANSWER_DIGITS = 1000
 """Longer numbers are treated as unparseable rather than converted."""
 
+AnswerFormat = Literal["tags", "boxed"]
+
 # [0-9] rather than \d: \d matches every Unicode decimal digit and int() converts them, so a
 # response in another script's digits would otherwise be scored as if it were ASCII.
-_ANSWER_RE = re.compile(r"<answer>\s*(-?[0-9]+)\s*</answer>")
+_INT_ANSWER = re.compile(r"<answer>\s*(-?[0-9]+)\s*</answer>")
+_TAGGED = re.compile(r"<answer>(.*?)</answer>", re.S)
+_GSM8K_FINAL = re.compile(r"####\s*(.+?)\s*$", re.S)
 
 
 def parse_answer(text: str) -> int | None:
     """The integer in the first well-formed `<answer>N</answer>` tag of `text`, else None.
 
-    "First" follows the seed's `re.search`: the leftmost tag whose content is an integer
-    (whitespace around it allowed) decides. Tags with other content, such as the system
+    "First" follows the seed's `re.search`: tags with other content, such as the system
     prompt's `<answer>X</answer>`, are skipped, and a later tag never overrides an earlier
     well-formed one, so a response cannot hedge by listing several answers.
     """
-    match = _ANSWER_RE.search(text)
-    if match is None:
+    match = _INT_ANSWER.search(text)
+    if match is None or len(match.group(1).lstrip("-")) > MAX_ANSWER_DIGITS:
         return None
-    digits = match.group(1)
-    if len(digits.lstrip("-")) > MAX_ANSWER_DIGITS:
-        return None
-    return int(digits)
+    return int(match.group(1))
 
 
-def compute_reward(
-    response: str, correct_answer: int, concise_bonus: bool = False,
-    concise_needs_answer: bool = False,
-) -> dict[str, float]:
-    """Reward breakdown {format, correct, concise, total} for one response, as in the seed.
+def compute_reward(response: str, correct_answer: int, concise_bonus: bool = False,
+                   concise_needs_answer: bool = False) -> dict[str, float]:
+    """The seed's reward breakdown {format, correct, concise, total} for one response.
 
     With `concise_needs_answer`, only a response with an answer tag earns the conciseness
     bonus: the seed pays up to 0.33 for any short text, more than the 0.1 format reward, so a
@@ -72,3 +77,80 @@ def compute_reward(
             rewards["concise"] = CONCISE_WEIGHT * (CONCISE_WORDS - words) / CONCISE_SPAN
     rewards["total"] = sum(rewards.values())
     return rewards
+
+
+def extract_answer(text: str, answer_format: AnswerFormat = "tags") -> str | None:
+    """The final answer in `text`: the first `<answer>...</answer>` whose content is not the
+    prompt's placeholder `X`, or the last `\\boxed{...}` (nested braces allowed); None if absent."""
+    if answer_format == "boxed":
+        return last_boxed(text)
+    for match in _TAGGED.finditer(text):
+        content = match.group(1).strip()
+        if content and content != "X":
+            return content
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last `\\boxed{...}` in `text`, braces balanced; None if none closes."""
+    start = text.rfind("\\boxed{")
+    while start != -1:
+        depth = 0
+        for end in range(start + len("\\boxed"), len(text)):
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            if depth == 0:
+                return text[start + len("\\boxed{"):end].strip()
+        start = text.rfind("\\boxed{", 0, start)
+    return None
+
+
+def reference_answer(value: object) -> str:
+    """A dataset's answer as text; GSM8K's worked answer "... #### 72" means "72"."""
+    text = str(value).strip()
+    match = _GSM8K_FINAL.search(text)
+    return match.group(1).strip() if match and "####" in text else text
+
+
+def answers_match(reference: str, answer: str) -> bool:
+    """math-verify's equivalence where both sides parse as maths, else equal after trimming."""
+    if answer.strip() == reference.strip():
+        return True
+    from math_verify import parse, verify  # ~0.3 s to import: only tasks that grade answers pay
+
+    # math-verify bounds its work with signal.alarm, which only the main thread may use.
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    gold = parse(reference, parsing_timeout=timeout)
+    guess = parse(answer, parsing_timeout=timeout)
+    return bool(gold and guess and verify(gold, guess, timeout_seconds=timeout))
+
+
+def answer_reward(completion: str, reference: str, answer_format: AnswerFormat = "tags",
+                  exact: bool = False) -> dict[str, float]:
+    """{format, correct, total}: the seed's shape for any task with a reference answer."""
+    answer = extract_answer(completion, answer_format)
+    correct = answer is not None and (answer.strip() == reference.strip() if exact
+                                      else answers_match(reference, answer))
+    parts = {"format": FORMAT_REWARD if answer is not None else 0.0,
+             "correct": CORRECT_REWARD if correct else 0.0}
+    return {**parts, "total": sum(parts.values())}
+
+
+class RewardValueError(ValueError):
+    """A reward function returned something that is not a finite number (or such parts)."""
+
+
+def checked_reward(value: object) -> dict[str, float]:
+    """A user reward's return value as {parts..., "total"}: a number is its own total; a
+    mapping must hold a numeric `total`. Every value must be a finite number."""
+    if isinstance(value, Mapping):
+        if "total" not in value:
+            raise RewardValueError(f"returned a dict without 'total' (keys: {sorted(value)})")
+        parts = dict(value)
+    else:
+        parts = {"total": value}
+    for name, number in parts.items():
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise RewardValueError(f"returned {name}={number!r}, not a number")
+        if not math.isfinite(number):
+            raise RewardValueError(f"returned {name}={number}, not a finite number")
+    return {str(k): float(v) for k, v in parts.items()}

@@ -1,40 +1,54 @@
-"""What every script does around its loop: name the run, open its tracker, end it cleanly.
-
-A training script's setup is one call:
+"""What every training script does around its loop: claim the run directory, connect, track,
+handle signals, start from the right step, and end cleanly.
 
     with start_run(cfg, "train_rl", job_type="rl") as run:
         for step in run.steps(total_steps, desc="rl"):  # a bar; Ctrl-C: saved, stops
-            ...                                   # the algorithm, on run.training_client
-            run.log(metrics, step)                # + the step's tokens and cost (run.meter)
-            run.save_if_due(step)                 # after the record: a crash redoes the step
+            ...                                         # the algorithm, on run.training_client
+            run.log(metrics, step)                      # + the step's tokens and cost
+            run.save_if_due(step)                       # after the record: a crash redoes it
         run.finish(metrics, headline_keys)
+
+A run directory belongs to one script and one run: `claim_run_dir` locks it for this process
+(`fcntl.flock`, released by the OS on any exit, SIGKILL included) and, for a rerun, refuses
+another script's directory, settings that change what the run is, a data file whose content
+changed, and run files that lost steps; all before anything heavy is imported or written. The
+flags in MAY_CHANGE (how long, how often to save or log, where to track) may change on a rerun.
 """
 
 from __future__ import annotations
 
+import fcntl
 import math
+import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 from tqdm import tqdm
 
-from common import rundir
 from common.backend import connect
 from common.checkpoints import (
     checkpoint_name,
     last_checkpoint,
-    last_state,
     save_checkpoint,
     start_training_client,
 )
 from common.config import ConfigError, as_dict
-from common.costs import CostMeter, last_logged_metrics
-from common.runfiles import CONFIG, read_group, read_run_config
+from common.costs import CostMeter
+from common.runfiles import (
+    CHECKPOINTS,
+    CONFIG,
+    METRICS,
+    read_checkpoints,
+    read_group,
+    read_metrics,
+    read_run_config,
+    read_summary,
+)
 from common.secrets import redact, redact_name
 from common.tracking import (
     PROGRESS_REDRAW_S,
@@ -45,73 +59,139 @@ from common.tracking import (
 )
 
 RUNS_DIR = Path("runs")
+LOCK = ".lock"
+# Flags any script may change when it continues a run: its length, how often it saves,
+# evaluates and logs, and where it is tracked. Scripts add their own.
+MAY_CHANGE = ("max_steps", "epochs", "save_every", "sample_every", "eval_every", "resume",
+              "log_dir", "run_name", "wandb_project", "wandb_mode", "wandb_group", "base_url",
+              "dry_run", "threads", "wandb_tags", "wandb_notes", "wandb_entity")
+# What a run directory may hold besides its own files: a directory holding anything else is
+# not a run directory, and a script will not write into it.
+RUN_FILES = (LOCK, "wandb", "rollouts", "config.yaml", "metrics.jsonl", "checkpoints.jsonl",
+             "samples.jsonl", "summary.json", "wandb_run_id", "wandb_group", "wandb_tables.json",
+             "wandb_name", "git_diff.patch", "eval.json", "eval.md", "accuracy.png")
+
+_held: dict[Path, IO[str]] = {}
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or grad norm became NaN or infinite; the last good checkpoint is kept."""
+    """A logged number became NaN or infinite; the last good checkpoint is kept."""
 
 
-def open_tracker(cfg: Any, script: str, job_type: str, may_change: tuple[str, ...] = ()
-                 ) -> Tracker:
-    """The run's Tracker. A run directory that holds a saved state is continued (same W&B run):
-    `--resume`, or rerunning the same command with the same `--log_dir`, picks up where it was.
+class RunDirBusy(ConfigError):
+    """Another live process holds the run directory."""
 
-    The directory is locked for this process first (a second run on it fails, naming the
-    holder's PID), and a continued run must have the same settings as the recorded one, except
-    `may_change` and rundir.MAY_CHANGE (see common.rundir). Nothing in the directory changes
-    before both checks pass. Names and the group are redacted: a secret in --run_name must not
-    reach W&B, a directory name or the console.
-    """
-    name = redact(cfg.run_name or run_name(script, cfg.model, cfg.lr, cfg.batch_size, cfg.seed))
+
+class AlreadyFinished(Exception):
+    """A rerun of a finished run with the same settings: nothing to do (exit 0)."""
+
+
+def lock(run_dir: Path) -> None:
+    """Hold `run_dir` for this process; RunDirBusy (naming the holder's PID) if another has it.
+    A lock this process already holds (tests call `main` several times) is reused."""
+    key = Path(run_dir).resolve()
+    if key in _held and not _held[key].closed:
+        return
+    key.mkdir(parents=True, exist_ok=True)
+    handle = open(key / LOCK, "a+")  # noqa: SIM115 - held open on purpose until the process ends
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunDirBusy(f"--log_dir {run_dir}: in use by another run (PID {holder}); wait for "
+                         "it to end, or use another --log_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held[key] = handle
+
+
+def run_dir_of(cfg: Any, name: str) -> Path:
+    """--log_dir, else runs/<name>; refuses a path that cannot be a run directory."""
+    if cfg.log_dir is not None and not str(cfg.log_dir).strip():
+        raise ConfigError("--log_dir: empty; name a directory (default: runs/<run name>)")
     run_dir = Path(cfg.log_dir) if cfg.log_dir else RUNS_DIR / redact_name(name)
-    if cfg.resume and not (run_dir / CONFIG).exists():
-        raise ConfigError(f"--resume: no run in {run_dir} to continue")
-    rundir.lock(run_dir)
-    saved = last_state(run_dir)
-    config = as_dict(cfg)
-    continuing = cfg.resume or saved is not None
-    if continuing:
-        changed = rundir.check_same_run(run_dir, read_run_config(run_dir), redact(config),
-                                        may_change)
-        print(redact(f"continuing the run in {run_dir} after step {saved['step'] if saved else 0}"
-                     " (use a new --log_dir to start over)"))
-        if changed:
-            print(redact("continuing with changed settings: " + "; ".join(
-                f"{k} {old} -> {new}" for k, (old, new) in changed.items())))
-    # Without --wandb_group: the group it had (a continued run), a warm start's (warm start ->
-    # RL is one experiment), else its own; evaluations join it.
-    group = (cfg.wandb_group or (read_group(run_dir) if continuing else None)
-             or warm_start_group(cfg) or default_group(name))
-    return Tracker(run_dir, project=cfg.wandb_project or default_project(cfg.backend),
-                   mode=cfg.wandb_mode, run_name=name, group=redact(group), job_type=job_type,
-                   config=config, resume=continuing,
-                   entity=cfg.wandb_entity, tags=cfg.wandb_tags, notes=cfg.wandb_notes,
-                   incremental_tables=cfg.wandb_incremental_tables)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--log_dir {run_dir}: is a file, not a directory")
+    return run_dir
 
 
-def warm_start_group(cfg: Any) -> str | None:
-    """The W&B group of the run directory named by --load_checkpoint, if it recorded one."""
-    source = getattr(cfg, "load_checkpoint", None)
-    return read_group(Path(source)) if source and Path(source).is_dir() else None
+def claim_run_dir(run_dir: Path, script: str, config: Mapping[str, Any],
+                  may_change: Iterable[str] = ()) -> tuple[dict[str, Any], bool]:
+    """Lock `run_dir` for `script` and check a rerun is the same run. Returns (recorded config,
+    whether the directory already holds a run). ConfigError, naming what is wrong, for another
+    script's directory, a foreign directory, changed settings or lost records."""
+    recorded = check_owner(run_dir, script)
+    if not recorded:
+        return {}, False
+    check_same_run(run_dir, recorded, config, may_change)
+    saved = [c["step"] for c in read_checkpoints(run_dir) if c.get("kind") == "state"]
+    logged = {row["step"] for row in read_metrics(run_dir)}
+    if saved and not set(range(1, max(saved) + 1)) <= logged:
+        missing = sorted(set(range(1, max(saved) + 1)) - logged)
+        raise ConfigError(f"--log_dir {run_dir}: {METRICS} lacks steps {missing[:5]} before the "
+                          f"last checkpoint (step {max(saved)}); the run's records are damaged: "
+                          "restore the file or start over with a new --log_dir")
+    return recorded, True
 
 
-def check_finite(value: float, name: str, step: int) -> None:
-    if not math.isfinite(value):
-        raise TrainingDiverged(f"{name} is {value} at step {step}; stopping before this step is "
-                               "logged or saved. The last good checkpoint is the last one in "
-                               "checkpoints.jsonl; try a lower --lr.")
+def check_owner(run_dir: Path, script: str) -> dict[str, Any]:
+    """Lock `run_dir` and check it is empty or `script`'s own; returns its recorded config."""
+    lock(run_dir)
+    recorded = read_run_config(run_dir)
+    foreign = sorted(p.name for p in run_dir.iterdir()
+                     if p.name not in RUN_FILES and not p.name.endswith(".tmp"))
+    if foreign and not recorded:
+        raise ConfigError(f"--log_dir {run_dir}: not a run directory (it holds {foreign[:3]}); "
+                          "use a new or empty directory")
+    owner = recorded.get("script") or next(  # runs recorded before the script was
+        (name for key, name in (("group_size", "train_rl"), ("epochs", "train_sft"),
+                                ("checkpoint", "evaluate")) if key in recorded), None)
+    if recorded and owner != script:
+        raise ConfigError(f"--log_dir {run_dir}: holds a {owner or 'another script'} run; "
+                          f"{script} writes its own (use a new --log_dir)")
+    return recorded
 
 
-def check_update(metrics: dict[str, float], step: int) -> None:
-    """The step's update is usable: its loss and the optimizer's grad norm are finite.
+def check_same_run(run_dir: Path, recorded: Mapping[str, Any], current: Mapping[str, Any],
+                   may_change: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
+    """Refuse a rerun whose config changes what the run is; return the allowed changes."""
+    allowed = {*MAY_CHANGE, *may_change}
+    changed = {k: (recorded[k], v) for k, v in current.items()
+               if k in recorded and not _same(recorded[k], v)}
+    refused = {k: v for k, v in changed.items() if k not in allowed}
+    if refused:
+        listed = "; ".join(f"--{k} {_show(new)} (the run has {_show(old)})"
+                           for k, (old, new) in refused.items())
+        raise ConfigError(f"--log_dir {run_dir} holds a run with other settings: {listed}. "
+                          "Continue it with its own settings, or use a new --log_dir")
+    return {k: v for k, v in changed.items() if k in allowed}
 
-    The loss is computed before the update, so a finite loss alone does not make the updated
-    weights good: a non-finite grad norm means the step wrote NaN/inf into them. Called before
-    the step is logged or checkpointed, so a diverged update never becomes "last good".
-    """
-    for key in ("train/loss", "train/grad_norm"):
-        if key in metrics:
-            check_finite(float(metrics[key]), key, step)
+
+def _same(a: Any, b: Any) -> bool:
+    numbers = (float, int)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool | str):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def _show(value: Any) -> str:
+    return "(unset)" if value is None else str(value)
+
+
+def check_finite(metrics: Mapping[str, Any], step: int) -> None:
+    """Every number a step logs is finite, or the run stops before the step is logged or saved:
+    a NaN anywhere (a loss, a grad norm, a held-out loss) must not become "last good"."""
+    for key, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TrainingDiverged(f"{key} is {value} at step {step}; stopping before this step "
+                                   "is logged or saved. The last good checkpoint is the last one "
+                                   "in checkpoints.jsonl; try a lower --lr.")
 
 
 def due(step: int, every: int, last_step: int) -> bool:
@@ -144,49 +224,33 @@ class GracefulStop:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
         self.requested, self.signum = True, signum
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         print(f"\n{name}: finishing this step, then saving a checkpoint "
               "(Ctrl-C again to stop at once)", flush=True)
 
 
-def stop_here(training_client: Any, tracker: Tracker, step: int,
-              stop: GracefulStop | None = None) -> None:
-    """After an interrupted step: save it (unless just saved) and mark the run stopped, so it
-    ends with the signal's exit code (W&B: not "finished", resumable)."""
-    saved = last_state(tracker.run_dir)
-    if not saved or saved["step"] != step:
-        save_checkpoint(training_client, tracker, step, checkpoint_name(step))
-    tracker.stopped(stop.exit_code if stop else 130)
-    tracker.summary(interrupted_at_step=step)
-    print(f"stopped after step {step}; continue with: --resume --log_dir {tracker.run_dir}")
+class Interrupted(KeyboardInterrupt):
+    """A signal that stops the process at once; the exit code is 128 + the signal."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
 
 
-def save_if_due(training_client: Any, tracker: Tracker, step: int, every: int,
-                last_step: int) -> None:
-    """The step's checkpoint when one is due: `every` steps, and `final` at the last step."""
-    if not due(step, every, last_step):
-        return
-    name = "final" if step == last_step else checkpoint_name(step)
-    path = save_checkpoint(training_client, tracker, step, name)
-    if step == last_step:
-        tracker.log_final_checkpoint(path)
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP raise Interrupted (for work with no step to finish first)."""
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum)
 
-
-def end_of_run(tracker: Tracker, meter: Any, metrics: dict[str, float], keys: list[str],
-               warning: str | None = None) -> None:
-    """Totals into the run summary; the last console lines: tokens and cost, headline numbers
-    and where the weights are, and `warning` (e.g. "trained on nothing") where there is one."""
-    tracker.set_summary({**metrics, **meter.totals()})
-    print(meter.summary_line())
-    values = ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
-    final = tracker.summary_value("checkpoint/final")
-    artifact = tracker.summary_value("checkpoint/artifact")
-    named = f" (W&B artifact {artifact})" if artifact and tracker.wandb_mode != "disabled" else ""
-    # The warning goes on the last line itself: it is the line a user reads.
-    tail = f"; WARNING: {warning}" if warning else ""
-    print(f"done: {values}; final checkpoint {final}{named}; run files in {tracker.run_dir}{tail}")
+    previous = {s: signal.signal(s, stop) for s in GracefulStop.SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @dataclass
@@ -218,8 +282,12 @@ class Run:
         for step in self._bar:
             yield step
             if self.stop.requested and step < total_steps:
-                self._save_hooks(step)
-                stop_here(self.training_client, self.tracker, step, self.stop)
+                if (last_checkpoint(self.tracker.run_dir, "state") or {}).get("step") != step:
+                    self._save(step, checkpoint_name(step))
+                self.tracker.stopped(self.stop.exit_code)
+                self.tracker.summary(interrupted_at_step=step)
+                print(f"stopped after step {step}; continue with: --resume --log_dir "
+                      f"{self.tracker.run_dir}")
                 self.stopped_early = True
                 return
 
@@ -228,8 +296,8 @@ class Run:
         self._bar.set_postfix(**values, refresh=False)  # drawn with the next redraw
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        """The step's record, with its tokens and cost from the meter (and tokens per second
-        when the step is timed)."""
+        """The step's record, with its tokens and cost (and tokens per second when timed)."""
+        check_finite(metrics, step)
         metrics.update(self.meter.step())
         if metrics.get("time/step"):
             metrics["throughput/tokens_per_s"] = (
@@ -237,45 +305,104 @@ class Run:
         self.tracker.log(metrics, step)
 
     def save_if_due(self, step: int) -> None:
+        """The step's checkpoint when one is due: every --save_every steps, `final` at the end."""
         if due(step, self.cfg.save_every, self.total_steps):
-            self._save_hooks(step)
-        save_if_due(self.training_client, self.tracker, step, self.cfg.save_every,
-                    self.total_steps)
+            path = self._save(step, "final" if step == self.total_steps
+                              else checkpoint_name(step))
+            if step == self.total_steps:
+                self.tracker.log_final_checkpoint(path)
 
     def finish(self, metrics: dict[str, float], keys: list[str], warning: str | None = None
                ) -> None:
-        if not metrics:  # nothing left to do (a rerun of a finished run): its last record
+        """Totals into the run summary; the last console lines: tokens and cost, the headline
+        numbers, where the weights are, and `warning` (e.g. "trained on nothing")."""
+        if not metrics:  # nothing left to do: the run's last record
             metrics = {k: v for k, v in self.last_metrics.items() if k not in ("step", "_time")}
-        final = last_checkpoint(self.tracker.run_dir, "sampler")
-        if final and final["name"] == "final" and not self.tracker.summary_value(
-                "checkpoint/final"):  # killed between the final checkpoint and its summary
-            self.tracker.log_final_checkpoint(final["path"])
-        end_of_run(self.tracker, self.meter, metrics, keys, warning)
+        tracker = self.tracker
+        final = last_checkpoint(tracker.run_dir, "sampler")
+        if final and final["name"] == "final" and not tracker.summary_value("checkpoint/final"):
+            tracker.log_final_checkpoint(final["path"])  # killed before its summary was written
+        tracker.set_summary({**metrics, **self.meter.totals()})
+        print(self.meter.summary_line())
+        values = ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
+        which = "final checkpoint" if final and final["name"] == "final" else "last checkpoint"
+        where = final["path"] if final else "none saved"
+        artifact = tracker.summary_value("checkpoint/artifact")
+        named = f" (W&B artifact {artifact})" if artifact and tracker.wandb_mode != "disabled" \
+            else ""
+        tail = f"; WARNING: {warning}" if warning else ""  # on the line a user reads
+        print(f"done: {values}; {which} {where}{named}; run files in {tracker.run_dir}{tail}")
 
-    def _save_hooks(self, step: int) -> None:
+    def _save(self, step: int, name: str) -> str:
         for hook in self.before_save:
             hook(step)
+        return save_checkpoint(self.training_client, self.tracker, step, name)
 
 
 @contextmanager
-def start_run(cfg: Any, script: str, job_type: str, may_change: tuple[str, ...] = ()
-              ) -> Iterator[Run]:
-    """Meter, backend, tracker, signal handling and the training client, in the order that
-    matters: a bad price file fails before anything is spent; the run directory is locked and
-    checked before the client loads its saved state; a continued run drops the records after
-    its checkpoint before the meter reads its totals back. Raises SystemExit with the signal's
-    exit code after the files are closed if a signal stopped the run; the backend session is
-    finished last (success, errored or interrupted)."""
+def start_run(cfg: Any, script: str, job_type: str, may_change: tuple[str, ...] = (),
+              recorded: Mapping[str, Any] | None = None) -> Iterator[Run]:
+    """Claim the run directory (before anything heavy: a refused or finished rerun says so in
+    about a second), then the cost meter, backend, tracker, signal handling and training client,
+    in the order that matters: a bad price file fails before anything is spent; the client
+    loads a continued run's state before the records after it are dropped. `recorded`: what
+    else defines the run (e.g. the data files' fingerprints), kept in its config. Raises
+    SystemExit with the signal's exit code, after the files are closed, if a signal stopped the
+    run; the backend session is finished last (success, errored or interrupted)."""
+    name = redact(cfg.run_name or run_name(script, cfg.model, cfg.lr, cfg.batch_size, cfg.seed))
+    run_dir = run_dir_of(cfg, name)
+    config = {**as_dict(cfg), "script": script, **(recorded or {})}
+    if cfg.resume and not (run_dir / CONFIG).exists():
+        raise ConfigError(f"--resume: no run in {run_dir} to continue")
+    previous, continuing = claim_run_dir(run_dir, script, redact(config), may_change)
+    summary = read_summary(run_dir) if continuing else {}
+    changes = check_same_run(run_dir, previous, redact(config), may_change) if continuing else {}
+    if summary.get("status") == "finished" and not set(changes) - {"resume", "dry_run"}:
+        final = last_checkpoint(run_dir, "sampler")
+        raise AlreadyFinished(f"the run in {run_dir} already finished (step "
+                              f"{summary.get('progress/step', '?')}); final checkpoint "
+                              f"{final['path'] if final else 'none'}. Pass a larger --max_steps "
+                              "to continue it, or a new --log_dir to start over")
     meter = CostMeter(cfg.model, cfg.backend)
     with connect(cfg.backend, cfg.base_url) as service:
-        tracker = open_tracker(cfg, script, job_type=job_type, may_change=may_change)
+        tracker = open_tracker(cfg, run_dir, name, job_type, config, continuing, may_change)
         with tracker, GracefulStop() as stop:
-            training_client, done_steps = start_training_client(service, cfg, tracker.run_dir)
+            training_client, done_steps = start_training_client(service, cfg, run_dir)
             tracker.truncate_after(done_steps)  # a continued run redoes what came after its state
-            last_metrics = last_logged_metrics(tracker.run_dir)
+            last_metrics = (read_metrics(run_dir) or [{}])[-1]
             meter.restore(last_metrics)
             run = Run(cfg, tracker, training_client, training_client.get_tokenizer(), meter, stop,
                       done_steps, last_metrics)
             yield run
         if run.stopped_early:  # stopped by a signal, cleanly: the checkpoint is saved
             raise SystemExit(stop.exit_code)
+
+
+def open_tracker(cfg: Any, run_dir: Path, name: str, job_type: str, config: dict[str, Any],
+                 continuing: bool, may_change: tuple[str, ...]) -> Tracker:
+    """The run's Tracker; a directory that holds a run is continued (same W&B run). Names and
+    the group are redacted: a secret in --run_name must not reach W&B, a path or the console."""
+    if continuing:
+        saved = last_checkpoint(run_dir, "state")
+        print(redact(f"continuing the run in {run_dir} after step {saved['step'] if saved else 0}"
+                     " (use a new --log_dir to start over)"))
+        changed = check_same_run(run_dir, read_run_config(run_dir), redact(config), may_change)
+        if changed:
+            print(redact("continuing with changed settings: " + "; ".join(
+                f"{k} {old} -> {new}" for k, (old, new) in changed.items())))
+    # Without --wandb_group: the group it had (a continued run), a warm start's (warm start ->
+    # RL is one experiment), else its own; evaluations join it.
+    warm_start = Path(cfg.load_checkpoint) if getattr(cfg, "load_checkpoint", None) else None
+    group = (cfg.wandb_group or (read_group(run_dir) if continuing else None)
+             or (read_group(warm_start) if warm_start and warm_start.is_dir() else None)
+             or default_group(name))
+    return Tracker(run_dir, project=cfg.wandb_project or default_project(cfg.backend),
+                   mode=cfg.wandb_mode, run_name=name, group=redact(group), job_type=job_type,
+                   config=config, resume=continuing, entity=cfg.wandb_entity,
+                   tags=cfg.wandb_tags, notes=cfg.wandb_notes,
+                   incremental_tables=cfg.wandb_incremental_tables)
+
+
+def has_run_files(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a training run's checkpoints (what evaluate.py scores)."""
+    return (Path(run_dir) / CHECKPOINTS).is_file()

@@ -14,7 +14,7 @@ from pathlib import Path
 # Run as a plain script from anywhere: put the repository root on the path for `common`.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.tasks import DEFAULT_HELDOUT, heldout_problems  # noqa: E402
+from common.arithmetic import DEFAULT_HELDOUT, heldout_problems  # noqa: E402
 
 SEED = 12345
 PER_PAIR_COUNT = 100

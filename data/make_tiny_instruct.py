@@ -8,7 +8,7 @@ earns reward 0 and learns nothing. This script gives it the instruct model's hab
 task, merged into the weights, so that `python train_rl.py --lr 2e-4` learns with no flags:
 
 - data: the task's prompts (system prompt + numbers) with the warm-start solutions of
-  `common.data.solutions_dataset`: answer tags always, a share of answers that open with
+  `common.arithmetic.solutions_dataset`: answer tags always, a share of answers that open with
   "Let me think about this step by step." and re-check the work until they run past 256
   tokens (cut off: no answer, reward 0), and a share with an arithmetic slip;
 - training: every weight of tiny-math (no LoRA, so nothing to merge), loss on the assistant
@@ -35,15 +35,14 @@ import torch
 # Run as a plain script from anywhere: put the repository root on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.data import solutions_dataset  # noqa: E402
-from common.datums import chat_tokens  # noqa: E402
-from common.rewards import compute_reward  # noqa: E402
-from common.tasks import (  # noqa: E402
-    DEFAULT_DIFFICULTY,
+from common.arithmetic import (  # noqa: E402
     Difficulty,
     build_messages,
     problem_at,
+    solutions_dataset,
 )
+from common.datums import chat_tokens  # noqa: E402
+from common.rewards import compute_reward  # noqa: E402
 from local_tinker.models import (  # noqa: E402
     TINY_INSTRUCT_WEIGHTS,
     build_tiny_math,
@@ -68,7 +67,7 @@ def sampled_accuracy(model, tokenizer, per_pair_count: int = EVAL_PER_PAIR_COUNT
     pad, stop = tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")
     result: dict[str, dict[int, float]] = {"accuracy": {}, "format": {}, "clipped": {},
                                            "words": {}}
-    for pair_count in DEFAULT_DIFFICULTY.pair_counts:
+    for pair_count in Difficulty().pair_counts:
         only = Difficulty((pair_count,))
         problems = [problem_at(EVAL_PREFIX, seed, i, only) for i in range(per_pair_count)]
         prompts = [chat_tokens(tokenizer, build_messages(p), add_generation_prompt=True)
@@ -109,7 +108,7 @@ def main() -> None:
     base = build_tiny_math()  # the arithmetic-pretrained network this model starts from
     model, tokenizer = base.fresh_copy().train(), base.tokenizer
     pad = tokenizer.pad_token_id
-    rows = solutions_dataset(args.steps * args.batch_size, SEED, DEFAULT_DIFFICULTY,
+    rows = solutions_dataset(args.steps * args.batch_size, SEED, Difficulty(),
                              error_rate=args.error_rate, verbose_rate=args.verbose_rate)
 
     def batch_at(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +139,7 @@ def main() -> None:
     card = {
         "made_by": "data/make_tiny_instruct.py",
         "starts_from": "tiny-math",
-        "data": {"dataset": "arithmetic-solutions (common.data.solutions_dataset)",
+        "data": {"dataset": "arithmetic-solutions (common.arithmetic.solutions_dataset)",
                  "rows": len(rows), "seed": SEED, "verbose_rate": args.verbose_rate,
                  "error_rate": args.error_rate},
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": SEED,

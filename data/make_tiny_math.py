@@ -35,8 +35,7 @@ import torch
 # Run as a plain script from anywhere: put the repository root on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.tasks import (  # noqa: E402
-    DEFAULT_DIFFICULTY,
+from common.arithmetic import (  # noqa: E402
     Difficulty,
     Problem,
     problem_at,
@@ -75,7 +74,7 @@ def document(index: int) -> str:
     first = index * PROBLEMS_PER_DOCUMENT
     parts = []
     for k in range(first, first + PROBLEMS_PER_DOCUMENT):
-        problem = problem_at(CORPUS_PREFIX, SEED, k, DEFAULT_DIFFICULTY)
+        problem = problem_at(CORPUS_PREFIX, SEED, k, Difficulty())
         parts.append(chat_solution(problem) if k % 2 else plain_solution(problem))
     return "\n".join(parts)
 
@@ -85,7 +84,7 @@ def plain_accuracy(model, tokenizer) -> dict[int, float]:
     """Greedy accuracy on fresh problems in the corpus format, per pair count."""
     pad = tokenizer.pad_token_id
     scores = {}
-    for pair_count in DEFAULT_DIFFICULTY.pair_counts:
+    for pair_count in Difficulty().pair_counts:
         only = Difficulty((pair_count,))
         problems = [problem_at("tiny-math-eval", SEED, i, only)
                     for i in range(EVAL_PER_PAIR_COUNT)]
