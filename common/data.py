@@ -41,9 +41,10 @@ def is_file_spec(spec: str) -> bool:
     return path.suffix in FILE_FORMATS or path.exists()
 
 
-def load_rows(spec: str, split: str = "train", flag: str = "--dataset") -> list[dict[str, Any]]:
-    """The rows of a local file or a hub dataset's `split` (see the module docstring)."""
-    where = f"{flag} {spec}"
+def load_rows(spec: str, split: str = "train", where: str | None = None) -> list[dict[str, Any]]:
+    """The rows of a local file or a hub dataset's `split` (see the module docstring); errors
+    start with `where` (default: "--dataset SPEC")."""
+    where = where or f"--dataset {spec}"
     if is_file_spec(spec):
         path = Path(spec)
         if not path.is_file():
@@ -164,7 +165,7 @@ def load_chat_data(spec: str, split: str = "train", skip_invalid: bool = False,
         except ValueError as exc:
             raise DatasetError(f"--dataset {spec}: {exc}") from None
     else:
-        rows = load_rows(str(SHIPPED.get(spec, spec)), split)
+        rows = load_rows(str(SHIPPED.get(spec, spec)), split, f"--dataset {spec}")
     conversations, skipped = [], 0
     for number, row in enumerate(rows, start=1):
         try:

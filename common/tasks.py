@@ -189,8 +189,10 @@ def make_task(cfg: TaskConfig, heldout_only: bool = False) -> Task:
                         "reasoning_gym:NAME")
     if cfg.task_config is not None and source != "reasoning_gym":
         raise TaskError("--task_config: only for --task reasoning_gym:NAME")
-    if cfg.reward != "answer" or cfg.answer_format != "tags":
+    if task.concise_needs_answer is not None and (cfg.reward, cfg.answer_format) != ("answer",
+                                                                                   "tags"):
         task.concise_needs_answer = None  # the seed's reward only as the seed wrote it
+        task.grade, task.reward_parts = _answer_grader(cfg.answer_format), ("format", "correct")
     task.reward_spec = cfg.reward
     if cfg.reward == "exact":
         task.grade = _exact_grader(cfg.answer_format)
@@ -231,22 +233,17 @@ def _arithmetic(cfg: TaskConfig, system_prompt: str) -> Task:
         raise TaskError(f"--pair_counts/--large_share: {exc}") from None
     heldout_spec = cfg.heldout or str(DEFAULT_HELDOUT)
 
-    def problem(item: ArithmeticProblem, where: str) -> Problem:
-        parts = f"{item.pair_count} pair{'s' if item.pair_count > 1 else ''}"
-        return Problem(build_messages(item, system_prompt), str(item.answer), item.to_row(),
-                       where, parts)
-
     def train(seed: int, index: int) -> Problem:
-        return problem(problem_at(TRAIN_STREAM, seed, index, difficulty),
-                       f"training problem {index}")
+        return arithmetic_problem(problem_at(TRAIN_STREAM, seed, index, difficulty),
+                                  system_prompt, f"training problem {index}")
 
     def heldout() -> list[Problem]:
-        rows = load_rows(heldout_spec, flag="--heldout")
+        rows = load_rows(heldout_spec, where=f"--heldout {heldout_spec}")
         problems = []
         for number, row in enumerate(rows, start=1):
             try:
-                problems.append(problem(ArithmeticProblem.from_row(row),
-                                        f"{heldout_spec} row {number}"))
+                problems.append(arithmetic_problem(ArithmeticProblem.from_row(row), system_prompt,
+                                                   f"{heldout_spec} row {number}"))
             except ValueError as exc:
                 raise DatasetError(f"--heldout {heldout_spec} row {number}: {exc}") from None
         return problems
@@ -256,24 +253,33 @@ def _arithmetic(cfg: TaskConfig, system_prompt: str) -> Task:
                 _fingerprints(heldout=cfg.heldout))
 
 
+def arithmetic_problem(item: ArithmeticProblem, system_prompt: str = SYSTEM_PROMPT,
+                       where: str = "") -> Problem:
+    """An arithmetic problem as the scripts see it; its slice is its pair count."""
+    pairs = f"{item.pair_count} pair{'s' if item.pair_count > 1 else ''}"
+    return Problem(build_messages(item, system_prompt), str(item.answer), item.to_row(), where,
+                   pairs)
+
+
 # ---------------------------------------------------------------------------------------
 # dataset:SPEC
 
 
 def _dataset(cfg: TaskConfig, spec: str, system_prompt: str, heldout_only: bool) -> Task:
     def problems(rows: list[dict[str, Any]], source: str, flag: str) -> list[Problem]:
-        return [_row_problem(row, f"{source} row {n}", flag, cfg, system_prompt)
+        return [_row_problem(row, source, n, flag, cfg, system_prompt)
                 for n, row in enumerate(rows, start=1)]
 
     flag = f"--task dataset:{spec}"
     if cfg.heldout is not None:
-        heldout = problems(load_rows(cfg.heldout, flag="--heldout"), cfg.heldout, "--heldout")
-        train = [] if heldout_only else problems(load_rows(spec, flag=flag), spec, flag)
+        heldout = problems(load_rows(cfg.heldout, where=f"--heldout {cfg.heldout}"),
+                           cfg.heldout, "--heldout")
+        train = [] if heldout_only else problems(load_rows(spec, where=flag), spec, flag)
     elif not is_file_spec(spec) and _has_test_split(spec):
-        heldout = problems(load_rows(spec, "test", flag=flag), f"{spec} (test)", flag)
-        train = [] if heldout_only else problems(load_rows(spec, flag=flag), spec, flag)
+        heldout = problems(load_rows(spec, "test", where=flag), f"{spec} (test)", flag)
+        train = [] if heldout_only else problems(load_rows(spec, where=flag), spec, flag)
     else:
-        everything = problems(load_rows(spec, flag=flag), spec, flag)
+        everything = problems(load_rows(spec, where=flag), spec, flag)
         if not 0 < cfg.heldout_fraction < 1:
             raise TaskError(f"--heldout_fraction: must be in (0, 1), got {cfg.heldout_fraction}")
         order = list(range(len(everything)))
@@ -311,10 +317,10 @@ def _has_test_split(spec: str) -> bool:
         return False
 
 
-def _row_problem(row: dict[str, Any], where: str, flag: str, cfg: TaskConfig,
+def _row_problem(row: dict[str, Any], source: str, number: int, flag: str, cfg: TaskConfig,
                  system_prompt: str) -> Problem:
     def fail(message: str) -> TaskError:
-        return TaskError(f"{flag}: {where}: {message}")
+        return TaskError(f"{flag} row {number}: {message}")
 
     field_name = cfg.prompt_field or next((f for f in PROMPT_FIELDS if row.get(f) is not None),
                                           "messages")
@@ -337,7 +343,7 @@ def _row_problem(row: dict[str, Any], where: str, flag: str, cfg: TaskConfig,
     if answer is None or not str(answer).strip():
         raise fail(f"no '{cfg.answer_field}' (the reference answer); the row has {sorted(row)}. "
                    "Name its column with --answer_field")
-    return Problem(messages, reference_answer(answer), dict(row), where)
+    return Problem(messages, reference_answer(answer), dict(row), f"{source} row {number}")
 
 
 def _fingerprints(**specs: str | None) -> dict[str, str]:

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from common.backend import tokenizer_for
 from common.costs import (
     DEFAULT_PRICES,
     LOCAL_PRICES,
@@ -16,12 +17,11 @@ from common.costs import (
     estimate_rl,
     estimate_sft,
     format_usd,
-    last_logged_metrics,
     load_prices,
     price_for,
     prompt_token_counts,
-    tokenizer_for,
 )
+from common.runfiles import read_metrics
 
 QWEN_4B = "Qwen/Qwen3-4B-Instruct-2507"
 QWEN_4B_PRICES = Prices(0.07, 0.22, 0.22, as_of="2026-01-05")
@@ -131,7 +131,7 @@ def test_restore_continues_cumulative_counts_exactly(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in rows[:2]) + '{"step": 3, "tok')  # cut short
     resumed = CostMeter(QWEN_4B, "tinker")
-    resumed.restore(last_logged_metrics(tmp_path))
+    resumed.restore(read_metrics(tmp_path)[-1])
     redone = [resumed.step(prompt=123 * s, sampled=4567, trained=8901 + s) for s in (3, 4)]
     for key in ("tokens/cumulative/prompt", "tokens/cumulative/sampled",
                 "tokens/cumulative/trained"):
@@ -142,7 +142,7 @@ def test_restore_continues_cumulative_counts_exactly(tmp_path):
 
 
 def test_restore_edge_cases(tmp_path, capsys):
-    assert last_logged_metrics(tmp_path) == {}
+    assert read_metrics(tmp_path) == []
     meter = CostMeter(QWEN_4B, "tinker")
     meter.restore({})  # nothing logged yet: stays at zero, silently
     meter.restore({"step": 5, "train/loss": 1.0})  # a row from before costs were tracked

@@ -18,10 +18,10 @@ from common.datums import (
     rollout_datum,
     weighted_nll,
 )
-from common.schedule import lr_at
 from common.seeding import SEED_RANGE, derive_seed, seeded_rng
 from local_tinker.models import build_tiny_chat_tokenizer
 from train_sft import Config as SFTConfig
+from train_sft import lr_at
 
 
 @pytest.fixture(scope="module")

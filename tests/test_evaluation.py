@@ -11,14 +11,15 @@ from common.evaluation import (
     in_flight,
     markdown_table,
     problem_params,
-    score_arithmetic,
     score_chat,
+    score_problems,
     summarize,
     summarize_chat,
     wilson_interval,
 )
 from common.seeding import derive_seed
-from common.tasks import Problem, arithmetic_task
+from common.arithmetic import Problem
+from common.tasks import TaskConfig, arithmetic_problem, make_task
 from local_tinker.models import build_tiny_chat_tokenizer
 
 TOKENIZER = build_tiny_chat_tokenizer()
@@ -81,7 +82,9 @@ class Waited:
         return self.value
 
 
-PROBLEMS = [Problem((3, 5)), Problem((1, 2, 3, 4)), Problem((2, 2, 1, 1, 1, 1)), Problem((9, 9))]
+PROBLEMS = [arithmetic_problem(Problem(numbers)) for numbers in
+            [(3, 5), (1, 2, 3, 4), (2, 2, 1, 1, 1, 1), (9, 9)]]
+ARITHMETIC = make_task(TaskConfig())
 PARAMS = types.SamplingParams(max_tokens=32, temperature=0.3, seed=7)
 
 
@@ -89,15 +92,14 @@ def test_score_arithmetic_submits_a_chunk_ahead_and_scores_each_answer():
     answers = ["<answer>8</answer>", "Add pairs: 3, 7\n<answer>20</answer>", "no tag",
                "<answer>18</answer>"]
     sampler = ScriptedSampler(answers)
-    rows = score_arithmetic(sampler, TOKENIZER, PROBLEMS, PARAMS)
+    rows = score_problems(sampler, TOKENIZER, PROBLEMS, PARAMS, ARITHMETIC)
     kinds = [kind for kind, _ in sampler.events]
     assert kinds == ["submit"] * 4 + ["wait"] * 4  # fewer problems than one chunk
     assert [r["correct"] for r in rows] == [True, False, False, True]
-    assert [r["parsed"] for r in rows] == [8, 20, None, 18]
     # Decoded as training decodes (common.datums.decode_completion): no end-of-turn token.
     assert rows[0]["completion"] == "<answer>8</answer>"
     assert rows[1] | {"completion": None} == {
-        "numbers": "1, 2, 3, 4", "pair_count": 2, "answer": 21, "completion": None, "parsed": 20,
+        "prompt": "1, 2, 3, 4", "part": "2 pairs", "answer": "21", "completion": None,
         "reward_format": 0.1, "reward_correct": 0.0, "reward_concise": 0.0, "reward": 0.1,
         "correct": False, "words": 5, "tokens": len(answers[1]) + 1, "stop_reason": "stop"}
     assert rows[0]["reward"] == pytest.approx(1.1)
@@ -109,8 +111,8 @@ def test_score_arithmetic_submits_a_chunk_ahead_and_scores_each_answer():
 
 
 def test_concise_bonus_is_optional():
-    rows = score_arithmetic(ScriptedSampler(["<answer>8</answer>"]), TOKENIZER, PROBLEMS[:1],
-                            PARAMS, concise_bonus=True)
+    rows = score_problems(ScriptedSampler(["<answer>8</answer>"]), TOKENIZER, PROBLEMS[:1],
+                          PARAMS, ARITHMETIC, concise_bonus=True)
     assert rows[0]["reward_concise"] > 0
     assert rows[0]["reward"] == pytest.approx(1.1 + rows[0]["reward_concise"])
 
@@ -119,12 +121,12 @@ def test_the_reward_is_the_tasks_as_in_training():
     """train_rl's default reward pays the concise bonus only with an answer tag; so does the
     evaluation's, and --noconcise_needs_answer (the seed's reward) pays it for any short text."""
     untagged = ["I am not sure"]
-    rows = score_arithmetic(ScriptedSampler(untagged), TOKENIZER, PROBLEMS[:1], PARAMS,
-                            concise_bonus=True)
+    rows = score_problems(ScriptedSampler(untagged), TOKENIZER, PROBLEMS[:1], PARAMS,
+                          ARITHMETIC, concise_bonus=True)
     assert rows[0]["reward"] == rows[0]["reward_concise"] == 0.0
-    seeds = arithmetic_task(concise_needs_answer=False)
-    rows = score_arithmetic(ScriptedSampler(untagged), TOKENIZER, PROBLEMS[:1], PARAMS,
-                            task=seeds, concise_bonus=True)
+    seeds = make_task(TaskConfig(concise_needs_answer=False))
+    rows = score_problems(ScriptedSampler(untagged), TOKENIZER, PROBLEMS[:1], PARAMS, seeds,
+                          concise_bonus=True)
     assert rows[0]["reward"] == pytest.approx(0.3 * (200 - 4) / 180)
 
 
@@ -146,16 +148,26 @@ def test_in_flight_reads_one_chunk_while_the_next_is_queued():
 
 
 def test_summarize_counts_and_intervals():
-    rows = [{"pair_count": k, "correct": c, "reward": 1.1 if c else 0.1, "reward_format": 0.1,
+    rows = [{"part": k, "correct": c, "reward": 1.1 if c else 0.1, "reward_format": 0.1,
              "reward_correct": 1.0 if c else 0.0, "reward_concise": 0.0, "words": 4, "tokens": 9}
-            for k, c in [(1, True)] * 8 + [(1, False)] * 2 + [(2, False)] * 10]
+            for k, c in [("1 pair", True)] * 8 + [("1 pair", False)] * 2
+            + [("10 pairs", False)] * 5 + [("2 pairs", False)] * 5]
     summary = summarize(rows)
     assert summary["n"] == 20 and summary["accuracy"] == 0.4
     assert (summary["accuracy_low"], summary["accuracy_high"]) == wilson_interval(8, 20)
     assert summary["reward"] == pytest.approx(0.5) and summary["reward_correct"] == 0.4
-    assert summary["by_pair_count"][1] == {"accuracy": 0.8, "low": wilson_interval(8, 10)[0],
-                                           "high": wilson_interval(8, 10)[1], "n": 10}
-    assert summary["by_pair_count"][2]["accuracy"] == 0.0
+    assert summary["by_part"]["1 pair"] == {"accuracy": 0.8, "low": wilson_interval(8, 10)[0],
+                                            "high": wilson_interval(8, 10)[1], "n": 10}
+    assert summary["by_part"]["2 pairs"]["accuracy"] == 0.0
+    assert list(summary["by_part"]) == ["1 pair", "2 pairs", "10 pairs"]  # natural order
+
+
+def test_a_reward_without_a_correct_part_has_no_accuracy():
+    rows = [{"part": None, "correct": None, "reward": r, "reward_style": r, "words": 3,
+             "tokens": 5} for r in (0.2, 0.4)]
+    summary = summarize(rows)
+    assert "accuracy" not in summary and "by_part" not in summary
+    assert summary["reward"] == summary["reward_style"] == pytest.approx(0.3)
 
 
 def test_score_chat_nll_per_reference_token_and_exact_match():

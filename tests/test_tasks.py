@@ -1,275 +1,240 @@
-"""The arithmetic task: generator, stream, prompts, held-out set, the Task train_rl and evaluate
-use; and the warm-start worked solutions generated from it (common/data.py)."""
+"""Tasks beyond the seed's (common/tasks.py): dataset files and their formats, reasoning-gym,
+the answer / exact / user rewards, held-out splits that never overlap training, and bad input."""
 
 import json
-import random
-from collections import Counter
+import math
 from pathlib import Path
 
 import pytest
 
-from common.data import solutions_dataset, worked_solution
-from common.rewards import compute_reward
-from common.tasks import (
-    ARITHMETIC,
-    DEFAULT_HELDOUT,
-    SYSTEM_PROMPT,
-    Difficulty,
-    Problem,
-    arithmetic_task,
-    build_messages,
-    generate_problem,
-    heldout_problems,
-    load_heldout,
-    sample_problem,
-)
+from common.cli import run_main
+from common.data import DatasetError
+from common.rewards import answer_reward, answers_match, extract_answer, reference_answer
+from common.tasks import TaskConfig, TaskError, make_task, solved
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parent.parent
+QA = ROOT / "data" / "arithmetic_qa.jsonl"  # the seed's problems, GSM8K-style ("... #### 48")
+
+GSM8K_ROWS = [
+    {"question": "Natalia sold clips to 48 friends in April, and half as many in May. How many "
+                 "clips did she sell altogether?",
+     "answer": "In May she sold 48/2 = <<48/2=24>>24 clips.\n48+24 = <<48+24=72>>72\n#### 72"},
+    {"question": "What is half of one?", "answer": "#### 0.5"},
+    {"question": "Name the colour of the sky.", "answer": "#### blue"},
+    {"question": "Weng earns $12 an hour. How much for 50 minutes?", "answer": "#### 10"},
+]
 
 
-def test_seed_examples() -> None:
-    problem = Problem((1, 5, 17, 4, 6, 8))
-    assert problem.sums == (6, 21, 14)
-    assert problem.answer == 1764
-    assert problem.pair_count == 3
-    assert Problem((6, 7, 19, 8, 1, 8)).answer == 3159
-    assert Problem((6, 12)).answer == 18
+def write_gsm8k(tmp_path: Path, kind: str, rows: list[dict] = GSM8K_ROWS) -> Path:
+    """The fixture as JSONL, CSV or parquet, written through `datasets` as a user would."""
+    import datasets
+
+    path = tmp_path / f"gsm8k.{kind}"
+    if kind == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif kind == "csv":
+        datasets.Dataset.from_list(rows).to_csv(str(path), index=False)
+    else:
+        datasets.Dataset.from_list(rows).to_parquet(str(path))
+    return path
 
 
-def test_system_prompt_is_the_seed_text() -> None:
-    assert SYSTEM_PROMPT.startswith("Add adjacent pairs of numbers, then multiply the results.\n\n")
-    assert "- Multiply: 8×6=48\n- Answer: <answer>48</answer>\n\n" in SYSTEM_PROMPT
-    assert SYSTEM_PROMPT.endswith("Put your final answer in <answer>X</answer> tags.")
+def test_rewards_match_equal_numbers_in_any_notation():
+    for reference, answer in [("0.5", "1/2"), ("0.5", "\\frac{1}{2}"), ("72", "72.0"),
+                              ("1,000", "1000"), ("blue", " blue ")]:
+        assert answers_match(reference, answer), (reference, answer)
+    assert not answers_match("72", "73") and not answers_match("blue", "red")
+    assert reference_answer("Natalia ... <<48+24=72>>72\n#### 72") == "72"
+    assert reference_answer(3.5) == "3.5" and reference_answer("no marker") == "no marker"
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "field"),
-    [
-        ({"pair_counts": ()}, "pair_counts"),
-        ({"pair_counts": (1, 0)}, "pair_counts"),
-        ({"pair_counts": (-2,)}, "pair_counts"),
-        ({"small_range": (9, 1)}, "small_range"),
-        ({"large_range": (19, 10)}, "large_range"),
-        ({"large_range": (10,)}, "large_range"),
-        ({"large_share": 1.5}, "large_share"),
-        ({"large_share": -0.1}, "large_share"),
-        ({"large_share": float("nan")}, "large_share"),
-    ],
-)
-def test_difficulty_validation_names_the_field(kwargs: dict, field: str) -> None:
-    with pytest.raises(ValueError, match=f"Difficulty.{field}"):
-        Difficulty(**kwargs)
+def test_answers_are_read_from_tags_or_the_last_box():
+    assert extract_answer("<answer>X</answer> then <answer> 7 </answer>") == "7"
+    assert extract_answer("none here") is None
+    assert extract_answer("\\boxed{1} and \\boxed{\\frac{1}{2}}", "boxed") == "\\frac{1}{2}"
+    assert extract_answer("\\boxed{unclosed", "boxed") is None
+    assert answer_reward("<answer>1/2</answer>", "0.5") == {"format": 0.1, "correct": 1.0,
+                                                             "total": 1.1}
+    assert answer_reward("<answer>1/2</answer>", "0.5", exact=True)["correct"] == 0.0
+    assert answer_reward("the answer is 0.5", "0.5") == {"format": 0.0, "correct": 0.0,
+                                                         "total": 0.0}
 
 
-def test_difficulty_accepts_lists() -> None:
-    difficulty = Difficulty(pair_counts=[2, 4], small_range=[0, 3])  # type: ignore[arg-type]
-    assert difficulty.pair_counts == (2, 4)
-    assert difficulty.small_range == (0, 3)
-    hash(difficulty)
+@pytest.mark.parametrize("kind", ["jsonl", "csv", "parquet"])
+def test_a_gsm8k_file_is_a_task_in_any_format(tmp_path, kind):
+    path = write_gsm8k(tmp_path, kind)
+    task = make_task(TaskConfig(task=f"dataset:{path}", heldout_fraction=0.25))
+    heldout = task.heldout()
+    assert len(heldout) == 1
+    train = [task.train(0, k) for k in range(3)]
+    # Problem k of a seed is fixed; the first epoch covers every training row once.
+    assert [p.where for p in train] == [task.train(0, k).where for k in range(3)]
+    assert sorted(p.answer for p in train + heldout) == ["0.5", "10", "72", "blue"]
+    assert {p.messages[-1]["content"] for p in train}.isdisjoint(
+        {p.messages[-1]["content"] for p in heldout})
+    problem = next(p for p in train + heldout if p.answer == "0.5")
+    assert problem.messages[0] == {"role": "system", "content": "Solve the problem. Put your "
+                                   "final answer in <answer>X</answer> tags."}
+    assert task.reward(problem, "so <answer>\\frac{1}{2}</answer>")["total"] == 1.1
+    assert solved(task.reward(problem, "<answer>2</answer>")) is False
 
 
-@pytest.mark.parametrize("numbers", [(), (1, 2, 3), (1, True), (1.5, 2)])
-def test_problem_rejects_bad_numbers(numbers: tuple) -> None:
-    with pytest.raises(ValueError, match="problem"):
-        Problem(numbers)
+def test_the_three_formats_give_the_same_problems(tmp_path):
+    tasks = [make_task(TaskConfig(task=f"dataset:{write_gsm8k(tmp_path, kind)}"))
+             for kind in ("jsonl", "csv", "parquet")]
+    problems = [[(p.messages, p.answer) for p in (*t.heldout(), *map(
+        lambda k, t=t: t.train(5, k), range(8)))] for t in tasks]
+    assert problems[0] == problems[1] == problems[2]
 
 
-def test_row_round_trip_and_validation() -> None:
-    problem = Problem((3, 5, 2, 4))
-    row = problem.to_row()
-    assert row == {"numbers": [3, 5, 2, 4], "answer": 48, "pair_count": 2}
-    assert Problem.from_row(row) == problem
-    assert Problem.from_row(json.loads(json.dumps(row))) == problem
-    assert Problem.from_row({"numbers": [3.0, 5.0]}) == Problem((3, 5))
-    with pytest.raises(ValueError, match=r"problem \[3, 5, 2, 4\]: stored answer 47"):
-        Problem.from_row({**row, "answer": 47})
-    with pytest.raises(ValueError, match="stored pair_count 3"):
-        Problem.from_row({**row, "pair_count": 3})
-    with pytest.raises(ValueError, match="not an integer"):
-        Problem.from_row({"numbers": [3, "5"]})
-    with pytest.raises(ValueError, match="'numbers' must be a list"):
-        Problem.from_row({"numbers": "3, 5"})
+def test_heldout_file_messages_rows_and_fields(tmp_path):
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"}], "label": 4}) + "\n" + json.dumps({
+            "messages": [{"role": "user", "content": "3+3?"}], "label": "6"}) + "\n")
+    held = tmp_path / "held.jsonl"
+    held.write_text(json.dumps({"messages": [{"role": "user", "content": "3+3?"}],
+                                "label": 6}) + "\n")
+    task = make_task(TaskConfig(task=f"dataset:{chat}", answer_field="label",
+                                heldout=str(held), system_prompt="Answer in tags."))
+    # A held-out prompt is never trained on, even from another row of the training file.
+    assert {task.train(0, k).messages[-1]["content"] for k in range(4)} == {"2+2?"}
+    trained = task.train(0, 0)
+    assert trained.messages == [{"role": "system", "content": "Be brief."},
+                                {"role": "user", "content": "2+2?"}]  # its own answer dropped
+    assert trained.answer == "4" and task.heldout()[0].answer == "6"
+    assert task.heldout()[0].messages[0] == {"role": "system", "content": "Answer in tags."}
 
 
-def test_generator_respects_difficulty() -> None:
-    rng = random.Random(7)
-    difficulty = Difficulty()
-    problems = [generate_problem(rng, difficulty) for _ in range(5000)]
-    pair_counts = Counter(p.pair_count for p in problems)
-    assert set(pair_counts) == {1, 2, 3}
-    for count in pair_counts.values():
-        assert abs(count / 5000 - 1 / 3) < 0.03
-    numbers = [n for p in problems for n in p.numbers]
-    assert all(1 <= n <= 19 for n in numbers)
-    large_share = sum(n >= 10 for n in numbers) / len(numbers)
-    assert abs(large_share - 0.3) < 0.02
+def test_system_prompt_from_a_file_and_the_seeds_problems_as_a_dataset(tmp_path):
+    task = make_task(TaskConfig(task=f"dataset:{QA}",
+                                system_prompt=f"@{ROOT / 'data' / 'arithmetic_prompt.txt'}"))
+    seed_task = make_task(TaskConfig())
+    problem = task.train(0, 0)
+    assert problem.messages[0] == seed_task.train(0, 0).messages[0]  # the seed's prompt
+    assert len(task.heldout()) == 100  # 10% of the 1,000 rows
+    assert task.reward(problem, f"<answer>{problem.answer}</answer>")["total"] == 1.1
+    assert task.fingerprint["data"] and len(task.fingerprint["data"]) == 16
 
 
-def test_generator_custom_difficulty() -> None:
-    rng = random.Random(1)
-    difficulty = Difficulty(
-        pair_counts=(4,), small_range=(0, 2), large_range=(50, 51), large_share=0
-    )
-    problems = [generate_problem(rng, difficulty) for _ in range(200)]
-    assert {p.pair_count for p in problems} == {4}
-    assert {n for p in problems for n in p.numbers} == {0, 1, 2}
-    all_large = Difficulty(large_range=(50, 51), large_share=1.0)
-    assert all(50 <= n <= 51 for n in generate_problem(rng, all_large).numbers)
+def test_reasoning_gym_problems_come_by_seed_and_index_and_score_themselves():
+    config = TaskConfig(task="reasoning_gym:basic_arithmetic",
+                        task_config='{"min_terms": 2, "max_terms": 3}')
+    task = make_task(config)
+    problems = [task.train(1, k) for k in range(6)]
+    assert [p.row for p in problems] == [make_task(config).train(1, k).row for k in range(6)]
+    assert [p.row for p in problems] != [task.train(2, k).row for k in range(6)]
+    held = {p.row["question"] for p in task.heldout()}
+    assert len(task.heldout()) == 300 and not held & {p.row["question"] for p in problems}
+    problem = problems[0]
+    assert task.reward(problem, f"<answer>{problem.answer}</answer>") == {
+        "format": 0.1, "correct": 1.0, "total": 1.1}
+    assert task.reward(problem, "<answer>nope</answer>")["correct"] == 0.0
+    assert problem.part and problem.part.startswith("num_terms=")
 
 
-def test_stream_is_deterministic_and_resumable() -> None:
-    """Problem k of a seed depends on (seed, k) alone: a resumed run (train_rl asks for problem
-    (step - 1) * batch_size + i) gets the problems an uninterrupted one would."""
-    difficulty = Difficulty()
-    task = arithmetic_task(difficulty)
-    first = [task.sample(3, k) for k in range(20)]
-    assert [task.sample(3, k) for k in range(12, 20)] == first[12:]
-    assert [sample_problem(3, k, difficulty) for k in range(20)] == first
-    assert [task.sample(4, k) for k in range(20)] != first
-    # The seeding scheme is part of the data (common/seeding.py): these must never change.
-    assert first[:3] == [Problem((5, 9, 6, 7, 8, 3)), Problem((2, 16, 18, 4, 11, 19)),
-                         Problem((14, 11))]
+@pytest.mark.parametrize("config, message", [
+    (dict(task="reasoning_gym:chainsum"), r"no such reasoning-gym dataset; did you mean chain_sum"),
+    (dict(task="reasoning_gym:chain_sum", task_config="{"), r"--task_config: not valid JSON"),
+    (dict(task="reasoning_gym:chain_sum", task_config='{"bogus": 1}'),
+     r"--task_config \{\"bogus\": 1\}: reasoning_gym:chain_sum refused it"),
+    (dict(task="arithmetic", task_config="{}"), r"--task_config: only for --task reasoning_gym"),
+    (dict(task="dataset:x.jsonl", pair_counts="1"), r"--pair_counts: only for --task arithmetic"),
+    (dict(task="wordle"), r"--task wordle: expected arithmetic, dataset:SPEC"),
+    (dict(task="dataset:missing.jsonl"), r"--task dataset:missing.jsonl: no such file"),
+    (dict(system_prompt="@missing.txt"), r"--system_prompt @missing.txt: no such file"),
+    (dict(reward="nope.py:f"), r"--reward nope.py:f: no such file"),
+    (dict(reward="loose"), r"--reward loose: expected answer, exact or FILE.py:FUNCTION"),
+])
+def test_bad_task_flags_name_what_is_wrong(config, message):
+    with pytest.raises((TaskError, DatasetError), match=message):
+        make_task(TaskConfig(**config))
 
 
-def test_build_messages() -> None:
-    assert build_messages(Problem((4, 15))) == [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": "4, 15"},
-    ]
+def test_a_file_without_the_answer_field_names_the_row(tmp_path):
+    path = write_gsm8k(tmp_path, "jsonl", [*GSM8K_ROWS[:2], {"question": "q"}])
+    with pytest.raises(TaskError, match=rf"dataset:{path} row 3: no 'answer'"):
+        make_task(TaskConfig(task=f"dataset:{path}"))
+    with pytest.raises(TaskError, match=r"row 1: no prompt column"):
+        make_task(TaskConfig(task=f"dataset:{path}", prompt_field="problem"))
 
 
-def _problems(n: int) -> list[Problem]:
-    return [sample_problem(0, k) for k in range(n)]
+REWARD_FILE = '''
+import math
+
+def score(completion, row):
+    """Reward parts: right (the file's own check) and short."""
+    right = float(row["answer"].split("####")[-1].strip() in completion)
+    return {"right": right, "short": 0.1 * (len(completion) < 40), "total": right + 0.1}
+
+def plain(completion, row):
+    return len(completion) / 100
+
+def crash(completion, row):
+    return row["missing"]
+
+def not_a_number(completion, row):
+    return "high"
+
+def nan(completion, row):
+    return math.nan
+
+def no_total(completion, row):
+    return {"right": 1.0}
+'''
 
 
-def test_worked_solution_format() -> None:
-    solution = worked_solution(Problem((3, 5, 2, 4)), random.Random(0), 0.0, 0.0)
-    assert solution == "Add pairs: 3+5=8, 2+4=6\nMultiply: 8×6=48\n<answer>48</answer>"
-    assert worked_solution(Problem((4, 2)), random.Random(0), 0.0, 0.0) == (
-        "Add pairs: 4+2=6\n<answer>6</answer>"
-    )
-    # The longest default problem stays short: the tiny model pays a token per byte.
-    longest = worked_solution(Problem((19,) * 6), random.Random(0), 0.0, 0.0)
-    assert len(longest.encode()) < 100
+@pytest.fixture
+def reward_file(tmp_path) -> Path:
+    path = tmp_path / "my_reward.py"
+    path.write_text(REWARD_FILE)
+    return path
 
 
-def test_worked_solution_without_errors_is_always_right() -> None:
-    rng = random.Random(0)
-    for problem in _problems(300):
-        reward = compute_reward(worked_solution(problem, rng, 0.0, 0.0), problem.answer)
-        assert reward["total"] == pytest.approx(1.1)
+def test_a_reward_file_is_loaded_without_installing_and_its_parts_are_kept(reward_file):
+    task = make_task(TaskConfig(task=f"dataset:{QA}", reward=f"{reward_file}:score"))
+    assert task.reward_parts == ("right", "short")
+    problem = task.train(0, 0)
+    assert task.reward(problem, f"it is {problem.answer}") == {"right": 1.0, "short": 0.1,
+                                                               "total": 1.1}
+    assert solved(task.reward(problem, "")) is None  # no `correct` part: no accuracy
+    plain = make_task(TaskConfig(reward=f"{reward_file}:plain"))  # the arithmetic task too
+    assert plain.reward(plain.train(0, 0), "x" * 50) == {"total": 0.5}
 
 
-def test_worked_solution_with_errors_is_always_wrong() -> None:
-    rng = random.Random(0)
-    problems = _problems(300) + [Problem((0, 0, 1, 2)), Problem((-1, 1, 3, 4, 5, 6))] * 50
-    for problem in problems:
-        reward = compute_reward(worked_solution(problem, rng, 1.0, 0.0), problem.answer)
-        assert reward["format"] == pytest.approx(0.1)
-        assert reward["correct"] == 0.0
+@pytest.mark.parametrize("function, message", [
+    ("crash", r"raised KeyError: 'missing' on data/arithmetic_qa.jsonl row \d+"),
+    ("not_a_number", r"returned total='high', not a number"),
+    ("nan", r"returned total=nan, not a finite number"),
+    ("no_total", r"returned a dict without 'total'"),
+    ("absent", r"has no function 'absent'"),
+])
+def test_a_broken_reward_fails_before_any_work_naming_the_row(reward_file, function, message):
+    with pytest.raises(TaskError, match=rf"--reward {reward_file}:{function}: .*{message}"):
+        make_task(TaskConfig(task="dataset:data/arithmetic_qa.jsonl",
+                             reward=f"{reward_file}:{function}"))
 
 
-def test_worked_solution_verbose_is_wordier() -> None:
-    rng = random.Random(0)
-    for problem in _problems(100):
-        plain = worked_solution(problem, random.Random(1), 0.0, 0.0)
-        verbose = worked_solution(problem, rng, 0.0, 1.0)
-        extra = len(verbose.split()) - len(plain.split())
-        assert 40 <= extra <= 95
-        assert verbose.endswith(plain)
-        # Runs past the seed's 256-token limit with the tiny models' byte tokenizer, and the
-        # habit shows in the first words, where temperature 0.3 sampling still follows it.
-        assert len(verbose.encode()) > 256
-        assert verbose.startswith("Let me think about this step by step.\n")
+def test_a_reward_that_breaks_mid_run_names_the_row(tmp_path):
+    path = tmp_path / "flaky.py"
+    path.write_text("def f(completion, row):\n    return float('nan') if 'x' in completion "
+                    "else 1.0\n")
+    task = make_task(TaskConfig(reward=f"{path}:f"))
+    with pytest.raises(TaskError, match=r"on training problem 4: returned total=nan"):
+        task.reward(task.train(0, 4), "x")
+    assert math.isclose(task.reward(task.train(0, 4), "y")["total"], 1.0)
 
 
-def test_worked_solution_is_deterministic_and_checks_rates() -> None:
-    problem = Problem((1, 2, 3, 4, 5, 6))
-    texts = {worked_solution(problem, random.Random(5), 0.5, 0.5) for _ in range(5)}
-    assert len(texts) == 1
-    with pytest.raises(ValueError, match="error_rate"):
-        worked_solution(problem, random.Random(0), 1.5, 0.0)
-    with pytest.raises(ValueError, match="verbose_rate"):
-        worked_solution(problem, random.Random(0), 0.0, -0.1)
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "reasoning_gym:chainsum"], "did you mean chain_sum"),
+    (["--task", "dataset:data/foo.jsonl"], "dataset:data/foo.jsonl row 1: no 'answer'"),
+    (["--reward", "nope.py:f"], "no such file"),
+])
+def test_bad_task_input_is_one_line_and_exit_2(argv, message, capsys):
+    import train_rl
 
-
-def test_solutions_dataset() -> None:
-    rows = solutions_dataset(400, seed=1, difficulty=Difficulty())
-    assert rows[:50] == solutions_dataset(50, seed=1, difficulty=Difficulty())
-    assert rows != solutions_dataset(400, seed=2, difficulty=Difficulty())
-    correct = 0
-    for row in rows:
-        system, user, assistant = row["messages"]
-        assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
-        assert system["content"] == SYSTEM_PROMPT
-        problem = Problem(tuple(int(n) for n in user["content"].split(", ")))
-        correct += compute_reward(assistant["content"], problem.answer)["correct"] > 0
-    assert abs(correct / 400 - 0.7) < 0.08
-    # Not the RL stream for the same seed: SFT must not pre-teach the RL problems in order.
-    rl_users = [build_messages(sample_problem(1, k))[1]["content"] for k in range(20)]
-    assert rl_users != [row["messages"][1]["content"] for row in rows[:20]]
-
-
-def test_shipped_heldout() -> None:
-    problems = load_heldout()
-    assert len(problems) == 300
-    assert Counter(p.pair_count for p in problems) == {1: 100, 2: 100, 3: 100}
-    assert len(set(problems)) == 300
-    rows = [json.loads(line) for line in DEFAULT_HELDOUT.read_text().splitlines()]
-    assert [row["answer"] for row in rows] == [p.answer for p in problems]
-    # The shipped file is exactly what the generator script writes.
-    assert problems == heldout_problems(12345, 100)
-
-
-def test_heldout_bad_row_names_file_and_row(tmp_path: Path) -> None:
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"numbers": [1, 2], "answer": 3}\n\n{"numbers": [3, 5, 2, 4], "answer": 47}\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl: row 2: problem \[3, 5, 2, 4\]"):
-        load_heldout(path)
-
-
-def test_heldout_invalid_json_names_file_and_row(tmp_path: Path) -> None:
-    path = tmp_path / "broken.jsonl"
-    path.write_text('{"numbers": [1, 2]}\n{"numbers": [3, 4]}\nnot json\n')
-    with pytest.raises(ValueError, match=r"broken\.jsonl: row 3: not valid JSON"):
-        load_heldout(path)
-
-
-def test_heldout_missing_and_empty(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
-        load_heldout(tmp_path / "nope.jsonl")
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
-    with pytest.raises(ValueError, match=r"empty\.jsonl: no problems"):
-        load_heldout(empty)
-
-
-def test_the_task_is_what_train_rl_and_evaluate_see() -> None:
-    task = ARITHMETIC
-    problem = task.sample(3, 7)
-    assert problem == sample_problem(3, 7)
-    assert task.messages(problem) == build_messages(problem)
-    assert task.answer(problem) == problem.answer
-    assert task.load_heldout() == load_heldout()
-    solution = worked_solution(problem, random.Random(0), 0.0, 0.0)
-    assert task.reward(problem, solution, False)["total"] == pytest.approx(1.1)
-    # train_rl's default reward: the concise bonus needs an answer tag ...
-    assert task.reward(problem, "", True)["total"] == 0.0
-    assert task.reward(problem, solution, True)["concise"] > 0
-    # ... and --noconcise_needs_answer is the seed's, which pays it for any short text.
-    seeds = arithmetic_task(concise_needs_answer=False)
-    assert seeds.reward(problem, "", True)["total"] == pytest.approx(0.3 * 200 / 180)
-
-
-def test_task_difficulty_and_heldout_path(tmp_path: Path) -> None:
-    path = tmp_path / "h.jsonl"
-    path.write_text('{"numbers": [1, 2, 3, 4]}\n')
-    task = arithmetic_task(Difficulty(pair_counts=(2,)), heldout_path=path)
-    assert {task.sample(0, k).pair_count for k in range(50)} == {2}
-    assert task.load_heldout() == [Problem((1, 2, 3, 4))]
-
-
-def test_heldout_mixed_types_name_the_row(tmp_path: Path) -> None:
-    # Arrow cannot unify a list column with an object; `datasets` then names no row.
-    path = tmp_path / "mixed.jsonl"
-    path.write_text('{"numbers": [1, 2]}\n{"numbers": {"a": 1}}\n')
-    with pytest.raises(ValueError, match=r"mixed\.jsonl: row 2: 'numbers' must be a list"):
-        load_heldout(path)
+    assert run_main(train_rl.main, train_rl.Config, [*argv, "--dry_run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
