@@ -141,7 +141,6 @@ def main(cfg: Config) -> dict[str, Any]:
     name = cfg.run_name or re.sub(r"[^A-Za-z0-9._+-]+", "-", f"evaluate-{short(cfg.model)}-"
                                   f"{datetime.now():%Y%m%d-%H%M%S}")
     run_dir = run_dir_of(cfg, redact(name))
-    check_owner(run_dir, "evaluate")  # never a training run's directory
     params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature,
                                   seed=cfg.seed)
     with stop_on_signals(), connect(cfg.backend, cfg.base_url) as service:
@@ -149,6 +148,7 @@ def main(cfg: Config) -> dict[str, Any]:
         futures = [service.create_sampling_client(model_path=t.path) if t.path
                    else service.create_sampling_client(base_model=t.base_model) for t in targets]
         clients = [sampling_client(f, t) for f, t in zip(futures, targets, strict=True)]
+        check_owner(run_dir, "evaluate")  # never into a training run's directory
         with open_tracker(cfg, run_dir, redact(name), targets) as tracker:
             declare_inputs(tracker, targets)
             results = []
@@ -291,7 +291,8 @@ def write_report(cfg: Config, results: list[dict[str, Any]], tracker: Tracker) -
     models = [{"label": r["target"].label, "path": r["target"].path, "step": r["target"].step,
                "base_model": r["target"].base_model, "run_dir": r["target"].run_dir,
                **r["summary"]} for r in results]
-    data = cfg.dataset if cfg.task == "chat" else (cfg.heldout or cfg.task)
+    data = (cfg.dataset if cfg.task == "chat" else cfg.heldout or
+            ("data/arithmetic_heldout.jsonl" if cfg.task == "arithmetic" else cfg.task))
     report = redact({"task": cfg.task, "data": data,
                      "sampling": {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens,
                                   "seed": cfg.seed}, "models": models})

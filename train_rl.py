@@ -67,8 +67,8 @@ HEADLINE = ["reward/mean", "rl/accuracy", "eval/accuracy", "completions/mean_wor
 
 @dataclass
 class Config(ServiceConfig, TaskConfig, TrainingConfig, TrackingConfig, CheckpointConfig):
-    """RL with verifiable rewards: the seed's arithmetic task by default, or your dataset, a
-    reasoning-gym task, or your reward; every flag below."""
+    """RL with verifiable rewards on the seed's arithmetic task, your dataset, a generated
+    reasoning task or your own reward; every flag below."""
 
     concise_bonus_after: int | None = 6
     """arithmetic: add the conciseness bonus to the reward after this step (the seed: 6).

@@ -52,8 +52,8 @@ def load_rows(spec: str, split: str = "train", where: str | None = None) -> list
         if path.suffix not in FILE_FORMATS:
             raise DatasetError(f"{where}: unsupported file type {path.suffix!r}; use one of "
                                f"{sorted(FILE_FORMATS)}")
-        if path.suffix != ".parquet":
-            _check_text(where, path)
+        if path.suffix != ".parquet" and not _check_text(where, path):
+            raise DatasetError(f"{where}: the dataset has no rows")
         rows = _load(where, FILE_FORMATS[path.suffix], dict(data_files=str(path)), "train",
                      path)
     elif "/" in spec:
@@ -79,9 +79,7 @@ def _load(where: str, builder: str, kwargs: dict[str, Any], split: str, path: Pa
             {name: datasets.Value("string") for name in header}))
     try:
         return datasets.load_dataset(builder, split=split, **kwargs).to_list()
-    except Exception as exc:  # datasets' errors are long and name no line: find it ourselves
-        if path is not None:
-            _raise_bad_line(where, path)
+    except Exception as exc:  # datasets' errors are long: keep the cause, name the input
         while exc.__cause__ is not None and "error occurred while generating" in str(exc):
             exc = exc.__cause__
         first_line = (str(exc).strip().splitlines() or [""])[0][:300]
@@ -89,7 +87,9 @@ def _load(where: str, builder: str, kwargs: dict[str, Any], split: str, path: Pa
                            ) from None
 
 
-def _check_text(where: str, path: Path) -> None:
+def _check_text(where: str, path: Path) -> int:
+    """Rows in a text data file, after checking every line: `datasets` reads a ragged CSV row or
+    a JSON array of strings without complaint, and names no line when it does complain."""
     data = path.read_bytes()
     if not data.strip():
         raise DatasetError(f"{where}: the file is empty")
@@ -101,21 +101,20 @@ def _check_text(where: str, path: Path) -> None:
         line = data[:exc.start].count(b"\n") + 1
         raise DatasetError(f"{where} line {line}: not UTF-8 text (byte {exc.start}); save the "
                            "file as UTF-8") from None
-
-
-def _raise_bad_line(where: str, path: Path) -> None:
-    text = path.read_text(encoding="utf-8-sig")
+    text = data.decode("utf-8-sig")
     if path.suffix == ".csv":
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        rows = 0
         try:
             width = len(next(reader))
             for row in reader:
                 if row and len(row) != width:
                     raise DatasetError(f"{where} line {reader.line_num}: {len(row)} fields, the "
                                        f"header has {width}")
+                rows += bool(row)
         except csv.Error as exc:
             raise DatasetError(f"{where} line {reader.line_num}: not valid CSV ({exc})") from None
-        raise DatasetError(f"{where}: could not be read as CSV")
+        return rows
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             items = json.loads(text)
@@ -133,10 +132,9 @@ def _raise_bad_line(where: str, path: Path) -> None:
                                        f"column {exc.colno}); one JSON object per line") from None
     for number, row in numbered:
         if not isinstance(row, dict):
-            raise DatasetError(f"{where} line {number}: expected a JSON object, got "
-                               f"{type(row).__name__}")
-    raise DatasetError(f"{where}: could not be read as JSON (its lines parse one by one: are "
-                       "the rows' column types compatible?)")
+            raise DatasetError(f"{where} {'item' if text.lstrip().startswith('[') else 'line'} "
+                               f"{number}: expected a JSON object, got {type(row).__name__}")
+    return len(numbered)
 
 
 def file_fingerprint(spec: str | None) -> str | None:
@@ -182,8 +180,10 @@ def load_chat_data(spec: str, split: str = "train", skip_invalid: bool = False,
 
 def as_messages(value: Any, what: str) -> Conversation:
     """A list of {role, content} text messages, checked; ValueError names `what` is wrong."""
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"'{what}' must be a non-empty list of {{role, content}} objects, got "
+    if isinstance(value, list) and not value:
+        raise ValueError(f"'{what}' is empty")
+    if not isinstance(value, list):
+        raise ValueError(f"'{what}' must be a list of {{role, content}} objects, got "
                          f"{type(value).__name__} {str(value)[:40]!r}")
     for turn, message in enumerate(value, start=1):
         if not isinstance(message, dict):

@@ -69,7 +69,8 @@ MAY_CHANGE = ("max_steps", "epochs", "save_every", "sample_every", "eval_every",
 # not a run directory, and a script will not write into it.
 RUN_FILES = (LOCK, "wandb", "rollouts", "config.yaml", "metrics.jsonl", "checkpoints.jsonl",
              "samples.jsonl", "summary.json", "wandb_run_id", "wandb_group", "wandb_tables.json",
-             "wandb_name", "git_diff.patch", "eval.json", "eval.md", "accuracy.png")
+             "wandb_name", "git_diff.patch", "eval.json", "eval.md", "accuracy.png",
+             "stdout.log")  # the offline sweep runner's log of the run
 
 _held: dict[Path, IO[str]] = {}
 

@@ -153,7 +153,7 @@ FLAG_CASES = [
     ("sft", "load_checkpoint", "local://nope/weights/000001",
      r"--load_checkpoint local://nope/weights/000001: .*not found"),
     ("sft", "model", "org/not-cached", r"--model org/not-cached.*Available offline"),
-    ("sft", "dataset", "nonsense", r"--dataset 'nonsense': not a file"),
+    ("sft", "dataset", "nonsense", r"--dataset nonsense: not a file"),
     ("sft", "dataset", "arithmetic-solutions:x", r"--dataset arithmetic-solutions:x: "),
     ("sft", "dataset", "arithmetic-solutions:0", r"--dataset arithmetic-solutions:0: "),
     ("sft", "dataset", "nobody/no-such-dataset", r"--dataset nobody/no-such-dataset: could not"),
@@ -176,7 +176,7 @@ FLAG_CASES = [
     *[("eval", f, v, rf"--{f}\b.*(invalid (int|float) value|must be)") for f, values in {
         "temperature": ["-1", "nan", "inf"], "max_tokens": ["0"], "num_problems": ["0", "x"],
         "seed": ["x"]}.items() for v in values],
-    ("eval", "task", "poetry", r"--task: invalid choice: 'poetry'"),
+    ("eval", "task", "poetry", r"--task poetry: expected arithmetic, dataset:SPEC or "),
     ("eval", "base_url", "http://tinker.example:1", r"--base_url: .*not on this machine"),
 ]
 
@@ -209,7 +209,7 @@ ARGV_CASES = [  # whole command lines
     ("compare", ["{sft}", "--keys", "train/los"],
      r"--keys: \['train/los'\] logged by none of the runs"),
     ("compare", ["/no/such/run"], r"/no/such/run: no metrics.jsonl"),
-    ("eval", ["--heldout", "{d}/missing.jsonl"], r"missing.jsonl"),
+    ("eval", ["--heldout", "{d}/missing.jsonl"], r"--heldout .*missing.jsonl: no such file"),
     ("eval", ["--task", "chat", "--dataset", "{d}/messages_str.jsonl"],
      r"messages_str.jsonl row 1: 'messages' must be a list"),
     ("eval", ["--task", "chat", "--dataset", "{d}/empty.jsonl"], r"empty.jsonl: the file is empty"),
@@ -247,7 +247,7 @@ CONFIG_FILES = [  # (script, YAML text or bytes, regex)
     ("rl", "temperature: -0.5\n", r"--temperature: must be a number > 0"),
     ("rl", "pair_counts: [1, 2]\n", r"\.yaml: pair_counts: expected text"),
     ("eval", "checkpoint: 5\n", r"--checkpoint 5: neither"),
-    ("eval", "task: poetry\n", r"\.yaml: task: 'poetry' is not one of"),
+    ("eval", "task: poetry\n", r"--task poetry: expected arithmetic"),
     ("compare", "keys: {a: 1}\n", r"\.yaml: keys: expected text"),
     ("eval", "num_problems: 1.5\n", r"\.yaml: num_problems: expected a whole number"),
 ]

@@ -134,7 +134,7 @@ def test_dataset_sources(tmp_path):
     with pytest.raises(DatasetError, match="unsupported file type '.txt'"):
         (tmp_path / "notes.txt").write_text("x")
         load_chat_data(str(tmp_path / "notes.txt"))
-    with pytest.raises(DatasetError, match="not a file, a shipped dataset"):
+    with pytest.raises(DatasetError, match="nonsense: not a file"):
         load_chat_data("nonsense")
     with pytest.raises(DatasetError, match="--dataset nobody/no-such-dataset: could not load"):
         load_chat_data("nobody/no-such-dataset")  # HF_HUB_OFFLINE=1: fails fast, named

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from tinker import types
 
+from common.arithmetic import Problem
 from common.evaluation import (
     in_flight,
     markdown_table,
@@ -18,7 +19,6 @@ from common.evaluation import (
     wilson_interval,
 )
 from common.seeding import derive_seed
-from common.arithmetic import Problem
 from common.tasks import TaskConfig, arithmetic_problem, make_task
 from local_tinker.models import build_tiny_chat_tokenizer
 

@@ -13,7 +13,7 @@ import pytest
 from tinker import types
 
 import train_rl
-from common.datums import chat_tokens
+from common.datums import chat_tokens, rollout_datum
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPARED = ("reward/mean", "train/loss", "rl/kl_sample_train", "rl/staleness",
@@ -69,11 +69,18 @@ def test_a_stale_batch_is_trained_with_its_samplers_logprobs(service_client):
     sequences = stale.sample(types.ModelInput.from_ints(prompt), 2, params).result().sequences
     kept = [(prompt, seq, advantage) for seq, advantage in zip(sequences, (1.0, -1.0),
                                                                 strict=True)]
+    def update() -> tuple:  # as train_rl's loop submits one optimizer step
+        datums = [rollout_datum(prompt, seq.tokens, seq.logprobs, advantage)
+                  for prompt, seq, advantage in kept]
+        return (learner.forward_backward(datums, "importance_sampling"),
+                learner.optim_step(types.AdamParams(learning_rate=1e-2)))
+
     # One update moves the learner away from the sampler's weights...
-    train_rl.submit_update(learner, kept, "importance_sampling", 1e-2).metrics(step=1)
+    for future in update():
+        future.result()
     # ...so training on the same batch now is off-policy by one step.
-    update = train_rl.submit_update(learner, kept, "importance_sampling", 1e-2)
-    output = update.fwd_bwd.result()
+    fwd_bwd, optim = update()
+    output = fwd_bwd.result()
     loss = 0.0
     for (_, seq, advantage), out in zip(kept, output.loss_fn_outputs, strict=True):
         learner_lp = out["logprobs"].to_numpy()[-len(seq.tokens):].astype(np.float64)
@@ -83,7 +90,7 @@ def test_a_stale_batch_is_trained_with_its_samplers_logprobs(service_client):
     assert output.metrics["loss:sum"] == pytest.approx(loss, rel=1e-4)
     on_policy_loss = -sum(len(seq.tokens) * adv for _, seq, adv in kept)  # ratio 1
     assert output.metrics["loss:sum"] != pytest.approx(on_policy_loss, rel=1e-3)
-    update.optim.result()
+    optim.result()
 
 
 def start_rl(log_dir: Path, *extra: str) -> subprocess.Popen:

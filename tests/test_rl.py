@@ -31,7 +31,8 @@ def rl_config(tmp_path, **overrides) -> train_rl.Config:
 
 def test_rl_run_is_tracked_step_by_step(tmp_path, capsys):
     final = train_rl.main(rl_config(tmp_path))
-    assert "note: tiny-chat has never seen this task's answer tags" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "note: tiny-chat has never seen the arithmetic task's answer tags" in out
     run_dir = tmp_path / "rl"
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3]
@@ -142,7 +143,7 @@ def test_a_warm_started_run_records_the_warm_starts_rank_and_model(tmp_path):
     ({"batch_size": 0}, "--batch_size: must be >= 1"),
     ({"temperature": 0.0}, "--temperature: must be a number > 0"),
     ({"pair_counts": "0,1"}, "--pair_counts/--large_share"),
-    ({"large_share": 1.5}, r"--large_share: must be in \[0, 1\]"),
+    ({"large_share": 1.5}, r"--pair_counts/--large_share: large_share must be in \[0, 1\]"),
 ])
 def test_bad_rl_flags(tmp_path, overrides, message):
     with pytest.raises((ConfigError, ValueError), match=message):

@@ -108,6 +108,14 @@ def test_rerun_refuses_changed_settings_and_accepts_a_longer_run(tmp_path, capsy
 
 # --- damaged files and checkpoints ------------------------------------------------------------
 
+def as_if_killed(run_dir: Path) -> None:
+    """The run's files as a kill after its last checkpoint leaves them: no final status (a
+    finished run's rerun only says it is finished)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.pop("status")
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
 def test_missing_or_cut_latest_checkpoint_falls_back_to_the_one_before(tmp_path, capsys):
     straight = tmp_path / "straight"
     assert sft(straight, "--max_steps", "4", "--save_every", "1") == 0
@@ -115,6 +123,7 @@ def test_missing_or_cut_latest_checkpoint_falls_back_to_the_one_before(tmp_path,
 
     run_dir = tmp_path / "run"
     assert sft(run_dir, "--max_steps", "4", "--save_every", "1") == 0
+    as_if_killed(run_dir)
     saved = states(run_dir)
     shutil.rmtree(local_dir(saved[-1]["path"]))  # final (step 4): deleted
     adapter = local_dir(saved[-2]["path"]) / "adapter.pt"  # step 3: cut short
@@ -135,6 +144,7 @@ def test_missing_or_cut_latest_checkpoint_falls_back_to_the_one_before(tmp_path,
 def test_no_loadable_checkpoint_is_an_error_not_a_silent_restart(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert sft(run_dir, "--max_steps", "2", "--save_every", "1") == 0
+    as_if_killed(run_dir)
     for record in states(run_dir):
         shutil.rmtree(local_dir(record["path"]))
     capsys.readouterr()
@@ -260,13 +270,13 @@ def test_a_crash_at_a_checkpoint_loses_no_step(tmp_path, monkeypatch, script, wh
                   "--eval_problems", "2", "--concise_bonus_after", "0",
                   "--noconcise_needs_answer"]
     if where == "after_checkpoint":
-        real = runs.save_if_due
+        real = runs.Run.save_if_due
 
-        def save_then_die(client, tracker, step, every, last_step):
-            real(client, tracker, step, every, last_step)
+        def save_then_die(run, step):
+            real(run, step)
             if step == 2:
                 raise Crash("killed right after the checkpoint was written")
-        monkeypatch.setattr(runs, "save_if_due", save_then_die)
+        monkeypatch.setattr(runs.Run, "save_if_due", save_then_die)
     else:
         real_log = Tracker.log
 

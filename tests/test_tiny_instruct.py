@@ -10,10 +10,10 @@ import pytest
 from tinker import types
 
 import local_tinker
+from common.arithmetic import Problem, build_messages
 from common.backend import get_tokenizer
 from common.config import LOCAL_DEFAULT_MODEL
 from common.datums import chat_tokens
-from common.tasks import Problem, build_messages
 from local_tinker.models import TINY_INSTRUCT, TINY_INSTRUCT_WEIGHTS, build_tiny_instruct
 
 ROOT = Path(__file__).resolve().parent.parent
