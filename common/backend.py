@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -80,10 +81,23 @@ def connect(backend: str, base_url: str | None = None) -> Iterator[Any]:
                   "service ends it when its heartbeats stop")
 
 
+class _LongPollRetries(logging.Filter):
+    """The SDK warns "Retrying request ... because of try_again" whenever a result takes longer
+    than one long poll (the local server answers try_again after 20 s): on the local backend
+    that is a slow step, not a problem, and a slow run printed 72 such lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "because of try_again" not in record.getMessage()
+
+
+_LONG_POLL_RETRIES = _LongPollRetries()
+
+
 def _service_client(backend: str, base_url: str | None) -> Any:
     import tinker
 
     if backend == "local":
+        logging.getLogger("tinker.lib.api_future_impl").addFilter(_LONG_POLL_RETRIES)
         if base_url:  # a server someone started: `python -m local_tinker serve`
             import local_tinker
 

@@ -10,6 +10,8 @@ from common.advantages import (
     group_advantages,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_seed_example_batch() -> None:
     advantages_P_G = batch_advantages(np.array([[0.0, 0.0, 1.1, 0.0]]))
@@ -90,6 +92,7 @@ def test_integer_and_list_input() -> None:
         (np.array([[0.0, np.inf]]), "NaN or infinity"),
     ],
 )
+
 def test_bad_input(rewards: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         compute_advantages(rewards, "group")

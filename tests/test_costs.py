@@ -23,6 +23,8 @@ from common.costs import (
 )
 from common.runfiles import read_metrics
 
+pytestmark = pytest.mark.unit
+
 QWEN_4B = "Qwen/Qwen3-4B-Instruct-2507"
 QWEN_4B_PRICES = Prices(0.07, 0.22, 0.22, as_of="2026-01-05")
 

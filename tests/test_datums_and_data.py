@@ -23,6 +23,8 @@ from local_tinker.models import build_tiny_chat_tokenizer
 from train_sft import Config as SFTConfig
 from train_sft import lr_at
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def tokenizer():

@@ -22,6 +22,8 @@ from common.seeding import derive_seed
 from common.tasks import TaskConfig, arithmetic_problem, make_task
 from local_tinker.models import build_tiny_chat_tokenizer
 
+pytestmark = pytest.mark.unit
+
 TOKENIZER = build_tiny_chat_tokenizer()
 END = TOKENIZER.eos_token_id
 

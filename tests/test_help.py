@@ -15,6 +15,8 @@ import train_rl
 import train_sft
 from common.config import FLAG_GROUPS, OTHER_FLAGS, parse_config
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"train_sft.py": train_sft.Config, "train_rl.py": train_rl.Config,
            "evaluate.py": evaluate.Config}

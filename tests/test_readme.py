@@ -1,6 +1,7 @@
-"""The README's commands as a reader types them: a shell that activated the venv, and flags
-the scripts really have. (tests/test_headline_rl.py and tests/test_rl_pipeline.py run the RL
-commands themselves; this checks every command block, quickly.)"""
+"""The commands of the README and docs/*.md as a reader types them: a shell that activated the
+venv, flags the scripts really have, files that exist. (tests/test_headline_rl.py,
+tests/test_rl_pipeline.py and tests/test_rl_tasks.py run the RL commands themselves; this checks
+every command block, quickly.)"""
 
 import re
 import shlex
@@ -14,13 +15,19 @@ import train_sft
 from common import compare
 from common.config import parse_config
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"train_sft.py": train_sft.Config, "train_rl.py": train_rl.Config,
            "evaluate.py": evaluate.Config, "common.compare": compare.Config}
 
 
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def bash_blocks() -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    return [block for doc in DOCS
+            for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S)]
 
 
 def commands() -> list[list[str]]:
@@ -45,6 +52,15 @@ def test_every_script_and_file_the_commands_name_exists():
         target = argv[2] if argv[1] == "-m" else argv[1]
         if argv[1] != "-m":
             assert (ROOT / target).is_file(), argv
+        for arg in argv:  # data files, reward files, @prompt files
+            path = re.sub(r"^(@|dataset:)", "", arg).split(":")[0]
+            if re.fullmatch(r"(data|sweeps|docs)/[\w./-]+\.\w+", path):
+                assert (ROOT / path).is_file(), (argv, path)
+
+
+def test_every_doc_the_readme_links_exists():
+    for link in re.findall(r"\]\((docs/[^)#]+)", (ROOT / "README.md").read_text()):
+        assert (ROOT / link).is_file(), link
 
 
 def script_and_flags(argv: list[str]) -> tuple[str, list[str]]:

@@ -13,6 +13,8 @@ from common.rewards import (
     parse_answer,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_seed_example() -> None:
     response = "Let me explain at length... " * 200 + "<answer>10</answer>"
@@ -90,6 +92,7 @@ def test_huge_number_does_not_raise() -> None:
     ("words", "bonus"),
     [(20, 0.3), (110, 0.15), (199, 0.3 / 180), (200, 0.0), (500, 0.0), (0, 0.3 * 200 / 180)],
 )
+
 def test_concise_bonus(words: int, bonus: float) -> None:
     response = " ".join(["word"] * words)
     reward = compute_reward(response, 1, concise_bonus=True)

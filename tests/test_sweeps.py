@@ -9,6 +9,7 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -78,8 +79,9 @@ def test_yaml_is_a_valid_sweep_of_real_flags_and_logged_metrics(path):
     unknown = set(config["parameters"]) - config_fields(config["program"])
     assert not unknown, f"{path.name}: not fields of {config['program']}'s Config: {unknown}"
     for spec_ in config["parameters"].values():  # PyYAML reads 1e-4 as a string
-        assert not any(isinstance(v, str) for v in [spec_.get("value"), spec_.get("min"),
-                                                    spec_.get("max"), *spec_.get("values", [])])
+        assert not any(isinstance(v, str) and re.fullmatch(r"[-+.\d]+e[-+]?\d+", v)
+                       for v in [spec_.get("value"), spec_.get("min"), spec_.get("max"),
+                                 *spec_.get("values", [])])
     # The metric is a literal key the program itself logs, not just any string.
     assert f'"{config["metric"]["name"]}"' in program.read_text()
 
