@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import io
 import json
 import logging
 import math
@@ -300,23 +301,23 @@ class Runtime:
         meta = {"base_model": trainable.base.name, "lora": trainable.lora, "path": path,
                 "kind": kind, "created": now, "user_metadata": user_metadata,
                 "expires": now + ttl_seconds if ttl_seconds else None, "owner": owner}
+        files = {"adapter.pt": _serialized(_snapshot(trainable.model)),
+                 "meta.json": json.dumps(meta, indent=2).encode()}
+        if kind == "weights":
+            files["optimizer.pt"] = _serialized(trainable.optimizer.state_dict())
         staging = directory.with_name(f".{name}.partial")
         try:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
-            torch.save(_snapshot(trainable.model), staging / "adapter.pt")
-            if kind == "weights":
-                torch.save(trainable.optimizer.state_dict(), staging / "optimizer.pt")
-            (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+            for file_name, data in files.items():
+                (staging / file_name).write_bytes(data)
             shutil.rmtree(directory, ignore_errors=True)
             staging.rename(directory)  # a checkpoint is either whole or absent
-        except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+        except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             log.error("cannot write checkpoint %s in %s: %s", path, directory, exc)
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
-                type(exc).__name__
             raise StorageFailure(f"cannot write checkpoint {path}: the server's storage "
-                                 f"failed ({reason})") from None
+                                 f"failed ({exc.strerror or type(exc).__name__})") from None
         return path
 
     def list_checkpoints(self, run_id: str, owner: str) -> list[types.Checkpoint]:
@@ -465,6 +466,14 @@ def _lora_model(base: BaseModel, lora: Mapping[str, Any], device: torch.device) 
 
 def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _serialized(obj: Any) -> bytes:
+    """torch.save's bytes, written by plain file I/O: a full disk is then an OSError naming
+    its cause (torch.save's own writer reports only "file write failed")."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:

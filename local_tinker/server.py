@@ -691,12 +691,14 @@ class LocalTinkerServer:
             raise UserError("the local backend does not serve loading another account's "
                             "checkpoints (weights_access_token): a checkpoint belongs to the "
                             "API key that saved it")
-        if body.optimizer_config is not None and (
-                body.optimizer or body.model_id is not None
-                or not isinstance(body.optimizer_config, types.AdamOptimizerConfig)):
-            raise UserError("the local backend trains with Adam only, and a restored or "
-                            "existing model keeps its optimizer: leave optimizer= out "
-                            "(ServiceClient.create_training_client_from_state)")
+        chosen = body.optimizer_config
+        if chosen is not None and not isinstance(chosen, types.AdamOptimizerConfig):
+            raise UserError(f"the local backend trains with Adam only (got optimizer "
+                            f"{getattr(chosen, 'type', '?')!r}; "
+                            "ServiceClient.create_training_client_from_state)")
+        if chosen is not None and (body.optimizer or body.model_id is not None):
+            raise UserError("a model with restored optimizer state, or an existing one, keeps "
+                            "its optimizer: pass no optimizer config")
         if body.model_id is not None:  # load_state into an existing training client
             if body.base_model is not None or body.user_metadata is not None:
                 raise UserError("load_state into an existing training client takes no "
@@ -822,7 +824,7 @@ class LocalTinkerServer:
         if pending.error is not None:
             return JSONResponse({"error": pending.error, "category": pending.category})
         result = pending.result
-        if isinstance(result, PROTO_RESULTS) and wire.PROTO in request.headers.get("accept", ""):
+        if isinstance(result, PROTO_RESULTS):  # the SDK takes these only as protobuf
             data = (wire.sample_response(result) if isinstance(result, types.SampleResponse)
                     else wire.forward_backward_output(result))
             return Response(data, media_type=wire.PROTO)
@@ -1022,16 +1024,16 @@ def check_exposure(host: str, api_keys: Sequence[str]) -> str | None:
 
 
 def serve_forever(server: LocalTinkerServer, host: str, port: int) -> None:
-    warning = check_exposure(host, [] if server.serves_any_key else ["operator key"])
-    sock = bind(host, port)
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
-    actual = sock.getsockname()[1]
-    key = f"'{LOCAL_API_KEY}'" if server.serves_any_key else "<one of the --api_key keys>"
-    print(f"local tinker server on http://{host}:{actual} (root {server.root}); "
-          f"point the SDK at it: tinker.ServiceClient(base_url='http://{host}:{actual}', "
-          f"api_key={key})", flush=True)
     try:
+        warning = check_exposure(host, [] if server.serves_any_key else ["operator key"])
+        sock = bind(host, port)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+        actual = sock.getsockname()[1]
+        key = f"'{LOCAL_API_KEY}'" if server.serves_any_key else "<one of the --api_key keys>"
+        print(f"local tinker server on http://{host}:{actual} (root {server.root}); "
+              f"point the SDK at it: tinker.ServiceClient(base_url='http://{host}:{actual}', "
+              f"api_key={key})", flush=True)
         _uvicorn(server).run(sockets=[sock])
     finally:
         server.scheduler.stop()
