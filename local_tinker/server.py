@@ -106,7 +106,7 @@ NOT_SERVED = {
     "/api/v1/save_weights_external": (["POST"], "external weight export",
                                       "TrainingClient.save_weights_external"),
     "/api/v1/copy_weights": (["POST"], "copying checkpoints between projects",
-                             "ServiceClient.copy_weights"),
+                             "ServiceClient.copy_weights, RestClient.copy_weights"),
     "/api/v1/join_sampling_session": (["POST"], "joining sampling sessions",
                                       "SamplingClient with sample_join_sampling_session"),
     "/api/v1/retrieve_futures": (["POST"], "batched future polling",
@@ -116,7 +116,8 @@ NOT_SERVED = {
     "/api/v1/training_runs": (["GET"], "listing training runs",
                               "RestClient.list_training_runs"),
     "/api/v1/training_runs/{run_id}": (["GET"], "training run records",
-                                       "RestClient.get_training_run"),
+                                       "RestClient.get_training_run, "
+                                       "RestClient.get_training_run_by_tinker_path"),
     "/api/v1/weights_info": (["POST"], "weights info",
                              "RestClient.get_weights_info_by_tinker_path"),
     "/api/v1/checkpoints": (["GET"], "listing every checkpoint of a user",
@@ -130,9 +131,9 @@ NOT_SERVED = {
     "/api/v1/sessions/{session_id}/trace_export": (["GET"], "trace export",
                                                    "RestClient.export_session_trace"),
     "/api/v1/audit": (["GET"], "audit logs", "AdminClient.get_audit_log"),
-    "/api/v1/billing/usage/events": (["GET"], "billing", "AdminClient.get_billing_usage"),
+    "/api/v1/billing/usage/events": (["GET"], "billing usage", "AdminClient.get_billing_usage"),
     "/api/v1/billing/usage/checkpoints/current": (
-        ["GET"], "billing", "AdminClient.get_current_checkpoint_storage_usage"),
+        ["GET"], "billing usage", "AdminClient.get_current_checkpoint_storage_usage"),
 }
 # .../checkpoints/<kind>/<name>/<action>: (method, action) -> (feature, SDK call)
 CHECKPOINT_ACTIONS = {

@@ -269,16 +269,20 @@ def test_beyond_loopback_only_the_operators_key_is_served(tmp_path, capsys, monk
 
 # -- restarts ----------------------------------------------------------------------------------
 class _Submitted(logging.Handler):
-    """Set once httpx logs a 200 answer to a sample submission: the request id exists."""
+    """From httpx's log of answers: `event` is set once a sample submission was answered (its
+    request id exists); `unknown_at` is when a poll was first answered 404."""
 
     def __init__(self) -> None:
         super().__init__()
         self.event = threading.Event()
+        self.unknown_at: float | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if "/api/v1/asample" in message and " 200 " in message:
             self.event.set()
+        if "/api/v1/retrieve_future" in message and " 404 " in message:
+            self.unknown_at = self.unknown_at or time.monotonic()
 
 
 def test_a_client_waiting_across_a_restart_gets_an_error_not_another_result(tmp_path):
@@ -320,7 +324,9 @@ def test_a_client_waiting_across_a_restart_gets_an_error_not_another_result(tmp_
         waiter.join(HANG_CAP_S)
         assert "result" not in outcome, "the waiting client received a result"
         assert "unknown request id" in str(outcome["error"])
-        print(f"the SDK raised {outcome['at'] - ready:.1f} s after the new server listened")
+        assert submitted.unknown_at is not None
+        print(f"the SDK raised {outcome['at'] - ready:.1f} s after the new server listened, "
+              f"{outcome['at'] - submitted.unknown_at:.3f} s after its first 404")
     finally:
         httpx_log.removeHandler(submitted)
         httpx_log.setLevel(level)
