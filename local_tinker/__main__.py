@@ -10,6 +10,7 @@ import argparse
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -22,34 +23,27 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError
+def _number(text: str, accept: str, ok: Callable[[float], bool]) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"must be {accept}, got {text!r}")
     return value
 
 
-_seconds.__name__ = "finite number of seconds >= 0"
+def _seconds(text: str) -> float:
+    return _number(text, "a finite number of seconds >= 0", lambda v: v >= 0)
 
 
 def _share(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and 0 <= value <= 1):
-        raise ValueError
-    return value
-
-
-_share.__name__ = "number between 0 and 1"
+    return _number(text, "a number between 0 and 1", lambda v: 0 <= v <= 1)
 
 
 def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError
-    return value
-
-
-_port.__name__ = "port between 0 and 65535"
+    value = _number(text, "a port between 0 and 65535", lambda v: 0 <= v <= 65535 and v == int(v))
+    return int(value)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
