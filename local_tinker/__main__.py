@@ -84,7 +84,7 @@ def serve(args: argparse.Namespace) -> int:
     from .server import LocalTinkerServer, check_exposure, serve_forever
 
     keys = api_keys(args.api_key)
-    check_exposure(args.host, keys)  # before loading anything: beyond loopback needs a key
+    check_exposure(args.host, bool(keys))  # before loading anything: beyond loopback needs one
     server = LocalTinkerServer(args.root, device=args.device, latency_s=args.latency_s,
                                fault_rate=args.fault_rate, preload=args.model, api_keys=keys,
                                any_model_path=False)

@@ -70,9 +70,9 @@ def key_owner(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
-# Checkpoints written before ownership was recorded came from the scripts, which send the
-# placeholder key, so they stay theirs.
-LEGACY_OWNER = key_owner(LOCAL_API_KEY)
+# The identity of the placeholder key the scripts send. Checkpoints written before ownership
+# was recorded came from the scripts, so they belong to it.
+PLACEHOLDER_OWNER = key_owner(LOCAL_API_KEY)
 
 
 def default_root() -> Path:
@@ -142,7 +142,8 @@ class Storage:
             return None
         if not isinstance(meta, dict):
             return None
-        return meta if hmac.compare_digest(str(meta.get("owner", LEGACY_OWNER)), owner) else None
+        recorded = str(meta.get("owner", PLACEHOLDER_OWNER))
+        return meta if hmac.compare_digest(recorded, owner) else None
 
 
 @dataclass

@@ -314,7 +314,7 @@ class LocalTinkerServer:
         self._ids = itertools.count(1)
         self._sessions: dict[str, _Session] = {}  # live ones
         self._finished: dict[str, str] = {}  # finished session ids -> owner
-        self._owners: dict[str, str] = {}  # session, model and sampler ids -> owner
+        self._owners: dict[str, str] = {}  # live model and sampler ids -> owner
         self._seen: dict[tuple[str, int], str] = {}  # (lane, seq_id) -> request id: resends
         self._samplers: dict[str, types.GetSamplerResponse] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -1012,12 +1012,12 @@ def _uvicorn(server: LocalTinkerServer) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
-def check_exposure(host: str, api_keys: Sequence[str]) -> str | None:
+def check_exposure(host: str, has_operator_keys: bool) -> str | None:
     """Beyond loopback only operator-chosen keys are served: a SettingsError without one, else
     the one-line warning to print (None on loopback)."""
     if is_loopback(host):
         return None
-    if not api_keys:
+    if not has_operator_keys:
         raise SettingsError(f"--host {host} serves beyond loopback: give the keys clients must "
                             "present with --api_key (or LOCAL_TINKER_API_KEY)")
     return (f"warning: serving on {host}, beyond loopback: only clients presenting an --api_key "
@@ -1026,7 +1026,7 @@ def check_exposure(host: str, api_keys: Sequence[str]) -> str | None:
 
 def serve_forever(server: LocalTinkerServer, host: str, port: int) -> None:
     try:
-        warning = check_exposure(host, [] if server.serves_any_key else ["operator key"])
+        warning = check_exposure(host, not server.serves_any_key)
         sock = bind(host, port)
         if warning:
             print(warning, file=sys.stderr, flush=True)
