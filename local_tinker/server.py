@@ -165,7 +165,8 @@ class Unauthorized(Exception):
 
 
 class BodyTooLarge(Exception):
-    pass
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body over this server's limit of {limit} bytes")
 
 
 class UnsupportedMedia(ValueError):
@@ -210,7 +211,7 @@ class _BodyLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.limit:
-                raise BodyTooLarge
+                raise BodyTooLarge(self.limit)
             return message
         await self.app(scope, counted, send)
 
@@ -283,6 +284,15 @@ def prepare_root(root: Path) -> Path:
 def _check_unit_interval(name: str, value: float) -> None:
     if not (math.isfinite(value) and 0 <= value <= 1):
         raise SettingsError(f"{name} must be between 0 and 1, got {value}")
+
+
+# How each refusal is answered, most specific first. The SDK raises 4xx other than 408, 409
+# and 429 at once; it retries 5xx, so a failed disk (507) that is freed meanwhile recovers.
+STATUS_OF: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int], ...] = (
+    (Unauthorized, 401), (BodyTooLarge, 413), (NotFound, 404), (UnsupportedMedia, 415),
+    (StorageFailure, 507), ((UserError, wire.UnsupportedInput, wire.MalformedInput,
+                             ValueError), 400))
+REFUSALS = (Unauthorized, BodyTooLarge, StorageFailure, ValueError)
 
 
 class LocalTinkerServer:
@@ -383,24 +393,14 @@ class LocalTinkerServer:
                 if not open_to_all:
                     request.state.owner = self._identify(request)
                 if int(request.headers.get("content-length") or 0) > self.max_body_bytes:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self.max_body_bytes)
                 if inject and self.fault_rate and self._fault_rng.random() < self.fault_rate:
                     self.faults_injected += 1
                     return JSONResponse({"detail": "injected transient fault"}, status_code=503)
                 return await handler(request)
-            except Unauthorized as exc:
-                return JSONResponse({"detail": str(exc)}, status_code=401)
-            except BodyTooLarge:
-                return JSONResponse({"detail": f"request body over this server's limit of "
-                                               f"{self.max_body_bytes} bytes"}, status_code=413)
-            except NotFound as exc:
-                return JSONResponse({"detail": str(exc)}, status_code=404)
-            except UnsupportedMedia as exc:
-                return JSONResponse({"detail": str(exc)}, status_code=415)
-            except (UserError, wire.UnsupportedInput, wire.MalformedInput, ValueError) as exc:
-                return JSONResponse({"detail": str(exc)}, status_code=400)
-            except StorageFailure as exc:
-                return JSONResponse({"detail": str(exc)}, status_code=507)
+            except REFUSALS as exc:
+                status = next(code for kinds, code in STATUS_OF if isinstance(exc, kinds))
+                return JSONResponse({"detail": str(exc)}, status_code=status)
         run.__name__ = name
         return run
 
