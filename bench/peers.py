@@ -269,7 +269,7 @@ def run_warm_start(spec: dict, work: Path) -> dict:
     from common.data import solutions_dataset
     from common.tasks import Difficulty
     from local_tinker.models import load_base_model
-    from local_tinker.runtime import Runtime, _assign, _lora_model
+    from local_tinker.runtime import PLACEHOLDER_OWNER, Runtime, _assign, _lora_model
 
     data = work / "warm-start.jsonl"
     rows = solutions_dataset(spec["warm_rows"], spec["seed"], Difficulty(), verbose_rate=0.0)
@@ -281,7 +281,7 @@ def run_warm_start(spec: dict, work: Path) -> dict:
         seed=spec["seed"], log_dir=log_dir, wandb_mode="disabled", save_every=0, sample_every=0))
     path = last_checkpoint(log_dir, "sampler")["path"]
     directory, meta = Runtime(Path(os.environ["LOCAL_TINKER_ROOT"]), torch.device("cpu")) \
-        ._checkpoint(path)
+        .checkpoint(path, PLACEHOLDER_OWNER)  # the scripts' key wrote it
     base = load_base_model("tiny-math")
     model = _lora_model(base, meta["lora"], torch.device("cpu"))
     _assign(model, torch.load(directory / "adapter.pt", map_location="cpu"))

@@ -2,19 +2,45 @@
 
 `python -m local_tinker serve` runs it; `local_tinker.embedded()` starts one in this process on
 a free loopback port. Clients are always the real SDK: `tinker.ServiceClient(base_url=...,
-api_key=local_tinker.LOCAL_API_KEY)`.
+api_key=local_tinker.LOCAL_API_KEY)` on loopback, or with the operator's key beyond it
+(`local_tinker.client_api_key()` picks the one to send).
+
+The names below load on first use, so that `python -m local_tinker serve` checks its flags
+before importing torch (a typo is answered in a fraction of a second).
 """
 
-from .models import TINY_CHAT, UnknownModelError, available_models
-from .server import LOCAL_API_KEY, LocalTinkerServer, PortInUse, embedded, local_service
+from __future__ import annotations
 
-__all__ = [
-    "LOCAL_API_KEY",
-    "TINY_CHAT",
-    "LocalTinkerServer",
-    "PortInUse",
-    "UnknownModelError",
-    "available_models",
-    "embedded",
-    "local_service",
-]
+import importlib
+import os
+from typing import Any
+
+# The SDK insists on a key that starts with "tml-". This one only ever goes to a loopback
+# server; it is not a secret, and on a server with operator keys it grants nothing.
+LOCAL_API_KEY = "tml-local-backend-placeholder"
+API_KEY_ENV = "LOCAL_TINKER_API_KEY"
+
+_LAZY = {
+    "TINY_CHAT": "models", "UnknownModelError": "models", "available_models": "models",
+    "LocalTinkerServer": "server", "PortInUse": "server", "SettingsError": "server",
+    "embedded": "server", "local_service": "server",
+}
+
+__all__ = ["API_KEY_ENV", "LOCAL_API_KEY", "TINY_CHAT", "LocalTinkerServer", "PortInUse",
+           "SettingsError", "UnknownModelError", "available_models", "client_api_key",
+           "embedded", "local_service"]
+
+
+def client_api_key() -> str:
+    """The key a client of a local server sends: the first of $LOCAL_TINKER_API_KEY (what an
+    operator gives a server beyond loopback), else the loopback placeholder."""
+    keys = [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
+    return keys[0] if keys else LOCAL_API_KEY
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

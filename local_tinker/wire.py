@@ -9,6 +9,7 @@ writes) and `tinker/proto/response_conv.py` (we write what it reads).
 from __future__ import annotations
 
 import numpy as np
+from google.protobuf.message import DecodeError
 from tinker import types
 from tinker.proto import tinker_public_pb2 as pb
 from tinker.types.topk_logprobs import TopkLogprobs
@@ -23,10 +24,20 @@ class UnsupportedInput(ValueError):
     """A request uses a feature the local backend does not serve; the message names it."""
 
 
+class MalformedInput(ValueError):
+    """A body that is not what the SDK sends (not protobuf, an unknown dtype, ...); says why."""
+
+
 def parse_forward_backward(body: bytes) -> tuple[str, int, types.ForwardBackwardInput, bool]:
     """(model_id, seq_id, input, forward_only) from a protobuf ForwardBackwardRequest."""
     msg = pb.ForwardBackwardRequest()
-    msg.ParseFromString(body)
+    try:
+        msg.ParseFromString(body)
+    except DecodeError as exc:
+        raise MalformedInput(f"the forward_backward body is not a protobuf "
+                             f"ForwardBackwardRequest ({exc})") from None
+    if not msg.model_id:
+        raise MalformedInput("the forward_backward body names no model_id")
     config: dict[str, float | str] = {k: v for k, v in msg.loss_fn_config.items()}
     for key, value in msg.loss_fn_config_v2.items():  # v2 wins: it can carry strings
         config[key] = value.text if value.WhichOneof("value") == "text" else value.number
@@ -43,22 +54,35 @@ def _datum(msg: pb.Datum) -> types.Datum:
         if kind != "encoded_text":
             raise UnsupportedInput(f"model_input chunks of type {kind!r} (images, audio) are not "
                                    "served by the local backend: its models are text-only")
-        tokens = np.frombuffer(chunk.encoded_text.tokens, dtype=np.int32)
+        tokens = _array(chunk.encoded_text.tokens, np.int32, "model_input tokens")
         chunks.append(types.EncodedTextChunk(tokens=tokens.tolist()))
     if len(msg.model_input_spans) or len(msg.loss_fn_input_spans):
         raise UnsupportedInput("provenance spans (stability info) are not served by the "
                                "local backend")
-    inputs = {name: _tensor(t) for name, t in msg.loss_fn_inputs.items()}
+    inputs = {name: _tensor(name, t) for name, t in msg.loss_fn_inputs.items()}
     return types.Datum(model_input=types.ModelInput(chunks=chunks), loss_fn_inputs=inputs)
 
 
-def _tensor(msg: pb.Tensor) -> types.TensorData:
+def _tensor(name: str, msg: pb.Tensor) -> types.TensorData:
     if msg.HasField("sparse_csr"):
         raise UnsupportedInput("sparse loss_fn_inputs are not served by the local backend")
-    array = np.frombuffer(msg.dense, dtype=_NUMPY_OF[msg.dtype]).copy()
+    if msg.dtype not in _NUMPY_OF:
+        raise MalformedInput(f"loss_fn input {name!r} has dtype {msg.dtype}; the SDK sends "
+                             "float32, int64 or int32 tensors")
+    array = _array(msg.dense, _NUMPY_OF[msg.dtype], f"loss_fn input {name!r}").copy()
     shape = list(msg.shape) or [array.size]
+    if int(np.prod(shape)) != array.size:
+        raise MalformedInput(f"loss_fn input {name!r} has {array.size} values, not the "
+                             f"{int(np.prod(shape))} its shape {shape} needs")
     dtype = "float32" if msg.dtype == pb.DTYPE_FLOAT32 else "int64"
     return types.TensorData.from_numpy(array.reshape(shape).astype(dtype))
+
+
+def _array(data: bytes, dtype: type[np.generic], what: str) -> np.ndarray:
+    if len(data) % np.dtype(dtype).itemsize:
+        raise MalformedInput(f"{what}: {len(data)} bytes is not a whole number of "
+                             f"{np.dtype(dtype).name} values")
+    return np.frombuffer(data, dtype=dtype)
 
 
 def forward_backward_output(output: types.ForwardBackwardOutput) -> bytes:

@@ -284,7 +284,7 @@ def test_bad_inputs_get_clear_errors(service, trainer):
         service.create_lora_training_client(base_model="no-such/model").result()
     with pytest.raises(failed, match="tinker://nope/weights/x not found"):
         service.create_training_client_from_state_with_optimizer("tinker://nope/weights/x").result()
-    with pytest.raises(tinker.BadRequestError, match="sampler_weights/final not found"):
+    with pytest.raises(tinker.NotFoundError, match="sampler_weights/final not found"):
         service.create_sampling_client(model_path="tinker://abc/sampler_weights/final").result()
     with pytest.raises(failed, match="LoRA rank must be between 1 and 512"):
         service.create_lora_training_client("tiny-chat", rank=100_000).result()
