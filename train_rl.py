@@ -58,9 +58,9 @@ from common.costs import Estimate, estimate_rl, price_for, prompt_token_counts
 from common.datums import chat_tokens, decode_completion, rollout_datum
 from common.evaluation import score_problems, spread, summarize
 from common.runfiles import write_atomic
-from common.runs import Run, due, start_run
+from common.runs import Run, claim_run, due, start_run
 from common.seeding import derive_seed
-from common.tasks import Problem, Task, TaskConfig, make_task, solved
+from common.tasks import Problem, Task, TaskConfig, fingerprint, make_task, solved
 
 HEADLINE = ["reward/mean", "rl/accuracy", "eval/accuracy", "completions/mean_words"]
 
@@ -114,16 +114,17 @@ def validate(cfg: Config) -> None:
 def main(cfg: Config) -> dict[str, float]:
     cfg = resolved(cfg, os.environ)
     validate(cfg)
+    claim = None if cfg.dry_run else claim_run(cfg, "train_rl", may_change=("eval_problems",),
+                                               recorded={"data_fingerprint": fingerprint(cfg)})
     task = make_task(cfg)
-    if cfg.dry_run:
+    if claim is None:
         print(dry_run(cfg, task).format(f"dry run: train_rl on {cfg.model} ({cfg.backend})"))
         return {}
     if (cfg.task == "arithmetic" and cfg.model in TINY_MODELS and cfg.model != LOCAL_DEFAULT_MODEL
             and not cfg.load_checkpoint):
         print(f"note: {cfg.model} has never seen the arithmetic task's answer tags; for learning, "
               f"use the default {LOCAL_DEFAULT_MODEL} or an SFT warm start (--load_checkpoint)")
-    with start_run(cfg, "train_rl", job_type="rl", may_change=("eval_problems",),
-                   recorded={"data_fingerprint": task.fingerprint}) as run:
+    with start_run(claim, job_type="rl") as run:
         training_client, tokenizer = run.training_client, run.tokenizer
         heldout_P = spread(task.heldout(), cfg.eval_problems)
         ahead = SampledAhead(run, task, cfg.max_steps_off_policy)

@@ -45,7 +45,7 @@ from common.datums import (
     decode_completion,
     weighted_nll,
 )
-from common.runs import Run, due, start_run
+from common.runs import Run, claim_run, due, start_run
 from common.seeding import derive_seed, seeded_rng
 
 SEED_LR, TINY_MODEL_LR = 5e-4, 2e-3  # --lr's default on Tinker models / the local tiny models
@@ -130,16 +130,17 @@ def epoch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
 def main(cfg: Config) -> dict[str, float]:
     cfg = resolved(cfg, os.environ, lr=SEED_LR, tiny_lr=TINY_MODEL_LR)
     validate(cfg)
+    # Besides length, cadence and tracking, a continued run may change its samples table.
+    claim = None if cfg.dry_run else claim_run(
+        cfg, "train_sft", may_change=("sample_prompts", "max_tokens", "temperature"),
+        recorded={"data_fingerprint": file_fingerprint(cfg.dataset)})
     data = load_chat_data(cfg.dataset, cfg.dataset_split, cfg.skip_invalid, cfg.seed,
                           cfg.dataset_size)
-    if cfg.dry_run:
+    if claim is None:
         print(dry_run(cfg, data.conversations).format(
             f"dry run: train_sft on {cfg.model} ({cfg.backend})"))
         return {}
-    # Besides length, cadence and tracking, a continued run may change its samples table.
-    with start_run(cfg, "train_sft", job_type="sft",
-                   may_change=("sample_prompts", "max_tokens", "temperature"),
-                   recorded={"data_fingerprint": file_fingerprint(cfg.dataset)}) as run:
+    with start_run(claim, job_type="sft") as run:
         training_client, tokenizer = run.training_client, run.tokenizer
         split = split_data(data, tokenizer, cfg)
         datums, train_idx, eval_data = split.datums, split.train_idx, split.eval_data

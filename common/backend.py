@@ -102,7 +102,8 @@ def _service_client(backend: str, base_url: str | None) -> Any:
             import local_tinker
 
             check_reachable(base_url)
-            return tinker.ServiceClient(base_url=base_url, api_key=local_tinker.LOCAL_API_KEY)
+            # $LOCAL_TINKER_API_KEY for a server its operator keyed, else the placeholder.
+            return tinker.ServiceClient(base_url=base_url, api_key=local_tinker.client_api_key())
         url, key = start_local_server()
         return tinker.ServiceClient(base_url=url, api_key=key)
     if backend != "tinker":

@@ -340,33 +340,59 @@ class Run:
         return save_checkpoint(self.training_client, self.tracker, step, name)
 
 
-@contextmanager
-def start_run(cfg: Any, script: str, job_type: str, may_change: tuple[str, ...] = (),
-              recorded: Mapping[str, Any] | None = None) -> Iterator[Run]:
-    """Claim the run directory (before anything heavy: a refused or finished rerun says so in
-    about a second), then the cost meter, backend, tracker, signal handling and training client,
-    in the order that matters: a bad price file fails before anything is spent; the client
-    loads a continued run's state before the records after it are dropped. `recorded`: what
-    else defines the run (e.g. the data files' fingerprints), kept in its config. Raises
-    SystemExit with the signal's exit code, after the files are closed, if a signal stopped the
-    run; the backend session is finished last (success, errored or interrupted)."""
+@dataclass(frozen=True)
+class Claim:
+    """A run directory checked for a script: what `claim_run` found, for `start_run`."""
+
+    cfg: Any
+    script: str
+    name: str
+    run_dir: Path
+    config: dict[str, Any]
+    may_change: tuple[str, ...]
+
+
+def claim_run(cfg: Any, script: str, may_change: tuple[str, ...] = (),
+              recorded: Mapping[str, Any] | None = None) -> Claim:
+    """Check the run directory before anything heavy loads (data, the backend), so a refused or
+    finished rerun says so in about a second. `recorded`: what else defines the run (the data
+    files' fingerprints), kept in its config. An existing directory is locked now; a new one
+    when the run starts."""
     name = redact(cfg.run_name or run_name(script, cfg.model, cfg.lr, cfg.batch_size, cfg.seed))
     run_dir = run_dir_of(cfg, name)
     config = {**as_dict(cfg), "script": script, **(recorded or {})}
     if cfg.resume and not (run_dir / CONFIG).exists():
         raise ConfigError(f"--resume: no run in {run_dir} to continue")
-    previous, continuing = claim_run_dir(run_dir, script, redact(config), may_change)
-    summary = read_summary(run_dir) if continuing else {}
-    changes = check_same_run(run_dir, previous, redact(config), may_change) if continuing else {}
-    if summary.get("status") == "finished" and not set(changes) - {"resume", "dry_run"}:
-        final = last_checkpoint(run_dir, "sampler")
-        raise AlreadyFinished(f"the run in {run_dir} already finished (step "
-                              f"{summary.get('progress/step', '?')}); final checkpoint "
-                              f"{final['path'] if final else 'none'}. Pass a larger --max_steps "
-                              "to continue it, or a new --log_dir to start over")
+    claim = Claim(cfg, script, name, run_dir, config, may_change)
+    if run_dir.exists():
+        previous, continuing = claim_run_dir(run_dir, script, redact(config), may_change)
+        changes = check_same_run(run_dir, previous, redact(config), may_change) if continuing \
+            else {}
+        summary = read_summary(run_dir) if continuing else {}
+        if summary.get("status") == "finished" and not set(changes) - {"resume", "dry_run"}:
+            final = last_checkpoint(run_dir, "sampler")
+            raise AlreadyFinished(f"the run in {run_dir} already finished (step "
+                                  f"{summary.get('progress/step', '?')}); final checkpoint "
+                                  f"{final['path'] if final else 'none'}. Pass a larger "
+                                  "--max_steps to continue it, or a new --log_dir to start over")
+    return claim
+
+
+@contextmanager
+def start_run(claim: Claim, job_type: str) -> Iterator[Run]:
+    """The cost meter, backend, tracker, signal handling and training client, in the order that
+    matters: a bad price file fails before anything is spent; the run directory is locked (and
+    checked again: another process may have started a run there) before anything is written;
+    the client loads a continued run's state before the records after it are dropped. Raises
+    SystemExit with the signal's exit code, after the files are closed, if a signal stopped the
+    run; the backend session is finished last (success, errored or interrupted)."""
+    cfg, run_dir = claim.cfg, claim.run_dir
     meter = CostMeter(cfg.model, cfg.backend)
     with connect(cfg.backend, cfg.base_url) as service:
-        tracker = open_tracker(cfg, run_dir, name, job_type, config, continuing, may_change)
+        _, continuing = claim_run_dir(run_dir, claim.script, redact(claim.config),
+                                      claim.may_change)
+        tracker = open_tracker(cfg, run_dir, claim.name, job_type, claim.config, continuing,
+                               claim.may_change)
         with tracker, GracefulStop() as stop:
             training_client, done_steps = start_training_client(service, cfg, run_dir)
             tracker.truncate_after(done_steps)  # a continued run redoes what came after its state

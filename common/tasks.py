@@ -30,7 +30,7 @@ import difflib
 import importlib.util
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -141,8 +141,6 @@ class Task:
     reward_parts: tuple[str, ...]
     concise_needs_answer: bool | None = None
     """Set for the seed's reward, which alone has the concise bonus."""
-    fingerprint: dict[str, str] = field(default_factory=dict)
-    """sha256 prefixes of the local files the task reads (recorded in the run config)."""
     reward_spec: str = "answer"
 
     def reward(self, problem: Problem, completion: str, concise: bool = False
@@ -249,8 +247,7 @@ def _arithmetic(cfg: TaskConfig, system_prompt: str) -> Task:
         return problems
 
     return Task("arithmetic", train, heldout, _answer_grader("tags"),
-                ("format", "correct", "concise"), cfg.concise_needs_answer,
-                _fingerprints(heldout=cfg.heldout))
+                ("format", "correct", "concise"), cfg.concise_needs_answer)
 
 
 def arithmetic_problem(item: ArithmeticProblem, system_prompt: str = SYSTEM_PROMPT,
@@ -303,8 +300,7 @@ def _dataset(cfg: TaskConfig, spec: str, system_prompt: str, heldout_only: bool)
         return train[order[position]]
 
     return Task(f"dataset:{spec}", train_problem, lambda: heldout,
-                _answer_grader(cfg.answer_format), ("format", "correct"),
-                fingerprint=_fingerprints(data=spec, heldout=cfg.heldout))
+                _answer_grader(cfg.answer_format), ("format", "correct"))
 
 
 def _has_test_split(spec: str) -> bool:
@@ -346,8 +342,13 @@ def _row_problem(row: dict[str, Any], source: str, number: int, flag: str, cfg: 
     return Problem(messages, reference_answer(answer), dict(row), f"{source} row {number}")
 
 
-def _fingerprints(**specs: str | None) -> dict[str, str]:
-    return {k: fp for k, spec in specs.items() if (fp := file_fingerprint(spec))}
+def fingerprint(cfg: TaskConfig) -> dict[str, str]:
+    """sha256 prefixes of the local files the task reads, from the flags alone (nothing is
+    loaded): a run's config keeps them, so a rerun refuses a file that changed."""
+    source, _, spec = cfg.task.partition(":")
+    files = {"data": spec if source == "dataset" else None, "heldout": cfg.heldout,
+             "reward": cfg.reward.rpartition(":")[0] or None}
+    return {k: fp for k, path in files.items() if (fp := file_fingerprint(path))}
 
 
 # ---------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -461,7 +462,10 @@ def _lora_model(base: BaseModel, lora: Mapping[str, Any], device: torch.device) 
     )
     with torch.random.fork_rng(devices=[]):  # LoRA init from the client's seed, nothing global
         torch.manual_seed(lora["seed"])
-        wrapped = peft.get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft asks transformers 5 a deprecated property
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated",
+                                    FutureWarning)
+            wrapped = peft.get_peft_model(model, config)
     return wrapped.to(device).eval()
 
 

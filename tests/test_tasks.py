@@ -10,7 +10,7 @@ import pytest
 from common.cli import run_main
 from common.data import DatasetError
 from common.rewards import answer_reward, answers_match, extract_answer, reference_answer
-from common.tasks import TaskConfig, TaskError, make_task, solved
+from common.tasks import TaskConfig, TaskError, fingerprint, make_task, solved
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,14 +109,15 @@ def test_heldout_file_messages_rows_and_fields(tmp_path):
 
 
 def test_system_prompt_from_a_file_and_the_seeds_problems_as_a_dataset(tmp_path):
-    task = make_task(TaskConfig(task=f"dataset:{QA}",
-                                system_prompt=f"@{ROOT / 'data' / 'arithmetic_prompt.txt'}"))
+    config = TaskConfig(task=f"dataset:{QA}",
+                        system_prompt=f"@{ROOT / 'data' / 'arithmetic_prompt.txt'}")
+    task = make_task(config)
     seed_task = make_task(TaskConfig())
     problem = task.train(0, 0)
     assert problem.messages[0] == seed_task.train(0, 0).messages[0]  # the seed's prompt
     assert len(task.heldout()) == 100  # 10% of the 1,000 rows
     assert task.reward(problem, f"<answer>{problem.answer}</answer>")["total"] == 1.1
-    assert task.fingerprint["data"] and len(task.fingerprint["data"]) == 16
+    assert list(fingerprint(config)) == ["data"] and len(fingerprint(config)["data"]) == 16
 
 
 def test_reasoning_gym_problems_come_by_seed_and_index_and_score_themselves():
