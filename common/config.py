@@ -174,7 +174,7 @@ def parse_config(config_class: type[C], argv: Sequence[str] | None = None) -> C:
                         help="YAML file of flag values; flags given here override it.")
     default = config_class(**values) if values else None
     parser.add_arguments(config_class, dest="config", default=default)
-    _require_values(parser, argv)
+    _require_values(config_class, argv)
     try:
         cfg = parser.parse_args(argv).config
     except (TypeError, ValueError) as exc:  # a value simple-parsing's own decoding refused
@@ -184,13 +184,16 @@ def parse_config(config_class: type[C], argv: Sequence[str] | None = None) -> C:
     return dataclasses.replace(cfg, **nulls) if nulls else cfg
 
 
-def _require_values(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+def _require_values(config_class: type, argv: list[str]) -> None:
     """A flag that takes a value must be given one: argparse lets an optional field's flag
     stand alone and means None (`--lr` alone trained at the default lr; `--load_checkpoint`
     alone trained from scratch), and `--log_dir=` gives an empty name."""
-    takes_value = {option for action in parser._actions if action.nargs in (None, "?")
-                   and not isinstance(action, BooleanOptionalAction) and action.option_strings
-                   for option in action.option_strings if option not in ("-h", "--help")}
+    hints = typing.get_type_hints(config_class)
+    takes_value = {"--config_path"}
+    for f in dataclasses.fields(config_class):
+        hint = hints[f.name]
+        if bool not in (hint, *typing.get_args(hint)) and typing.get_origin(hint) is not list:
+            takes_value.update([f"--{f.name}", *f.metadata.get("alias", [])])
     for i, arg in enumerate(argv):
         option, eq, value = arg.partition("=")
         if option not in takes_value:
@@ -485,6 +488,8 @@ def require_at_least(cfg: Any, **minimums: int) -> None:
 
 
 MAX_LORA_RANK = 1024  # far above any useful rank; a typo like 100000 would allocate for hours
+MAX_LR = 10.0  # far above any useful Adam step; 1e39 overflowed the optimizer's float32
+MAX_SEED = 2**63 - 1  # samplers and torch take 64-bit seeds
 
 
 def finite(value: float) -> bool:
@@ -494,7 +499,8 @@ def finite(value: float) -> bool:
 def check_common(cfg: Any) -> None:
     """Checks of the flags both training scripts have; each adds its own (`require`,
     `require_at_least`)."""
-    require(finite(cfg.lr) and cfg.lr > 0, "lr", f"must be a positive number, got {cfg.lr}")
+    require(finite(cfg.lr) and 0 < cfg.lr <= MAX_LR, "lr",
+            f"must be a positive number <= {MAX_LR:g}, got {cfg.lr}")
     require(1 <= cfg.lora_rank <= MAX_LORA_RANK, "lora_rank",
             f"must be in [1, {MAX_LORA_RANK}], got {cfg.lora_rank}")
     require_at_least(cfg, batch_size=1, max_steps=1, max_tokens=1, save_every=0, sample_every=0,
@@ -513,7 +519,10 @@ def check_common(cfg: Any) -> None:
 
 
 def check_service(cfg: Any) -> None:
-    """Flags of ServiceConfig that cannot work together (any script, after `resolved`)."""
+    """Flags of ServiceConfig that cannot work (any script, after `resolved`)."""
+    require(0 <= cfg.seed <= MAX_SEED, "seed", f"must be in [0, 2**63), got {cfg.seed}")
+    require(cfg.threads is None or cfg.threads >= 1, "threads",
+            f"must be >= 1, got {cfg.threads}")
     # The local placeholder key goes to our own server only, never to another host.
     host = urlparse(cfg.base_url or "").hostname or ""
     require(not (cfg.backend == "local" and cfg.base_url
