@@ -40,7 +40,6 @@ from common.checkpoints import (
 from common.config import ConfigError, as_dict
 from common.costs import CostMeter
 from common.runfiles import (
-    CHECKPOINTS,
     CONFIG,
     METRICS,
     read_checkpoints,
@@ -429,7 +428,3 @@ def open_tracker(cfg: Any, run_dir: Path, name: str, job_type: str, config: dict
                    tags=cfg.wandb_tags, notes=cfg.wandb_notes,
                    incremental_tables=cfg.wandb_incremental_tables)
 
-
-def has_run_files(run_dir: Path) -> bool:
-    """Whether `run_dir` holds a training run's checkpoints (what evaluate.py scores)."""
-    return (Path(run_dir) / CHECKPOINTS).is_file()

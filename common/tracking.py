@@ -534,7 +534,8 @@ class Tracker:
         self._status = "failed" if isinstance(exc, Exception) else stopped
         self._error = _error(exc)[:500]
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else None
-        self.finish(code or (130 if isinstance(exc, KeyboardInterrupt) else 1))
+        self.finish(code or getattr(exc, "exit_code", None)
+                    or (130 if isinstance(exc, KeyboardInterrupt) else 1))
 
     def _start_worker(self) -> None:
         """W&B calls run in order on one worker thread, so the loop does not wait for W&B (a

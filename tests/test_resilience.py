@@ -332,3 +332,26 @@ def test_kills_at_20_points_lose_and_duplicate_no_step(tmp_path):
         assert row["train/loss"] == pytest.approx(metrics["train/loss"])
     states = [c for c in read_jsonl(log_dir / "checkpoints.jsonl") if c["kind"] == "state"]
     assert [c["step"] for c in states] == [4, 8, 12, 16, 20, 24]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_evaluate_stops_on_a_signal_with_its_exit_code_and_wandb_record(tmp_path, signum, code):
+    """evaluate.py has no step to finish: it stops at once, one line, its W&B run ended with the
+    signal's exit code and its service session finished (no traceback, no hang)."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    log_dir = tmp_path / "eval"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "evaluate.py"), "--backend", "local", "--wandb_mode",
+         "offline", "--log_dir", str(log_dir), "--max_tokens", "256"], cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seen = []
+    for line in process.stdout:  # scoring has begun once it says so
+        seen.append(line)
+        if line.startswith("scoring "):
+            break
+    process.send_signal(signum)
+    rest, _ = process.communicate(timeout=HANG_CAP_S)
+    output = "".join(seen) + rest
+    assert process.returncode == code, output
+    assert "Traceback" not in output and f"stopped by {signal.Signals(signum).name}" in output
+    assert read_offline_run(log_dir).exit_codes == [code]
