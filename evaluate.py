@@ -33,7 +33,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from common.backend import connect, get_tokenizer, is_refusal, refusal_reason, types
+from common.backend import (
+    connect,
+    get_tokenizer,
+    is_refusal,
+    refusal_reason,
+    refusals_name,
+    types,
+)
 from common.checkpoints import last_checkpoint
 from common.cli import run_main
 from common.config import (
@@ -156,13 +163,14 @@ def main(cfg: Config) -> dict[str, Any]:
                 print(f"scoring {target.label} on {len(items)} held-out "
                       f"{'conversations' if task is None else 'problems'}")
                 tokenizer = get_tokenizer(client, cfg.model)
-                if task is None:
-                    rows = score_chat(client, tokenizer, items, params, progress=True)
-                    summary = summarize_chat(rows)
-                else:
-                    rows = score_problems(client, tokenizer, items, params, task,
-                                          cfg.concise_bonus, progress=True)
-                    summary = summarize(rows)
+                with refusals_name(f"--max_tokens {cfg.max_tokens}"):
+                    if task is None:
+                        rows = score_chat(client, tokenizer, items, params, progress=True)
+                        summary = summarize_chat(rows)
+                    else:
+                        rows = score_problems(client, tokenizer, items, params, task,
+                                              cfg.concise_bonus, progress=True)
+                        summary = summarize(rows)
                 results.append({"target": target, "rows": rows, "summary": summary})
             return write_report(cfg, results, tracker)
 

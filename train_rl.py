@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from common.advantages import compute_advantages
-from common.backend import TINY_MODELS, tokenizer_for, types
+from common.backend import TINY_MODELS, refusals_name, tokenizer_for, types
 from common.cli import run_main
 from common.config import (
     LOCAL_DEFAULT_MODEL,
@@ -140,7 +140,8 @@ def main(cfg: Config) -> dict[str, float]:
             for later in ahead.steps_to_sample(step, cfg.max_steps):
                 ahead.put(sample_batch(sampler.result(), task, tokenizer, cfg, later, step - 1))
             batch = ahead.take(step)
-            groups_P_G = batch.sequences()
+            with refusals_name(f"--max_tokens {cfg.max_tokens} / --temperature {cfg.temperature}"):
+                groups_P_G = batch.sequences()
             run.meter.add(prompt=sum(map(len, batch.prompts_P)),
                           sampled=sum(len(s.tokens) for group in groups_P_G for s in group))
             t_sampled = time.perf_counter()

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from common.backend import tokenizer_for, types
+from common.backend import refusals_name, tokenizer_for, types
 from common.cli import run_main
 from common.config import (
     CheckpointConfig,
@@ -178,7 +178,8 @@ def main(cfg: Config) -> dict[str, float]:
                 metrics["eval/loss"] = eval_nll / eval_weighted
                 run.meter.add(prompt=sum(d.model_input.length for d in eval_data))  # a prefill
             if split.examples and due(step, cfg.sample_every, total_steps):
-                log_samples(training_client, tokenizer, split.examples, cfg, run, step)
+                with refusals_name(f"--max_tokens {cfg.max_tokens}"):
+                    log_samples(training_client, tokenizer, split.examples, cfg, run, step)
             metrics["time/step"] = time.perf_counter() - t0
             run.log(metrics, step)
             run.save_if_due(step)

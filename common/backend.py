@@ -52,6 +52,19 @@ def is_refusal(exc: BaseException) -> bool:
     return isinstance(exc, tinker.BadRequestError | tinker.NotFoundError | ValueError)
 
 
+@contextlib.contextmanager
+def refusals_name(flags: str) -> Iterator[None]:
+    """A request the service refused as sent, because of what the flags asked for (too many
+    tokens for the model's context, say), is the user's to fix: one line naming the flags."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_refusal(exc):
+            raise
+        raise BackendError(f"{flags}: the service refused the request: "
+                           f"{refusal_reason(exc)}") from None
+
+
 def refusal_reason(exc: BaseException) -> str:
     """The service's own words, without the SDK's request-id wrapping."""
     body = getattr(exc, "body", None)
@@ -81,23 +94,26 @@ def connect(backend: str, base_url: str | None = None) -> Iterator[Any]:
                   "service ends it when its heartbeats stop")
 
 
-class _LongPollRetries(logging.Filter):
-    """The SDK warns "Retrying request ... because of try_again" whenever a result takes longer
-    than one long poll (the local server answers try_again after 20 s): on the local backend
-    that is a slow step, not a problem, and a slow run printed 72 such lines."""
+class _SDKNoise(logging.Filter):
+    """Log lines of the SDK that repeat what the scripts say themselves, or nothing: "Retrying
+    request ... because of try_again" whenever a result takes longer than one long poll (the
+    local server answers try_again after 20 s; a slow run printed 72 such lines), and "Request
+    failed with non-retryable error", which the error the scripts then print names."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "because of try_again" not in record.getMessage()
+        message = record.getMessage()
+        return "because of try_again" not in message and "non-retryable error" not in message
 
 
-_LONG_POLL_RETRIES = _LongPollRetries()
+_SDK_NOISE = _SDKNoise()
 
 
 def _service_client(backend: str, base_url: str | None) -> Any:
     import tinker
 
+    logging.getLogger("tinker.lib.retry_handler").addFilter(_SDK_NOISE)
     if backend == "local":
-        logging.getLogger("tinker.lib.api_future_impl").addFilter(_LONG_POLL_RETRIES)
+        logging.getLogger("tinker.lib.api_future_impl").addFilter(_SDK_NOISE)
         if base_url:  # a server someone started: `python -m local_tinker serve`
             import local_tinker
 

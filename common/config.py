@@ -192,7 +192,7 @@ def _require_values(config_class: type, argv: list[str]) -> None:
     takes_value = {"--config_path"}
     for f in dataclasses.fields(config_class):
         hint = hints[f.name]
-        if bool not in (hint, *typing.get_args(hint)) and typing.get_origin(hint) is not list:
+        if bool not in (hint, *typing.get_args(hint)):
             takes_value.update([f"--{f.name}", *f.metadata.get("alias", [])])
     for i, arg in enumerate(argv):
         option, eq, value = arg.partition("=")

@@ -83,6 +83,22 @@ DATA_FILES: dict[str, bytes | str] = {
     "garbage.parquet": b"not a parquet file at all",
     "notes.txt": "hello",
     "binary.jsonl": bytes(range(256)),
+    "qa.jsonl": jsonl({"question": "1, 2", "answer": "#### 3"}, {"question": "3, 4",
+                                                                 "answer": "#### 7"}),
+    "qa_no_answer.jsonl": jsonl({"question": "1, 2", "answer": "3"}, {"question": "3, 4"}),
+    "qa_blank_answer.jsonl": jsonl({"question": "1, 2", "answer": "  "}),
+    "qa_one_row.jsonl": jsonl({"question": "1, 2", "answer": "3"}),
+    "qa_bad_messages.jsonl": jsonl(*[{"messages": {"role": "user"}, "answer": "3"}] * 2),
+    "reward.py": "def crash(completion, row):\n    raise ValueError('no')\n"
+                 "def nan(completion, row):\n    return float('nan')\n"
+                 "def text(completion, row):\n    return 'high'\n"
+                 "def parts(completion, row):\n    return {'a': 1.0}\n"
+                 "def flag(completion, row):\n    return True\n"
+                 "not_callable = 3\n",
+    "broken_reward.py": "def f(completion, row)\n    return 1\n",
+    "raising_import.py": "raise RuntimeError('at import')\n",
+    "prompt.txt": "Answer in tags.",
+    "heldout_bad.jsonl": jsonl({"numbers": [1, 2, 3]}),
 }
 
 DATA_CASES = [
@@ -178,6 +194,87 @@ FLAG_CASES = [
         "seed": ["x"]}.items() for v in values],
     ("eval", "task", "poetry", r"--task poetry: expected arithmetic, dataset:SPEC or "),
     ("eval", "base_url", "http://tinker.example:1", r"--base_url: .*not on this machine"),
+]
+
+TASK = ["--task", "dataset:{d}/qa.jsonl", "--heldout_fraction", "0.5"]
+TASK_CASES = [  # (script, argv, regex): --task and its flags, in train_rl.py and evaluate.py
+    *[(script, argv, regex) for script in ("rl", "eval") for argv, regex in [
+        (["--task", "poetry"], r"--task poetry: expected arithmetic, dataset:SPEC or "),
+        (["--task", "dataset:"], r"--task dataset:: expected arithmetic"),
+        (["--task", "reasoning_gym:"], r"--task reasoning_gym:: expected arithmetic"),
+        (["--task", "arithmetic:x"], r"--task arithmetic:x: expected arithmetic"),
+        (["--task", "reasoning_gym:chainsum"], r"no such reasoning-gym dataset; did you mean "
+                                               r"chain_sum"),
+        (["--task", "reasoning_gym:zzzz"], r"no such reasoning-gym dataset \(see"),
+        (["--task", "reasoning_gym:chain_sum", "--task_config", "{"], r"--task_config: not valid"),
+        (["--task", "reasoning_gym:chain_sum", "--task_config", "[1]"],
+         r"--task_config: expected a JSON object"),
+        (["--task", "reasoning_gym:chain_sum", "--task_config", '{"bogus": 1}'],
+         r"reasoning_gym:chain_sum refused it"),
+        (["--task", "reasoning_gym:chain_sum", "--task_config", '{"min_terms": -3}'],
+         r"reasoning_gym:chain_sum refused it"),
+        (["--task_config", "{}"], r"--task_config: only for --task reasoning_gym"),
+        (["--task", "dataset:{d}/missing.jsonl"], r"dataset:.*missing.jsonl: no such file"),
+        (["--task", "dataset:{d}/empty.jsonl"], r"empty.jsonl: the file is empty"),
+        (["--task", "dataset:{d}/notes.txt"], r"unsupported file type '.txt'"),
+        (["--task", "dataset:{d}/truncated.jsonl"], r"truncated.jsonl line 2: not valid JSON"),
+        (["--task", "dataset:{d}/bad.csv"], r"bad.csv line 3: 1 fields"),
+        (["--task", "dataset:{d}/qa_no_answer.jsonl"], r"qa_no_answer.jsonl row 2: no 'answer'"),
+        (["--task", "dataset:{d}/qa_blank_answer.jsonl"], r"row 1: no 'answer'"),
+        (["--task", "dataset:{d}/qa_bad_messages.jsonl", "--prompt_field", "messages"],
+         r"qa_bad_messages.jsonl row 1: 'messages' must be a list of \{role, content\}"),
+        ([*TASK, "--prompt_field", "nope"], r"qa.jsonl row 1: no prompt column \(nope"),
+        ([*TASK, "--answer_field", "nope"], r"qa.jsonl row 1: no 'nope'"),
+        ([*TASK, "--pair_counts", "1"], r"--pair_counts: only for --task arithmetic"),
+        ([*TASK, "--large_share", "0.5"], r"--large_share: only for --task arithmetic"),
+        ([*TASK, "--system_prompt", "@{d}/missing.txt"], r"--system_prompt @.*: no such file"),
+        ([*TASK, "--reward", "loose"], r"--reward loose: expected answer, exact or FILE.py"),
+        ([*TASK, "--reward", "{d}/missing.py:f"], r"--reward .*missing.py:f: no such file"),
+        ([*TASK, "--reward", "{d}/reward.py"], r"--reward .*reward.py: expected answer, exact"),
+        ([*TASK, "--reward", "{d}/reward.py:absent"], r"has no function 'absent'"),
+        ([*TASK, "--reward", "{d}/reward.py:not_callable"], r"has no function 'not_callable'"),
+        ([*TASK, "--reward", "{d}/reward.py:crash"], r"raised ValueError: no on .*row \d"),
+        ([*TASK, "--reward", "{d}/reward.py:nan"], r"returned total=nan, not a finite number"),
+        ([*TASK, "--reward", "{d}/reward.py:text"], r"returned total='high', not a number"),
+        ([*TASK, "--reward", "{d}/reward.py:parts"], r"returned a dict without 'total'"),
+        ([*TASK, "--reward", "{d}/reward.py:flag"], r"returned total=True, not a number"),
+        ([*TASK, "--reward", "{d}/broken_reward.py:f"], r"failed to load \(SyntaxError"),
+        ([*TASK, "--reward", "{d}/raising_import.py:f"], r"failed to load \(RuntimeError"),
+        (["--task", "dataset:{d}/qa_one_row.jsonl"], r"1 row\(s\) leave nothing to train on"
+         if script == "rl" else r"1 row\(s\) leave nothing to train on"),
+        ([*TASK, "--heldout", "{d}/missing.jsonl"], r"--heldout .*missing.jsonl: no such file"),
+        (["--heldout", "{d}/heldout_bad.jsonl"], r"heldout_bad.jsonl row 1: problem .*even count"),
+        ([*TASK[:2], "--heldout_fraction", "1.5"], r"--heldout_fraction: must be in \(0, 1\)"),
+        ([*TASK[:2], "--heldout_fraction", "0"], r"--heldout_fraction: must be in \(0, 1\)"),
+        (["--answer_format", "latex"], r"--answer_format: invalid choice: 'latex'"),
+    ]],
+]
+# A flag that takes a value, given none (it used to mean its default, silently), or given ''.
+NO_VALUE = [("sft", f) for f in ("lr", "learning_rate", "max_steps", "model", "base_url",
+                                  "log_dir", "load_checkpoint", "seed", "dataset", "batch_size",
+                                  "run_name", "wandb_project", "threads")] + \
+    [("rl", f) for f in ("lr", "concise_bonus_after", "task", "reward", "system_prompt",
+                          "heldout", "task_config", "max_steps", "log_dir", "group_size")] + \
+    [("eval", f) for f in ("checkpoint", "task", "num_problems", "heldout", "log_dir", "model")]
+EXTREMES = [
+    ("sft", ["--seed", str(2**70)], r"--seed: must be in \[0, 2\*\*63\)"),
+    ("sft", ["--seed=-1"], r"--seed: must be in \[0, 2\*\*63\)"),
+    ("rl", ["--seed", str(2**64)], r"--seed: must be in"),
+    ("eval", ["--seed", str(2**63)], r"--seed: must be in"),
+    ("sft", ["--lr", "1e39"], r"--lr: must be a positive number <= 10, got 1e\+39"),
+    ("rl", ["--lr", "11"], r"--lr: must be a positive number <= 10"),
+    ("sft", ["--threads", "0"], r"--threads: must be >= 1"),
+    ("sft", ["--log_dir", ""], r"--log_dir: expected a value"),
+    ("sft", ["--log_dir="], r"--log_dir: expected a value"),
+    ("rl", ["--log_dir", "{d}/ok.jsonl"], r"--log_dir .*ok.jsonl: is a file, not a directory"),
+    ("sft", ["--log_dir", "{d}"], r"--log_dir .*: not a run directory"),
+    ("eval", ["--log_dir", "{sft}"], r"holds a train_sft run; evaluate writes its own"),
+    ("eval", ["--log_dir", "{rl}"], r"holds a train_rl run; evaluate writes its own"),
+    ("rl", ["--log_dir", "{sft}"], r"holds a train_sft run; train_rl writes its own"),
+    ("sft", ["--log_dir", "{rl}"], r"holds a train_rl run; train_sft writes its own"),
+    ("sft", ["--max_steps", "1e3"], r"--max_steps.*invalid int value"),
+    ("rl", ["--max_tokens", "99999999999999999999"],
+     r"--max_tokens 99999999999999999999 .*: the service refused .*exceeds the context"),
 ]
 
 ARGV_CASES = [  # whole command lines
@@ -318,6 +415,13 @@ def all_cases() -> list[tuple[str, str, list[str], str, object]]:
         cases.append((f"flag-{script}-{flag}={value}", script, [f"--{flag}", value], regex, None))
     for i, (script, argv, regex) in enumerate(ARGV_CASES):
         cases.append((f"argv-{script}-{i}-{'_'.join(argv)[:30]}", script, argv, regex, None))
+    for i, (script, argv, regex) in enumerate(TASK_CASES):
+        cases.append((f"task-{script}-{i}-{'_'.join(argv)[-30:]}", script, argv, regex, None))
+    for script, flag in NO_VALUE:
+        cases.append((f"novalue-{script}-{flag}", script, [f"--{flag}"],
+                      rf"--{flag}: expected a value", None))
+    for i, (script, argv, regex) in enumerate(EXTREMES):
+        cases.append((f"extreme-{script}-{i}", script, ["@asis", *argv], regex, None))
     for i, (script, _text, regex) in enumerate(CONFIG_FILES):
         cases.append((f"config-{script}-{i}", script, ["--config_path", f"{{d}}/config{i}.yaml"],
                       regex, None))
@@ -387,13 +491,16 @@ def test_bad_input_is_one_clear_error(case, world, tmp_path, capsys):
         argv = [*base, *argv[1:], str(target)]
     elif argv and argv[0] == "@run":  # the finished run itself, with changed flags
         argv = [*base, *argv[2:]]
+    elif argv and argv[0] == "@asis":  # a case that names its own --log_dir, or none
+        argv = [*(base[:-1] if script in ("sft", "rl") else base), *argv[1:]]
     elif script in ("eval", "compare"):
         argv = [*base, *argv]
     else:
         argv = [*base, str(tmp_path / "new"), *argv]
     values = {"d": str(world["d"]), "sft": str(world["sft"]), "rl": str(world["rl"]),
               "new": str(tmp_path / "new")}
-    argv = [a.format(**values) if "{" in a else a for a in argv]
+    for key, value in values.items():
+        argv = [a.replace(f"{{{key}}}", value) for a in argv]
     watched = [world["sft"], world["rl"], *([target] if target else [])]
     before = snapshot(*watched)
     capsys.readouterr()
