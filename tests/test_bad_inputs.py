@@ -146,7 +146,7 @@ BAD_INT = r"(invalid int value|must be)"
 BAD_FLOAT = r"(invalid float value|must be)"
 FLAG_CASES = [
     *[("sft", f, v, rf"--{f}\b.*{BAD_INT}") for f, values in {
-        "batch_size": ["0", "-1", "2.7", "abc", ""], "lora_rank": ["0", "-8", "100000", "x"],
+        "batch_size": ["0", "-1", "2.7", "abc"], "lora_rank": ["0", "-8", "100000", "x"],
         "max_steps": ["0", "-3", "1.5"], "save_every": ["-1", "two"],
         "sample_every": ["-1"], "epochs": ["0", "-2"], "max_length": ["1", "0"],
         "max_tokens": ["0", "-5"], "eval_every": ["-1"], "sample_prompts": ["-1"],
@@ -283,7 +283,8 @@ ARGV_CASES = [  # whole command lines
     ("sft", ["--max_step", "4"], r"unrecognized arguments: --max_step 4"),
     ("sft", ["--bogus"], r"unrecognized arguments: --bogus"),
     ("sft", ["stray"], r"unrecognized arguments: stray"),
-    ("sft", ["--batch_size"], r"--batch_size: expected one argument"),
+    ("sft", ["--batch_size"], r"--batch_size: expected a value"),
+    ("sft", ["--batch_size", ""], r"--batch_size: expected a value"),
     ("sft", ["--lr", "-1e-4"], r"--lr: must be a positive number <= 10, got -0.0001"),
     ("sft", ["--config_path"], r"--config_path: expected a YAML file"),
     ("sft", ["--config_path", "{d}/missing.yaml"], r"--config_path: no such file .*missing.yaml"),
