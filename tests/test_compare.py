@@ -14,7 +14,8 @@ import yaml
 from matplotlib.ticker import MaxNLocator
 
 from common import compare
-from common.config import ConfigError, parse_config
+from common.cli import parse_config
+from common.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

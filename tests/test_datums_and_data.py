@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import train_rl
-from common.config import ConfigError, parse_config, resolved
+from common.cli import parse_config
+from common.config import ConfigError, resolved
 from common.data import DatasetError, load_chat_data, row_to_conversation
 from common.datums import (
     DatumError,

@@ -11,7 +11,8 @@ import pytest
 import evaluate
 import train_sft
 from common import compare
-from common.config import ConfigError, parse_config
+from common.cli import parse_config
+from common.config import ConfigError
 from common.data import DatasetError
 from common.evaluation import wilson_interval
 from tests.wandb_records import read_offline_run

@@ -13,7 +13,7 @@ import pytest
 import evaluate
 import train_rl
 import train_sft
-from common.config import FLAG_GROUPS, OTHER_FLAGS, parse_config
+from common.cli import FLAG_GROUPS, OTHER_FLAGS, parse_config
 
 pytestmark = pytest.mark.unit
 
@@ -137,7 +137,7 @@ def test_load_checkpoint_asks_for_a_run_directory_or_a_tinker_path(monkeypatch, 
 def test_every_config_field_has_a_help_group(config):
     grouped = {name for names in FLAG_GROUPS.values() for name in names}
     missing = [f.name for f in dataclasses.fields(config) if f.name not in grouped]
-    assert not missing, f"add {missing} to common.config.FLAG_GROUPS"
+    assert not missing, f"add {missing} to common.cli.FLAG_GROUPS"
 
 
 def test_no_field_is_in_two_groups():

@@ -13,7 +13,7 @@ import evaluate
 import train_rl
 import train_sft
 from common import compare
-from common.config import parse_config
+from common.cli import parse_config
 
 pytestmark = pytest.mark.unit
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 import sweeps
-from common.config import parse_config
+from common.cli import parse_config
 from tests.wandb_records import read_offline_run
 
 ROOT = Path(__file__).resolve().parent.parent
