@@ -551,3 +551,44 @@ def test_an_unknown_error_keeps_its_traceback(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "Traceback" in err and "RuntimeError: bug near ***" in err
     assert "svc-secret" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# `python -m local_tinker serve`: the fifth entry point, through its own main.
+
+SERVE_CASES = [  # (flags, regex)
+    (["--port", "70000"], r"--port"), (["--port", "-1"], r"--port"),
+    (["--port", "http"], r"--port"),
+    (["--fault_rate", "2"], r"--fault_rate"), (["--fault_rate", "-0.1"], r"--fault_rate"),
+    (["--fault_rate", "nan"], r"--fault_rate"), (["--fault_rate", "often"], r"--fault_rate"),
+    (["--latency_s", "nan"], r"--latency_s"), (["--latency_s", "inf"], r"--latency_s"),
+    (["--latency_s", "-1"], r"--latency_s"), (["--latency_s", "1e400"], r"--latency_s"),
+    (["--root", "{d}/ok.jsonl"], r"--root"), (["--root", "{d}/ok.jsonl/sub"], r"--root"),
+    (["--device", "cuda:7"], r"--device cuda:7"), (["--device", "tpu9"], r"--device"),
+    (["--model", "no-such/model"], r"--model"), (["--model", "{d}"], r"--model"),
+    (["--host", "0.0.0.0"], r"--host"), (["--host", "256.0.0.1"], r"256.0.0.1"),
+    (["--api_key", "tml-short"], r"--api_key"), (["--api_key", "no-prefix-but-long-enough"],
+                                                 r"--api_key"),
+    (["--api_key", "tml-local-backend-placeholder"], r"--api_key"), (["--bogus"], r"--bogus"),
+    (["--port"], r"--port"), (["--root"], r"--root"),
+]
+
+
+@pytest.mark.parametrize("flags, regex", SERVE_CASES, ids=lambda c: str(c)[:40])
+def test_bad_serve_settings_are_one_clear_error(flags, regex, world, capsys, monkeypatch):
+    from local_tinker import __main__ as serve_command
+    from local_tinker import server
+
+    def never(*args, **kwargs):
+        raise AssertionError(f"{flags} was accepted: the server would have started")
+
+    monkeypatch.setattr(server, "serve_forever", never)
+    monkeypatch.delenv("LOCAL_TINKER_API_KEY", raising=False)
+    monkeypatch.delenv("LOCAL_TINKER_DEVICE", raising=False)
+    argv = ["serve", "--port", "0", *[a.replace("{d}", str(world["d"])) for a in flags]]
+    try:
+        rc = serve_command.main(argv)
+    except SystemExit as ended:
+        rc = int(ended.code or 0)
+    out, err = capsys.readouterr()
+    assert_one_error_line(rc, out, err, regex)
