@@ -168,7 +168,7 @@ def require_at_least(cfg: Any, **minimums: int) -> None:
 
 
 MAX_LORA_RANK = 1024  # far above any useful rank; a typo like 100000 would allocate for hours
-MAX_LR = 10.0  # far above any useful Adam step; 1e39 overflowed the optimizer's float32
+MAX_LR = 1e30  # no step trains above it; 1e39 did not fit the optimizer's float32
 MAX_SEED = 2**63 - 1  # samplers and torch take 64-bit seeds
 
 

@@ -355,3 +355,23 @@ def test_evaluate_stops_on_a_signal_with_its_exit_code_and_wandb_record(tmp_path
     assert process.returncode == code, output
     assert "Traceback" not in output and f"stopped by {signal.Signals(signum).name}" in output
     assert read_offline_run(log_dir).exit_codes == [code]
+
+
+def test_a_nan_held_out_loss_is_never_checkpointed_as_good(tmp_path, monkeypatch):
+    """Every number of a step is checked before its checkpoint: a NaN eval/loss (with a finite
+    train loss) ends the run failed, and the step's checkpoint is not saved."""
+    real = train_sft.weighted_nll
+
+    def nan_on_held_out(output, data):
+        nll, weights = real(output, data)
+        return (math.nan, weights) if len(data) == 2 else (nll, weights)  # foo's 2 held-out rows
+
+    monkeypatch.setattr(train_sft, "weighted_nll", nan_on_held_out)
+    log_dir = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="eval/loss is nan at step 4"):
+        train_sft.main(train_sft.Config(backend="local", log_dir=log_dir, wandb_mode="disabled",
+                                        max_steps=6, eval_every=4, save_every=2,
+                                        sample_every=0))
+    assert [m["step"] for m in read_jsonl(log_dir / "metrics.jsonl")] == [1, 2, 3]
+    assert {c["step"] for c in read_jsonl(log_dir / "checkpoints.jsonl")} == {2}
+    assert json.loads((log_dir / "summary.json").read_text())["status"] == "failed"
