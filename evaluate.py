@@ -69,6 +69,7 @@ from common.secrets import redact, redact_name
 from common.tasks import DEFAULT_HELDOUT, Problem, Task, arithmetic_task
 from common.tracking import (
     Tracker,
+    check_wandb_settings,
     checkpoint_metadata,
     default_project,
     model_artifact_name,
@@ -130,6 +131,8 @@ class Target:
     project: str | None = None
     """The W&B project of the run that made the weights (where its artifact lives), if known."""
     entity: str | None = None
+    step: int | None = None
+    """The training step of the checkpoint, where known (None: the base model)."""
 
 
 def validate(cfg: Config) -> None:
@@ -139,6 +142,7 @@ def validate(cfg: Config) -> None:
     require(finite(cfg.temperature) and cfg.temperature >= 0, "temperature",
             f"must be a number >= 0, got {cfg.temperature}")
     check_service(cfg)
+    check_wandb_settings(cfg, ConfigError)
 
 
 def main(cfg: Config) -> dict[str, Any]:
@@ -230,7 +234,7 @@ def checkpoint_target(arg: str, model: str | None, default_model: str,
     return Target(run_dir.resolve().name, model or recorded or default_model,
                   path=sampler["path"], run_dir=str(run_dir), artifact=artifact,
                   artifact_metadata=metadata, group=group, project=project,
-                  entity=run_config.get("wandb_entity"))
+                  entity=run_config.get("wandb_entity"), step=sampler["step"])
 
 
 def artifact_target(name: str, model: str | None, default_model: str, wandb_mode: str) -> Target:
@@ -249,7 +253,8 @@ def artifact_target(name: str, model: str | None, default_model: str, wandb_mode
     producer = artifact.logged_by()
     return Target(artifact.name, model or artifact.metadata.get("base_model") or default_model,
                   path=entry.ref, artifact=name, group=producer.group if producer else None,
-                  project=artifact.project, entity=artifact.entity)
+                  project=artifact.project, entity=artifact.entity,
+                  step=artifact.metadata.get("step"))
 
 
 def declare_inputs(tracker: Tracker, targets: list[Target]) -> None:
@@ -288,8 +293,7 @@ def open_eval_tracker(cfg: Config, targets: list[Target]) -> Tracker:
     return Tracker(run_dir, project=project, mode=cfg.wandb_mode, run_name=name,
                    group=redact(group) if group else None, job_type="eval",
                    config=as_dict(cfg), entity=entity, tags=cfg.wandb_tags,
-                   notes=cfg.wandb_notes, metric_summaries={},
-                   incremental_tables=cfg.wandb_incremental_tables)
+                   notes=cfg.wandb_notes, incremental_tables=cfg.wandb_incremental_tables)
 
 
 def score(cfg: Config, client: Any, task: Task[Problem], items: list[Any],
@@ -322,33 +326,13 @@ def write_report(cfg: Config, results: list[dict[str, Any]], tracker: Tracker) -
     plot_accuracy(cfg.task, models, plot_title(cfg, models), run_dir / "accuracy.png")
     print(f"wrote eval.json, eval.md and accuracy.png to {run_dir}")
 
-    metrics = wandb_metrics(models)
-    tracker.log(metrics, step=0)
-    tracker.summary(**metrics, **{f"eval/{_key(m['label'])}/path": m["path"] for m in models})
-    columns = ["model", *results[0]["rows"][0]]
-    table = [[r["target"].label, *row.values()] for r in results for row in r["rows"]]
-    tracker.log_table("samples", columns, table, step=0)
-    tracker.log_image("eval/accuracy_plot", run_dir / "accuracy.png", step=0)
+    for result, model in zip(results, models, strict=True):
+        parts = [{"part": f"pairs={k}", **v} for k, v in model.get("by_pair_count", {}).items()]
+        scalars = {k: v for k, v in model.items() if isinstance(v, int | float)}
+        tracker.log_evaluation(model["label"], result["target"].step, scalars, parts,
+                               result["rows"])
+    tracker.log_image("evaluate/accuracy_plot", run_dir / "accuracy.png", step=len(models) - 1)
     return report
-
-
-def _key(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._:+-]+", "_", label)
-
-
-def wandb_metrics(models: list[dict[str, Any]]) -> dict[str, float]:
-    """`eval/<label>/<metric>` per model, and plain `eval/<metric>` for the last model scored
-    (the last checkpoint given, else the base model), the key sweeps and charts use."""
-    def scalars(model: dict[str, Any]) -> dict[str, float]:
-        values = {k: v for k, v in model.items() if isinstance(v, int | float)}
-        for k, v in model.get("by_pair_count", {}).items():
-            values[f"accuracy_pairs{k}"] = v["accuracy"]
-        return values
-
-    metrics = {f"eval/{k}": v for k, v in scalars(models[-1]).items()}
-    for model in models:
-        metrics.update({f"eval/{_key(model['label'])}/{k}": v for k, v in scalars(model).items()})
-    return metrics
 
 
 def _interval(value: float, low: float, high: float) -> str:

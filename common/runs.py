@@ -41,6 +41,7 @@ from common.tracking import (
     Tracker,
     default_group,
     default_project,
+    requeued_run_dir,
     run_name,
 )
 
@@ -63,7 +64,8 @@ def open_tracker(cfg: Any, script: str, job_type: str, may_change: tuple[str, ..
     reach W&B, a directory name or the console.
     """
     name = redact(cfg.run_name or run_name(script, cfg.model, cfg.lr, cfg.batch_size, cfg.seed))
-    run_dir = Path(cfg.log_dir) if cfg.log_dir else RUNS_DIR / redact_name(name)
+    run_dir = Path(cfg.log_dir) if cfg.log_dir else (requeued_run_dir(RUNS_DIR)
+                                                     or RUNS_DIR / redact_name(name))
     if cfg.resume and not (run_dir / CONFIG).exists():
         raise ConfigError(f"--resume: no run in {run_dir} to continue")
     rundir.lock(run_dir)
@@ -182,11 +184,13 @@ def end_of_run(tracker: Tracker, meter: Any, metrics: dict[str, float], keys: li
     print(meter.summary_line())
     values = ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
     final = tracker.summary_value("checkpoint/final")
+    kind = "final" if final else "last saved"  # an interrupted run has no final one
+    final = final or tracker.summary_value("checkpoint/last")
     artifact = tracker.summary_value("checkpoint/artifact")
     named = f" (W&B artifact {artifact})" if artifact and tracker.wandb_mode != "disabled" else ""
     # The warning goes on the last line itself: it is the line a user reads.
     tail = f"; WARNING: {warning}" if warning else ""
-    print(f"done: {values}; final checkpoint {final}{named}; run files in {tracker.run_dir}{tail}")
+    print(f"done: {values}; {kind} checkpoint {final}{named}; run files in {tracker.run_dir}{tail}")
 
 
 @dataclass
