@@ -341,14 +341,19 @@ ACCURACY_FAKE = textwrap.dedent('''\
 ''')
 
 
-def test_leaderboard_breaks_ties_by_the_last_value_and_marks_runs_within_noise(tmp_path):
+def accuracy_sweep(tmp_path: Path, **parameters) -> Path:
     program = tmp_path / "fake_rl.py"
     program.write_text(ACCURACY_FAKE)
     path = tmp_path / "acc.yaml"
     path.write_text(yaml.safe_dump({
-        "program": str(program), "method": "grid",
-        "metric": {"name": "eval/accuracy", "goal": "maximize"},
-        "parameters": {"lr": {"values": [1.0, 2.0, 3.0, 4.0]}, "eval_problems": {"value": 99}}}))
+        "program": str(program), "method": "grid", "parameters": parameters,
+        "metric": {"name": "eval/accuracy", "goal": "maximize"}}))
+    return path
+
+
+def test_leaderboard_breaks_ties_by_the_last_value_and_marks_runs_within_noise(tmp_path):
+    path = accuracy_sweep(tmp_path, lr={"values": [1.0, 2.0, 3.0, 4.0]},
+                          eval_problems={"value": 99})
     result = run_runner(path, "--out", tmp_path / "out", "--poll", "0.1")
     assert result.returncode == 0, result.stdout + result.stderr
     runs = read_board(tmp_path / "out")
@@ -370,13 +375,7 @@ def test_leaderboard_breaks_ties_by_the_last_value_and_marks_runs_within_noise(t
 def test_secrets_in_base_url_and_group_reach_no_output_of_the_runner(tmp_path, monkeypatch):
     secret = "grp-s3cr3t-0123456789"
     monkeypatch.setenv("MY_TEAM_TOKEN", secret)
-    program = tmp_path / "fake_rl.py"
-    program.write_text(ACCURACY_FAKE)
-    path = tmp_path / "acc.yaml"
-    path.write_text(yaml.safe_dump({
-        "program": str(program), "method": "grid",
-        "metric": {"name": "eval/accuracy", "goal": "maximize"},
-        "parameters": {"lr": {"values": [1.0]}}}))
+    path = accuracy_sweep(tmp_path, lr={"values": [1.0]})
     result = subprocess.run(
         [sys.executable, str(RUNNER), str(path), "--group", f"team-{secret}", "--base_url",
          "http://user:PASSWORD-xyz@127.0.0.1:1", "--poll", "0.1"],
