@@ -337,9 +337,8 @@ class Tracker:
                                [_redact(t) for t in dict.fromkeys([*tags,
                                                                    *auto_tags(self.config)])],
                                _redact(notes) if notes else None)
-            self._run = self._init_wandb(*self._init_args)
-        self._calls: queue.Queue[tuple[str, Callable[[Any], object]] | None] = queue.Queue(
-            maxsize=WANDB_QUEUE)
+        self._calls: queue.Queue[tuple[str, Callable[[Any], object] | None] | None] = \
+            queue.Queue(maxsize=WANDB_QUEUE)
         self._worker: threading.Thread | None = None
         self._start_worker()
 
@@ -392,7 +391,7 @@ class Tracker:
                 _teardown_wandb()
                 continue
             self.wandb_mode = attempt
-            self._wandb_step = int(run.starting_step or 0)
+            self._wandb_step = max(self._wandb_step, int(run.starting_step or 0))
             if attempt == "offline":
                 self._record_attempt(Path(run.dir).parent.name)
                 wandb_dir = self.run_dir / "wandb"
@@ -430,7 +429,7 @@ class Tracker:
         """Append one row to metrics.jsonl and log the same values to W&B at `step`."""
         row = _redact({k: plain(v) for k, v in metrics.items()})
         self._records[METRICS].append([{"step": step, **row, "_time": time.time()}])
-        if self._run is not None and step < self._wandb_step:
+        if self._worker is not None and step < self._wandb_step:
             # Typically a resumed online run: W&B holds these steps from the interrupted attempt
             # and would drop them with a warning each; say it once instead.
             if not self._noted_old_steps:
@@ -467,7 +466,7 @@ class Tracker:
 
     def _wandb_increment(self, key: str, columns: list[str], rows: list[list[Any]],
                          step: int) -> None:
-        if self._run is None:
+        if self._worker is None:
             return
         rows = [*self._pending_rows.pop(key, []), *rows]
         at = max(step, self._wandb_step)  # not below W&B's step, or W&B drops it; rows carry theirs
@@ -584,6 +583,7 @@ class Tracker:
     def use_artifact(self, name: str) -> None:
         """`run.use_artifact(name)` for an artifact W&B knows by name. Only an online run can
         (W&B resolves the name on its server); otherwise the name goes to the summary."""
+        self.wait_for_wandb()  # W&B's start, on the worker, decides online or offline
         if self._run is None:
             return
         if self.wandb_mode != "online":
@@ -773,8 +773,11 @@ class Tracker:
         """W&B calls run in order on one worker thread, so the loop does not wait for W&B (a
         step's log, a table, an artifact: ~2-30 ms each). The run's files are written before
         the call is queued: a crash loses nothing but what W&B had not yet been given, which a
-        resumed run replays from the run files."""
-        if self._run is not None:
+        resumed run replays from the run files. W&B's own start (importing wandb, starting its
+        service, init: ~1 s of wall time) is the worker's first call, so it overlaps what the
+        script does meanwhile (connecting, loading the model); calls queue up behind it."""
+        if self.wandb_mode != "disabled":
+            self._calls.put(("init", None))
             self._worker = threading.Thread(target=self._run_wandb_calls, name="wandb-calls",
                                             daemon=True)
             self._worker.start()
@@ -788,11 +791,15 @@ class Tracker:
 
     def _run_wandb_calls(self) -> None:
         while (item := self._calls.get()) is not None:
+            what, call = item
             try:
-                self._wandb(*item)
+                if call is None:  # the first call: W&B's start
+                    self._run = self._init_wandb(*self._init_args)
+                else:
+                    self._wandb(what, call)
             except BaseException as e:  # noqa: BLE001 - a dead worker would hang finish()
                 self._run = None
-                self._say(f"W&B {item[0]} failed ({_error(e)}); W&B is off for the rest of "
+                self._say(f"W&B {what} failed ({_error(e)}); W&B is off for the rest of "
                           "this run")
             finally:
                 self._calls.task_done()

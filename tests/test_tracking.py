@@ -149,6 +149,7 @@ def test_failed_online_init_falls_back_to_offline(
 
     monkeypatch.setattr(wandb, "init", init)
     tracker = make_tracker(tmp_path, mode="online")
+    tracker.wait_for_wandb()  # W&B starts on the worker thread
     assert modes == ["online", "offline"] and tracker.wandb_mode == "offline"
     assert "W&B online init failed (RuntimeError: no route" in capsys.readouterr().out
 
@@ -500,6 +501,7 @@ def test_the_loop_does_not_wait_for_wandb(tmp_path: Path, monkeypatch: pytest.Mo
     import threading
 
     tracker = make_tracker(tmp_path)
+    tracker.wait_for_wandb()  # W&B starts on the worker thread
     release, given = threading.Event(), []
     real_log = tracker._run.log
 
@@ -682,3 +684,28 @@ def test_wandb_config_paths_are_relative_and_summary_json_is_valid_json(
         raise ValueError(f"not JSON: {constant}")
     summary = json.loads(text, parse_constant=refuse)
     assert summary["eval/loss"] is None and summary["best"] is None
+
+
+def test_wandbs_start_overlaps_what_the_script_does_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """W&B's start (import, service, init: ~1 s) runs on the worker: the tracker is ready, and
+    the run's files take steps, while W&B is still starting; W&B then gets every step."""
+    import threading
+
+    import wandb
+
+    real_init, release = wandb.init, threading.Event()
+
+    def slow_init(**kwargs):
+        assert release.wait(120), "the test never released W&B's start"
+        return real_init(**kwargs)
+    monkeypatch.setattr(wandb, "init", slow_init)
+    tracker = make_tracker(tmp_path)
+    tracker.log({"train/loss": 1.0}, 1)  # W&B has not started: the files have the step
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1]
+    assert not (tmp_path / "wandb").exists()
+    release.set()
+    tracker.log({"train/loss": 0.5}, 2)
+    tracker.finish()
+    assert [r["_step"] for r in read_offline_run(tmp_path).history] == [1, 2]
