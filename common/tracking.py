@@ -643,18 +643,28 @@ class Tracker:
         if self._run is None:
             self.set_summary({"checkpoint/last": last})
             return
-        if self.wandb_mode == "online":
-            held = self._wandb_step - 1  # the server has every step below its starting step
-        else:
-            kept = self._set_aside_attempts(lambda attempt: attempt.get("finished", False)
-                                            and attempt.get("last_step", step + 1) <= step)
-            held = max((a.get("last_step", 0) for a in kept), default=-1)
+        # The server has every step below an online run's starting step.
+        held = self._wandb_step - 1 if self.wandb_mode == "online" else self._held_offline(step)
         self._replay(held, step)
         self.set_summary({"checkpoint/last": last})
 
+    def _held_offline(self, step: int) -> int:
+        """The last step that the offline attempts `wandb sync` will take hold (-1: none), once
+        the attempts of this run that did not finish, or hold steps past `step`, are set aside
+        (another run's attempts in the same directory are left alone)."""
+        def keep(attempt: dict[str, Any]) -> bool:
+            if not _attempt_of(attempt["dir"], self.run_id):
+                return True
+            return attempt.get("finished", False) and attempt.get("last_step", step + 1) <= step
+
+        kept = self._set_aside_attempts(keep)
+        return max((a.get("last_step", 0) for a in kept if _attempt_of(a["dir"], self.run_id)),
+                   default=-1)
+
     def _replay(self, held: int, step: int) -> None:
         """Give W&B the steps in (held, step], their checkpoint artifacts and the summary; the
-        tables' kept rows join the last replayed step, or else the next step this run logs."""
+        tables' kept rows join the first step this process logs (a table starts afresh in
+        each process, so its first increment holds every row kept)."""
         kept_rows = [r for _, r in read_jsonl(self.run_dir / SAMPLES)]
         for key, logged in self._table_log.items():
             rows = [[r.get(c) for c in logged["columns"]] for r in kept_rows
