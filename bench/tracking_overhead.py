@@ -10,7 +10,13 @@ needs. Reported: each mode's median, the median overhead per pair and its 95% bo
 --max_pairs. No ratio is printed from a run that failed, and the load average is printed with the
 numbers (the machine is shared).
 
+`--breakdown` instead runs the script twice in this process (disabled, then offline) and says
+where an offline run's tracking time goes: the training loop's time inside Tracker calls (what
+tracking adds to its critical path), and the CPU of the W&B worker thread (W&B's start, logging,
+tables, artifacts), of W&B's other threads and of W&B's service process.
+
     python bench/tracking_overhead.py [--script sft|rl] [--steps 200] [--max_pairs 30]
+    python bench/tracking_overhead.py --breakdown
 """
 
 from __future__ import annotations
@@ -79,6 +85,83 @@ def overhead(pairs: list[dict[str, Measured]], field: str) -> list[float]:
     return [getattr(p["offline"], field) / getattr(p["disabled"], field) - 1 for p in pairs]
 
 
+def breakdown(script: str, steps: int) -> None:
+    """One offline run in this process, after a disabled one (imports, model, caches), with its
+    tracking time attributed (see the module docstring)."""
+    import functools
+    import threading
+
+    import psutil
+
+    sys.path.insert(0, str(ROOT))
+    import train_rl
+    import train_sft
+    from common.config import parse_config
+    from common.tracking import Tracker
+
+    in_tracker = [0.0, 0]  # seconds in outermost Tracker calls of the main thread, depth
+
+    def timed(method):  # type: ignore[no-untyped-def]
+        @functools.wraps(method)
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            outermost = threading.current_thread() is threading.main_thread() and \
+                in_tracker[1] == 0
+            in_tracker[1] += outermost
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                if outermost:
+                    in_tracker[0] += time.perf_counter() - started
+                    in_tracker[1] = 0
+        return wrapper
+
+    for name in ("__init__", "log", "log_table", "log_checkpoint", "log_final_checkpoint",
+                 "set_summary", "truncate_after", "finish"):
+        setattr(Tracker, name, timed(getattr(Tracker, name)))
+    module = train_sft if script == "sft" else train_rl
+    flags = script_flags(script, steps)[1:]
+    root = Path(tempfile.mkdtemp(prefix="bench-tracking-"))
+    process = psutil.Process()
+
+    def thread_cpu() -> dict[str, float]:
+        times = {t.id: t.user_time + t.system_time for t in process.threads()}
+        return {t.name: times.get(t.native_id or -1, 0.0) for t in threading.enumerate()}
+
+    def children_cpu() -> float:
+        total = 0.0
+        for child in process.children(recursive=True):
+            try:
+                total += sum(child.cpu_times()[:2])
+            except psutil.Error:
+                pass
+        return total
+
+    threads: dict[str, float] = {}  # CPU per thread, read as the run finishes
+    timed_finish = Tracker.finish
+
+    def finish(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.wait_for_wandb()
+        threads.update(thread_cpu())  # the W&B worker thread ends with the run
+        return timed_finish(self, *args, **kwargs)
+    Tracker.finish = finish
+    for mode in MODES:
+        in_tracker[0] = 0.0
+        threads.clear()
+        service, cpu, started = children_cpu(), time.process_time(), time.perf_counter()
+        module.main(parse_config(module.Config, [*flags, "--backend", "local", "--wandb_mode",
+                                                 mode, "--log_dir", str(root / mode)]))
+        wall = time.perf_counter() - started
+        wandb_threads = {k: v for k, v in threads.items() if "wandb" in k.lower()}
+        print(f"{mode}: {wall:.2f} s wall, {time.process_time() - cpu:.2f} s cpu in this process;"
+              f" the loop spent {in_tracker[0]:.2f} s in Tracker calls "
+              f"({in_tracker[0] / wall:.1%} of wall)")
+        if mode == "offline":
+            for name, seconds in sorted(wandb_threads.items()):
+                print(f"  thread {name}: {seconds:.2f} s cpu")
+            print(f"  W&B's service (and git): {children_cpu() - service:.2f} s cpu")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--script", choices=["sft", "rl"], default="sft")
@@ -88,8 +171,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max_pairs", type=int, default=30)
     parser.add_argument("--width", type=float, default=0.03,
                         help="stop once both intervals are narrower than this (0.03: 3 points)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="where an offline run's tracking time goes, in this process")
     args = parser.parse_args(argv)
     steps = args.steps or (200 if args.script == "sft" else 8)
+    if args.breakdown:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        breakdown(args.script, steps)
+        return
     flags = script_flags(args.script, steps)
     root = Path(tempfile.mkdtemp(prefix="bench-tracking-"))
     load_before = os.getloadavg()
