@@ -321,6 +321,7 @@ class Tracker:
         self._inputs: list[str] = []  # checkpoints an offline evaluation read
         self._run: Any = None
         self._attempt: str | None = None  # this process's offline-run-* directory
+        self._ledger = threading.Lock()  # wandb_attempts.json: the worker adds this attempt
         self._status: str | None = None
         self._stop_exit_code: int | None = None
         self._error: str | None = None
@@ -328,6 +329,7 @@ class Tracker:
         self._wandb_step = 0  # W&B rejects steps below its current one (with a warning)
         self._noted_old_steps = False
         self.wandb_mode = resolve_wandb_mode(mode)
+        self._earlier: set[str] | None = None  # offline attempts before this one (None: all)
         if self.wandb_mode != "disabled":
             # Attempts killed before they finished hold torn files `wandb sync` stops at; a run
             # that starts over under the same id (`wandb agent`) redoes every step they hold.
@@ -337,6 +339,8 @@ class Tracker:
                                [_redact(t) for t in dict.fromkeys([*tags,
                                                                    *auto_tags(self.config)])],
                                _redact(notes) if notes else None)
+        # The attempts before this process's (which W&B's start, on the worker, adds).
+        self._earlier = {p.name for p in (self.run_dir / "wandb").glob("offline-run-*")}
         self._calls: queue.Queue[tuple[str, Callable[[Any], object] | None] | None] = \
             queue.Queue(maxsize=WANDB_QUEUE)
         self._worker: threading.Thread | None = None
@@ -634,15 +638,17 @@ class Tracker:
 
         W&B then gets, from the run files, what the attempts `wandb sync` will take lack: an
         online run's server holds steps below W&B's starting step; offline, the finished
-        attempts up to `step` stand and the others are set aside (the module docstring).
+        attempts up to `step` stand and the others are set aside (the module docstring). Only
+        an online run waits here for W&B's start (its starting step comes from the server).
         """
-        self.wait_for_wandb()
         self._keep_rows(lambda row: row.get("step", -1) <= step)
         last = self._checkpoints[-1][CHECKPOINT_COLUMNS.index("path")] if self._checkpoints \
             else None
-        if self._run is None:
+        if self._worker is None:
             self.set_summary({"checkpoint/last": last})
             return
+        if self.wandb_mode == "online":
+            self.wait_for_wandb()  # and then it may have fallen back to offline
         # The server has every step below an online run's starting step.
         held = self._wandb_step - 1 if self.wandb_mode == "online" else self._held_offline(step)
         self._replay(held, step)
@@ -683,43 +689,50 @@ class Tracker:
 
     def _record_attempt(self, directory: str) -> None:
         self._attempt = directory
-        attempts = [a for a in read_attempts(self.run_dir) if a["dir"] != directory]
-        write_attempts(self.run_dir, [*attempts, {"dir": directory, "finished": False}])
+        with self._ledger:
+            attempts = [a for a in read_attempts(self.run_dir) if a["dir"] != directory]
+            write_attempts(self.run_dir, [*attempts, {"dir": directory, "finished": False}])
 
     def _finish_attempt(self) -> None:
         """This process's W&B files are complete: `wandb sync` may take them."""
         if self._attempt is None:
             return
-        attempts = read_attempts(self.run_dir)
-        for attempt in attempts:
-            if attempt["dir"] == self._attempt:
-                attempt.update(finished=True, last_step=self._wandb_step)
-        write_attempts(self.run_dir, attempts)
+        with self._ledger:
+            attempts = read_attempts(self.run_dir)
+            for attempt in attempts:
+                if attempt["dir"] == self._attempt:
+                    attempt.update(finished=True, last_step=self._wandb_step)
+            write_attempts(self.run_dir, attempts)
 
     def _set_aside_attempts(self, keep: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
-        """Move the offline attempts of this run directory that `keep` refuses (or that
+        """Move the offline attempts before this process's that `keep` refuses (or that
         wandb_attempts.json does not know) to wandb/incomplete/, where `wandb sync` does not
-        look; returns the attempts kept."""
+        look; returns the earlier attempts kept."""
         wandb_dir = self.run_dir / "wandb"
-        known = {a["dir"]: a for a in read_attempts(self.run_dir)}
-        kept, moved = [], []
-        for path in sorted(wandb_dir.glob("offline-run-*")):
-            attempt = known.get(path.name, {"dir": path.name})
-            if path.name == self._attempt or (attempt.get("dir") in known and keep(attempt)):
-                kept.append(attempt)
-                continue
-            (wandb_dir / INCOMPLETE_DIR).mkdir(exist_ok=True)
-            target = wandb_dir / INCOMPLETE_DIR / path.name
-            if target.exists():  # the same attempt set aside before (a copy the move left)
-                shutil.rmtree(target)
-            path.rename(target)
-            moved.append(path.name)
+        earlier = self._earlier
+        with self._ledger:
+            known = {a["dir"]: a for a in read_attempts(self.run_dir)}
+            kept, moved = [], []
+            for path in sorted(wandb_dir.glob("offline-run-*")):
+                attempt = known.get(path.name, {"dir": path.name})
+                if earlier is not None and path.name not in earlier:
+                    continue  # this process's own
+                if path.name in known and keep(attempt):
+                    kept.append(attempt)
+                    continue
+                (wandb_dir / INCOMPLETE_DIR).mkdir(exist_ok=True)
+                target = wandb_dir / INCOMPLETE_DIR / path.name
+                if target.exists():  # the same attempt set aside before (a copy the move left)
+                    shutil.rmtree(target)
+                path.rename(target)
+                moved.append(path.name)
+            if moved:
+                write_attempts(self.run_dir, [a for a in known.values() if a["dir"] not in moved])
         if moved:
-            write_attempts(self.run_dir, kept)
             self._say(f"set aside {len(moved)} W&B attempt(s) that did not finish or hold steps "
                       f"this run redoes ({wandb_dir / INCOMPLETE_DIR}); what they held is "
                       "logged again from the run files")
-        return [a for a in kept if a["dir"] != self._attempt]
+        return kept
 
     def _keep_rows(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         for record_log in self._records.values():
