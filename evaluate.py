@@ -329,8 +329,9 @@ def write_report(cfg: Config, results: list[dict[str, Any]], tracker: Tracker) -
     for result, model in zip(results, models, strict=True):
         parts = [{"part": f"pairs={k}", **v} for k, v in model.get("by_pair_count", {}).items()]
         scalars = {k: v for k, v in model.items() if isinstance(v, int | float)}
-        tracker.log_evaluation(model["label"], result["target"].step, scalars, parts,
-                               result["rows"])
+        target = result["target"]  # a checkpoint path of unknown step goes to the tables only
+        tracker.log_evaluation(model["label"], target.step, scalars, parts, result["rows"],
+                               plot=target.step is not None or target.path is None)
     tracker.log_image("evaluate/accuracy_plot", run_dir / "accuracy.png", step=len(models) - 1)
     return report
 

@@ -509,7 +509,7 @@ class Tracker:
 
     def log_evaluation(self, label: str, step: int | None, metrics: Mapping[str, Any],
                        parts: Sequence[Mapping[str, Any]] = (),
-                       samples: Sequence[Mapping[str, Any]] = ()) -> None:
+                       samples: Sequence[Mapping[str, Any]] = (), *, plot: bool = True) -> None:
         """One scored model of an evaluation, on the training step axis of its group.
 
         `step` is the training step of the checkpoint (None: the base model, which is every
@@ -517,14 +517,16 @@ class Tracker:
         step counts the models scored); a row per model plus one per part of `parts` (e.g.
         {"part": "pairs=2", "accuracy": ..., "n": ...}) to the `evaluate/results` table; the
         per-item `samples` rows, if any, to `evaluate/samples` (its own key: the training
-        run's `samples` table has other columns). No key carries the label.
+        run's `samples` table has other columns). No key carries the label. `plot=False`: a
+        checkpoint whose training step is unknown (a bare `.../final` path) goes to the tables
+        only, not onto the step axis.
         """
-        train_step = 0 if step is None else int(step)
         index = self._evaluations
         self._evaluations += 1
         numbers = {f"{EVAL_PREFIX}{k}": v for k, v in metrics.items()
                    if isinstance(v, int | float) and not isinstance(v, bool)}
-        self.log({STEP_METRIC: train_step, **numbers}, index)
+        if plot:
+            self.log({STEP_METRIC: 0 if step is None else int(step), **numbers}, index)
         results = [{"part": "all", **metrics}, *parts]
         names = dict.fromkeys(k for r in results for k in r if k != "part")
         columns = self._table_log.get(EVAL_RESULTS_KEY, {}).get("columns") or [

@@ -709,3 +709,14 @@ def test_wandbs_start_overlaps_what_the_script_does_next(
     tracker.log({"train/loss": 0.5}, 2)
     tracker.finish()
     assert [r["_step"] for r in read_offline_run(tmp_path).history] == [1, 2]
+
+
+def test_a_checkpoint_of_unknown_step_goes_to_the_tables_only(tmp_path: Path) -> None:
+    with make_tracker(tmp_path, config={}) as tracker:
+        tracker.log_evaluation("base:tiny", None, {"accuracy": 0.2})
+        tracker.log_evaluation("abc/final", None, {"accuracy": 0.5}, plot=False)
+    wb = read_offline_run(tmp_path)
+    assert [(r["train/global_step"], r["evaluate/accuracy"]) for r in wb.history
+            if "evaluate/accuracy" in r] == [(0, 0.2)]
+    rows = [r for t in wb.incremental_table("evaluate/results") for r in t.rows]
+    assert [(r["model"], r["accuracy"]) for r in rows] == [("base:tiny", 0.2), ("abc/final", 0.5)]
