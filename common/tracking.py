@@ -50,6 +50,7 @@ What W&B shows, following its documented conventions:
 from __future__ import annotations
 
 import json
+import math
 import netrc
 import os
 import queue
@@ -736,6 +737,20 @@ class Tracker:
                       "logged again from the run files")
         return kept
 
+    def _whole_run_summaries(self, run: Any) -> None:
+        """The best-and-last summaries over every step of the run (metrics.jsonl), not only the
+        steps this process logged: W&B computes them per process, so a resumed run's would
+        forget the best value of the attempts before it. Sent after the last step is committed
+        (W&B would otherwise recompute the key over this process's steps at the end)."""
+        summaries = whole_run_summaries(_metric_rows(self.run_dir), self._metric_summaries)
+        try:
+            if summaries and self._history_keys:  # commit the last step this process logged
+                run.log({}, step=self._wandb_step, commit=True)
+            if summaries:
+                run.summary.update(summaries)
+        except Exception as e:  # W&B's own summaries stand; the run must still finish
+            self._say(f"W&B whole-run summaries failed ({_error(e)})")
+
     def _keep_rows(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         for record_log in self._records.values():
             record_log.close()  # the rewrite replaces the file: no handle may outlive it
@@ -767,6 +782,7 @@ class Tracker:
         # "error": None also clears one left in summary.json by an interrupted attempt.
         self.set_summary({"status": status, "error": self._error})
         self._stop_worker()  # every queued W&B call is made before the run is closed
+        self._wandb("summary", self._whole_run_summaries)
         if status == "interrupted":  # W&B's state for a run that will be resumed
             self._wandb("mark_preempting", lambda run: run.mark_preempting())
         self._wandb("finish", lambda run: run.finish(exit_code=exit_code))
@@ -875,6 +891,20 @@ def reference_artifact(name: str, uri: str, metadata: Mapping[str, Any]) -> Any:
     # tinker:// and local:// are schemes W&B cannot checksum: the URI is the identity.
     artifact.add_reference(uri, name="weights", checksum=False)
     return artifact
+
+
+def whole_run_summaries(rows: Sequence[Mapping[str, Any]], summaries: Mapping[str, str]
+                        ) -> dict[str, dict[str, float]]:
+    """{key: {"max"|"min": ..., "last": ...}} over the finite values of `rows`, in the shape
+    W&B's define_metric summaries have, for each key of `summaries` ("max,last", ...)."""
+    result = {}
+    for key, spec in summaries.items():
+        values = [row[key] for row in rows if isinstance(row.get(key), int | float)
+                  and not isinstance(row[key], bool) and math.isfinite(row[key])]
+        if values:
+            result[key] = {part: {"min": min(values), "max": max(values), "last": values[-1]}[part]
+                           for part in spec.split(",")}
+    return result
 
 
 def _attempt_of(directory: str, run_id: str) -> bool:

@@ -505,10 +505,11 @@ def test_the_loop_does_not_wait_for_wandb(tmp_path: Path, monkeypatch: pytest.Mo
     release, given = threading.Event(), []
     real_log = tracker._run.log
 
-    def busy_log(values, step):
+    def busy_log(values, step, **kwargs):
         release.wait(120)
-        given.append(step)
-        real_log(values, step=step)
+        if values:  # not the end's commit of the last step ({})
+            given.append(step)
+        real_log(values, step=step, **kwargs)
     monkeypatch.setattr(tracker._run, "log", busy_log)
     for step in (1, 2, 3):
         tracker.log({"train/loss": 1.0 / step}, step)
@@ -720,3 +721,22 @@ def test_a_checkpoint_of_unknown_step_goes_to_the_tables_only(tmp_path: Path) ->
             if "evaluate/accuracy" in r] == [(0, 0.2)]
     rows = [r for t in wb.incremental_table("evaluate/results") for r in t.rows]
     assert [(r["model"], r["accuracy"]) for r in rows] == [("base:tiny", 0.2), ("abc/final", 0.5)]
+
+
+def test_a_resumed_runs_summary_keeps_the_best_value_of_earlier_attempts(tmp_path: Path) -> None:
+    """W&B computes define_metric summaries per process: the attempt after a stop would report
+    max = its own best. The tracker sends the whole run's best and last (metrics.jsonl)."""
+    with make_tracker(tmp_path) as tracker:
+        for step, accuracy in ((3, 0.6), (5, 0.3)):
+            tracker.log({"eval/accuracy": accuracy, "train/loss": 1.0 / step}, step)
+        tracker.stopped(143)
+    with make_tracker(tmp_path, resume=True) as tracker:
+        tracker.truncate_after(5)
+        for step, accuracy in ((6, 0.4), (10, 0.5)):
+            tracker.log({"eval/accuracy": accuracy, "train/loss": 1.0 / step}, step)
+        tracker.set_summary({"eval/accuracy": 0.5})  # as end_of_run does
+    wb = read_offline_run(tmp_path)  # the summary updates of both attempts, merged in order
+    assert len(wb.run_ids) == 2  # the stopped attempt finished cleanly: it is kept
+    assert [r["_step"] for r in wb.history] == [3, 5, 6, 10]
+    assert wb.summary["eval/accuracy"] == {"max": 0.6, "last": 0.5}
+    assert wb.summary["train/loss"] == {"min": 0.1, "last": 0.1}
