@@ -342,6 +342,9 @@ class Tracker:
                                _redact(notes) if notes else None)
         # The attempts before this process's (which W&B's start, on the worker, adds).
         self._earlier = {p.name for p in (self.run_dir / "wandb").glob("offline-run-*")}
+        self._announced = False
+        if self.wandb_mode == "offline":
+            self._announce_offline()
         self._calls: queue.Queue[tuple[str, Callable[[Any], object] | None] | None] = \
             queue.Queue(maxsize=WANDB_QUEUE)
         self._worker: threading.Thread | None = None
@@ -399,17 +402,22 @@ class Tracker:
             self._wandb_step = max(self._wandb_step, int(run.starting_step or 0))
             if attempt == "offline":
                 self._record_attempt(Path(run.dir).parent.name)
-                wandb_dir = self.run_dir / "wandb"
-                self._say(
-                    f"W&B is offline; this run lives in {wandb_dir}\n"
-                    f"  browse: wandb leet {wandb_dir}\n"
-                    f"  upload: wandb sync {wandb_dir}/offline-run-*-{self.run_id}*"
-                )
+                if not self._announced:  # an online run that fell back
+                    self._announce_offline()
             else:
                 self._say(f"W&B run: {run.url}")
             return run
         self.wandb_mode = "disabled"
         return None
+
+    def _announce_offline(self) -> None:
+        """Where an offline run lives and the command that uploads it: said once, from the
+        main thread where the run starts offline (so it precedes the run's own lines)."""
+        self._announced = True
+        wandb_dir = self.run_dir / "wandb"
+        self._say(f"W&B is offline; this run lives in {wandb_dir}\n"
+                  f"  browse: wandb leet {wandb_dir}\n"
+                  f"  upload: wandb sync {wandb_dir}/offline-run-*-{self.run_id}*")
 
     def _define_metrics(self, run: Any) -> None:
         """One step axis for every key (a definition applies to the keys it names, so the
