@@ -72,6 +72,7 @@ from common.secrets import redact
 from common.tasks import TaskConfig, make_task
 from common.tracking import (
     Tracker,
+    check_wandb_settings,
     checkpoint_metadata,
     default_project,
     model_artifact_name,
@@ -132,6 +133,7 @@ def validate(cfg: Config) -> None:
     require(finite(cfg.temperature) and cfg.temperature >= 0, "temperature",
             f"must be a number >= 0, got {cfg.temperature}")
     check_service(cfg)
+    check_wandb_settings(cfg, ConfigError)
 
 
 def main(cfg: Config) -> dict[str, Any]:
@@ -286,7 +288,7 @@ def open_tracker(cfg: Config, run_dir: Path, name: str, targets: list[Target]) -
     return Tracker(run_dir, project=project, mode=cfg.wandb_mode, run_name=name,
                    group=redact(group) if group else None, job_type="eval",
                    config={**as_dict(cfg), "script": "evaluate"}, entity=entity,
-                   tags=cfg.wandb_tags, notes=cfg.wandb_notes, metric_summaries={},
+                   tags=cfg.wandb_tags, notes=cfg.wandb_notes,
                    incremental_tables=cfg.wandb_incremental_tables)
 
 
@@ -311,20 +313,17 @@ def write_report(cfg: Config, results: list[dict[str, Any]], tracker: Tracker) -
     plot_accuracy(models, plot_title(cfg, models, data), run_dir / "accuracy.png")
     print(f"wrote eval.json, eval.md and accuracy.png to {run_dir}")
 
-    metrics = wandb_metrics(models)
-    tracker.log(metrics, step=0)
-    tracker.summary(**metrics)
-    columns = ["model", *results[0]["rows"][0]]
-    table = [[r["target"].label, *row.values()] for r in results for row in r["rows"]]
-    tracker.log_table("eval_samples", columns, table, step=0)
-    tracker.log_image("eval/accuracy_plot", run_dir / "accuracy.png", step=0)
+    # W&B: each model's numbers at its checkpoint's training step (the base model at 0), the
+    # per-slice and per-problem rows in tables; a checkpoint of unknown step: tables only.
+    for result, model in zip(results, models, strict=True):
+        parts = [{"part": k, **v} for k, v in model.get("by_part", {}).items()]
+        scalars = {k: v for k, v in model.items()
+                   if isinstance(v, int | float) and not isinstance(v, bool) and k != "step"}
+        target = result["target"]
+        tracker.log_evaluation(model["label"], target.step, scalars, parts, result["rows"],
+                               plot=target.step is not None or target.path is None)
+    tracker.log_image("evaluate/accuracy_plot", run_dir / "accuracy.png", step=len(models) - 1)
     return report
-
-
-def wandb_metrics(models: list[dict[str, Any]]) -> dict[str, float]:
-    """The numbers of the last model scored (the last checkpoint given, else the base model)."""
-    return {f"eval/{k}": v for k, v in models[-1].items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and k != "step"}
 
 
 def _interval(value: float, low: float, high: float) -> str:

@@ -21,6 +21,7 @@ from simple_parsing.helpers import field
 
 from common.backend import TINY_MODELS
 from common.runfiles import read_run_config
+from common.tracking import check_wandb_settings
 
 TINKER_DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 # tiny-math fine-tuned to follow the arithmetic task's instructions some of the time, as the
@@ -188,6 +189,7 @@ def check_common(cfg: Any) -> None:
     require(not (cfg.resume and cfg.log_dir is None), "resume",
             "needs --log_dir, the run directory to continue")
     check_service(cfg)
+    check_wandb_settings(cfg, ConfigError)
     require(not (cfg.load_checkpoint and "/sampler_weights/" in cfg.load_checkpoint),
             "load_checkpoint", f"{cfg.load_checkpoint} is sampler weights, which cannot be "
             "trained from; pass the run directory or its weights/ path (a 'state' record in "

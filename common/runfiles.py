@@ -7,9 +7,14 @@ Everything a run records lands here first, so the files alone describe a run:
   checkpoints.jsonl  one {"step", "name", "path", "kind", "_time"} object per saved checkpoint
   samples.jsonl      every row of every samples table, as {"table", "step", **row}
   summary.json       the run summary, merged and rewritten atomically on every update
-  wandb_run_id       the W&B run id; a resumed run continues that W&B run
+  wandb_run_id       the W&B run id; a resumed run continues that W&B run (and a requeued
+                     sweep run, which `wandb agent` gives the same WANDB_RUN_ID, finds its
+                     directory by it)
+  wandb_run_name     the W&B display name, kept for the run's whole life (a resume keeps it)
   wandb_group        the W&B group the run joined (evaluate.py puts its run in the same one)
-  wandb_tables.json  the W&B tables logged and at which steps, so a resumed run continues them
+  wandb_tables.json  the columns of the W&B tables logged, so a resumed run continues them
+  wandb_attempts.json  one entry per process that ran the W&B run offline: its directory under
+                     wandb/, whether it finished and its last step (what `wandb sync` may take)
   git_diff.patch     `git diff HEAD` of the code that ran (first line: the commit)
   wandb/             W&B's own files (common.tracking writes those)
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 from collections.abc import Callable, Mapping
@@ -40,6 +46,7 @@ from common.secrets import redact
 METRICS, CHECKPOINTS, SAMPLES = "metrics.jsonl", "checkpoints.jsonl", "samples.jsonl"
 SUMMARY, CONFIG, RUN_ID = "summary.json", "config.yaml", "wandb_run_id"
 GROUP, TABLES, GIT_DIFF = "wandb_group", "wandb_tables.json", "git_diff.patch"
+RUN_NAME, ATTEMPTS = "wandb_run_name", "wandb_attempts.json"
 RECORD_FILES = (METRICS, CHECKPOINTS, SAMPLES)  # the append-only logs truncation cuts back
 CHECKPOINT_COLUMNS = ["step", "name", "path", "kind"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +94,50 @@ def read_group(run_dir: Path) -> str | None:
     """The W&B group a run directory's run joined (None for runs made before it was kept)."""
     path = Path(run_dir) / GROUP
     return path.read_text().strip() or None if path.is_file() else None
+
+
+def read_text_file(path: Path) -> str | None:
+    """A one-line file's stripped text (run id, name, group), None when absent or empty."""
+    return (path.read_text().strip() or None) if path.is_file() else None
+
+
+def find_run_dir(run_id: str, root: Path, depth: int = 3) -> Path | None:
+    """The run directory under `root` whose wandb_run_id is `run_id` (runs/<run>/ and the
+    sweep runner's runs/sweeps/<group>/<run>/ are within the default depth), or None."""
+    root = Path(root)
+    for level in range(1, depth + 1):
+        for path in sorted(root.glob("/".join(["*"] * level) + f"/{RUN_ID}")):
+            if read_text_file(path) == run_id:
+                return path.parent
+    return None
+
+
+def read_attempts(run_dir: Path) -> list[dict[str, Any]]:
+    """wandb_attempts.json ([] when absent; a damaged file is treated as empty: the attempts it
+    named are then set aside as unfinished, which loses nothing the run files hold)."""
+    path = Path(run_dir) / ATTEMPTS
+    try:
+        attempts = json.loads(path.read_text()) if path.is_file() else []
+    except (OSError, ValueError):
+        return []
+    return [a for a in attempts if isinstance(a, dict) and isinstance(a.get("dir"), str)] \
+        if isinstance(attempts, list) else []
+
+
+def write_attempts(run_dir: Path, attempts: list[dict[str, Any]]) -> None:
+    write_atomic(Path(run_dir) / ATTEMPTS, json.dumps(attempts, indent=1) + "\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with NaN and +-inf as None, so `json.dumps` writes standard JSON (Python's default
+    writes NaN / Infinity, which JSON parsers other than Python's reject)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -54,6 +54,7 @@ from common.tracking import (
     Tracker,
     default_group,
     default_project,
+    requeued_run_dir,
     run_name,
 )
 
@@ -113,7 +114,9 @@ def run_dir_of(cfg: Any, name: str) -> Path:
     """--log_dir, else runs/<name>; refuses a path that cannot be a run directory."""
     if cfg.log_dir is not None and not str(cfg.log_dir).strip():
         raise ConfigError("--log_dir: empty; name a directory (default: runs/<run name>)")
-    run_dir = Path(cfg.log_dir) if cfg.log_dir else RUNS_DIR / redact_name(name)
+    # `wandb agent` reruns a requeued run's argv with its WANDB_RUN_ID: the same directory.
+    run_dir = Path(cfg.log_dir) if cfg.log_dir else (requeued_run_dir(RUNS_DIR)
+                                                     or RUNS_DIR / redact_name(name))
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--log_dir {run_dir}: is a file, not a directory")
     return run_dir
@@ -325,7 +328,8 @@ class Run:
         tracker.set_summary({**metrics, **self.meter.totals()})
         print(self.meter.summary_line())
         values = ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
-        which = "final checkpoint" if final and final["name"] == "final" else "last checkpoint"
+        which = ("final checkpoint" if final and final["name"] == "final"
+                 else "last saved checkpoint")  # an interrupted run has no final one
         where = final["path"] if final else "none saved"
         artifact = tracker.summary_value("checkpoint/artifact")
         named = f" (W&B artifact {artifact})" if artifact and tracker.wandb_mode != "disabled" \

@@ -23,10 +23,15 @@ the sweep goes on; runs that hyperband stopped are listed as stopped. Runs are s
 `wandb agent` stops them: SIGTERM (the scripts finish the step, save a checkpoint and end their
 W&B run with exit code 143), SIGKILL after a grace period. The leaderboard ranks finished and
 stopped runs by the metric's best value (min or max by the goal): what the scripts' W&B summary
-shows for the metric (define_metric), and what bayes and hyperband themselves compare; `final`
-is the last logged value. It is printed and written to `<out>/leaderboard.md` and
-`<out>/leaderboard.json`, also after Ctrl-C (which stops the running runs, as above; a second
-Ctrl-C kills them). The exit status is 1 when no run finished.
+shows for the metric (define_metric), and what bayes and hyperband themselves compare; a tie is
+broken by the metric's last value (the summary's other half), then by start order. `final` is
+the last logged value. An accuracy over N held-out problems (eval/accuracy: N = the run's
+eval_problems) gets its Wilson 95% interval, and the runs whose interval overlaps the best run's
+are marked `~1`: within noise of the best, which that eval cannot tell apart from it. The
+leaderboard is printed and written to `<out>/leaderboard.md` and `<out>/leaderboard.json`, also
+after Ctrl-C (which stops the running runs, as above; a second Ctrl-C kills them). The exit
+status is 1 when no run finished. Secrets (a password in --base_url, an API key's value in
+--group) are masked in everything the runner prints or writes; the runs get them as given.
 Offline W&B runs upload later with `wandb sync <out>/*/wandb/offline-run-*` (as grouped runs;
 W&B only attaches runs to a sweep when a server-side sweep started them).
 """
@@ -63,6 +68,14 @@ from sweeps import (  # noqa: E402  (W&B's sweep engine, not this folder: it has
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.append(str(ROOT))  # after site-packages: `sweeps` stays W&B's engine, not this folder
+from common.evaluation import wilson_interval  # noqa: E402
+from common.runfiles import json_safe, read_run_config  # noqa: E402
+from common.secrets import redact, redact_name  # noqa: E402
+
+# Accuracies the leaderboard gives an interval: metric -> the run config field that says over
+# how many held-out problems it was measured.
+ACCURACY_PROBLEMS = {"eval/accuracy": "eval_problems"}
 RUNNER_FLAGS = ("wandb_mode", "wandb_group", "log_dir", "run_name")
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 MACROS = ("env", "interpreter", "program", "args", "args_no_hyphens", "args_no_equals",
@@ -178,9 +191,9 @@ def start(config: SweepConfig, suggestion: SweepRun, index: int, args: argparse.
         cmd.append(f"--wandb_project={args.project}")
     if args.base_url:  # every run on one server: a `python -m local_tinker serve`, say
         cmd.append(f"--base_url={args.base_url}")
-    print(f"[sweep] start {log_dir.name}: {shlex.join(cmd)}", flush=True)
+    print(redact(f"[sweep] start {log_dir.name}: {shlex.join(cmd)}"), flush=True)
     with (log_dir / "stdout.log").open("w") as log:  # the child keeps its own descriptor
-        log.write(f"$ {shlex.join(cmd)}\n")
+        log.write(redact(f"$ {shlex.join(cmd)}\n"))
         log.flush()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # Ctrl-C reaches the runner only
@@ -266,7 +279,9 @@ def run_sweep(config: SweepConfig, args: argparse.Namespace, trials: list[Trial]
 
 
 def leaderboard(trials: list[Trial], metric: dict[str, str] | None) -> list[dict[str, Any]]:
-    """Finished and stopped runs ranked by the metric's best value, then the rest (unranked)."""
+    """Finished and stopped runs ranked by the metric's best value, ties by its last value, then
+    by start order; the rest follow, unranked. Accuracies carry their interval and a mark on
+    the runs within noise of the best (see the module docstring)."""
     name, goal = (metric or {}).get("name"), (metric or {}).get("goal", "minimize")
     rows = []
     for t in trials:
@@ -279,31 +294,62 @@ def leaderboard(trials: list[Trial], metric: dict[str, str] | None) -> list[dict
         state = state_of(t.run)
         rows.append({"rank": None, "name": t.run.name, "state": state, "exit_code": t.exit_code,
                      "params": t.params, "metric": best, "final": final,
+                     "interval": accuracy_interval(name, best, t.log_dir), "within_noise": None,
                      "seconds": round(t.seconds, 1), "log_dir": str(t.log_dir)})
     sign = -1 if goal == "maximize" else 1
     ranked = sorted((r for r in rows if r["state"] in ("finished", "stopped")
-                     and r["metric"] is not None), key=lambda r: sign * r["metric"])
+                     and r["metric"] is not None),
+                    key=lambda r: (sign * r["metric"],
+                                   math.inf if r["final"] is None else sign * r["final"]))
     for rank, row in enumerate(ranked, start=1):
         row["rank"] = rank
+    if ranked and ranked[0]["interval"]:
+        low, high = ranked[0]["interval"]
+        for row in ranked:
+            row["within_noise"] = bool(row["interval"] and row["interval"][0] <= high
+                                       and row["interval"][1] >= low)
     return ranked + [r for r in rows if r["rank"] is None]
+
+
+def accuracy_interval(metric: str | None, value: float | None, log_dir: Path
+                      ) -> list[float] | None:
+    """The Wilson 95% interval of an accuracy measured over the run's N held-out problems
+    (None for other metrics, or when N is unknown)."""
+    field = ACCURACY_PROBLEMS.get(metric or "")
+    try:
+        problems = read_run_config(log_dir).get(field) if field else None
+    except ValueError:  # a damaged config.yaml: no interval, the rest of the board stands
+        problems = None
+    if value is None or not isinstance(problems, int) or problems < 1 or not 0 <= value <= 1:
+        return None
+    return list(wilson_interval(round(value * problems), problems))
 
 
 def markdown(rows: list[dict[str, Any]], config: SweepConfig, args: argparse.Namespace) -> str:
     metric = config.get("metric") or {"name": "-", "goal": "-"}
     swept = swept_names(config)
     best = {"maximize": "max", "minimize": "min"}.get(metric["goal"], "best")
-    lines = [f"Sweep {args.sweep} ({config['method']}), W&B group `{args.group}`: ranked by the "
-             f"best {metric['name']} ({best}, as in the runs' W&B summary); final = the last "
-             "logged value; stopped runs rank with what they reached.", "",
-             f"| rank | run | state | {', '.join(swept)} | {metric['name']} ({best}) | final "
-             "| time |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    noise = any(r["interval"] for r in rows)
+    lines = [redact(f"Sweep {args.sweep} ({config['method']}), W&B group `{args.group}`: ranked "
+                    f"by the best {metric['name']} ({best}, as in the runs' W&B summary), ties by "
+                    "the last; final = the last logged value; stopped runs rank with what they "
+                    "reached." + (" 95% CI: Wilson interval over the run's held-out problems; "
+                                  "~1: the interval overlaps the best run's (within noise)."
+                                  if noise else "")), "",
+             f"| rank | run | state | {', '.join(swept)} | {metric['name']} ({best}) | "
+             + ("95% CI | ~1 | " if noise else "") + "final | time |",
+             "| --- | --- | --- | --- | --- | " + ("--- | --- | " if noise else "")
+             + "--- | --- |"]
     for r in rows:
         params = ", ".join(f"{r['params'][k]:.4g}" if isinstance(r["params"][k], float)
                            else str(r["params"][k]) for k in swept)
         state = r["state"] if r["state"] != "failed" else f"failed (exit {r['exit_code']})"
+        interval = (f"[{r['interval'][0]:.3f}, {r['interval'][1]:.3f}] | "
+                    f"{'~1' if r['within_noise'] else ''} | ") if noise else ""
+        if noise and not r["interval"]:
+            interval = "- |  | "
         lines.append(f"| {r['rank'] or '-'} | {r['name']} | {state} | {params} | "
-                     f"{_num(r['metric'])} | {_num(r['final'])} | {r['seconds']:.0f}s |")
+                     f"{_num(r['metric'])} | {interval}{_num(r['final'])} | {r['seconds']:.0f}s |")
     return "\n".join(lines) + "\n"
 
 
@@ -338,9 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.parallel < 1 or (args.count is not None and args.count < 1):
         parser.error("--parallel and --count must be >= 1")
     args.group = args.group or f"{args.sweep.stem}-{datetime.now():%Y%m%d-%H%M%S}"
-    args.out = (args.out or Path("runs") / "sweeps" / args.group).resolve()
+    args.out = (args.out or Path("runs") / "sweeps" / redact_name(args.group)).resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sweep.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    (args.out / "sweep.yaml").write_text(redact(yaml.safe_dump(dict(config), sort_keys=False)))
 
     trials: list[Trial] = []
     # SIGTERM (a scheduler, `docker stop`) ends the sweep the way Ctrl-C does: runs stopped.
@@ -355,11 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = leaderboard(trials, config.get("metric"))
     table = markdown(rows, config, args)
     print("\n" + table, end="")
-    (args.out / "leaderboard.md").write_text(f"# Leaderboard: {args.group}\n\n{table}")
-    (args.out / "leaderboard.json").write_text(json.dumps(
+    (args.out / "leaderboard.md").write_text(redact(f"# Leaderboard: {args.group}\n\n{table}"))
+    (args.out / "leaderboard.json").write_text(json.dumps(redact(json_safe(
         {"sweep": str(args.sweep), "group": args.group, "method": config["method"],
-         "metric": config.get("metric"), "ranked_by": "best (min or max by goal) metric value",
-         "runs": rows}, indent=2) + "\n")
+         "metric": config.get("metric"), "ranked_by": "best (min or max by goal) metric value, "
+         "ties by the last value, then start order", "runs": rows})), indent=2) + "\n")
     print(f"[sweep] {len(trials)} runs in {args.out} (leaderboard.md, leaderboard.json)")
     return 0 if any(r["state"] == "finished" for r in rows) else 1
 

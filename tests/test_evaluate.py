@@ -55,7 +55,8 @@ def test_eval_json_agrees_with_every_sampled_row(arithmetic_eval, sft_runs):
     final = [c for c in read_jsonl(sft_runs[0] / "checkpoints.jsonl")
              if c["kind"] == "sampler"][-1]["path"]
     assert [m["path"] for m in saved["models"]] == [None, final]
-    samples = read_jsonl(run_dir / "samples.jsonl")
+    samples = [r for r in read_jsonl(run_dir / "samples.jsonl")
+               if r["table"] == "evaluate/samples"]
     for model in saved["models"]:
         rows = [r for r in samples if r["model"] == model["label"]]
         correct = sum(r["correct"] for r in rows)
@@ -106,17 +107,32 @@ def test_eval_is_a_wandb_run_in_the_training_runs_group(arithmetic_eval, sft_run
     assert run_record["run_group"] == train_record["run_group"] != "sft-a"
     assert run_record["project"] == train_record["project"] == "tinker-experiments-local"
     base, trained = report["models"]
-    assert wandb_run.summary["eval/accuracy"] == pytest.approx(trained["accuracy"])
-    (table,) = wandb_run.tables["eval_samples"]
-    assert len(table.rows) == 2 * 12
-    assert {r["model"] for r in table.rows} == {"base:tiny-instruct", "sft-a"}
-    assert {"completion", "answer", "reward", "correct"} <= set(table.columns)
-    assert any(row.get("eval/accuracy_plot._type") == "image-file" for row in wandb_run.history)
+    # On the group's step axis: the base model at step 0, the checkpoint at its training step.
+    final_step = read_jsonl(sft_runs[0] / "checkpoints.jsonl")[-1]["step"]
+    points = [r for r in wandb_run.history if "evaluate/accuracy" in r]
+    assert [(r["train/global_step"], r["evaluate/accuracy"]) for r in points] == [
+        (0, pytest.approx(base["accuracy"])), (final_step, pytest.approx(trained["accuracy"]))]
+    assert wandb_run.summary["evaluate/accuracy"] == {
+        "max": pytest.approx(max(base["accuracy"], trained["accuracy"])),
+        "last": pytest.approx(trained["accuracy"])}
+    keys = {k for row in wandb_run.history for k in row}
+    assert not [k for k in keys if "sft-a" in k or "base" in k or k.startswith("eval/")]
+    results = wandb_run.incremental_table("evaluate/results")
+    rows = [r for t in results for r in t.rows]
+    assert [(r["model"], r["part"]) for r in rows if r["part"] == "all"] == [
+        ("base:tiny-instruct", "all"), ("sft-a", "all")]
+    assert {(r["model"], r["global_step"]) for r in rows} == {
+        ("base:tiny-instruct", None), ("sft-a", final_step)}
+    shown = [r for t in wandb_run.incremental_table("evaluate/samples") for r in t.rows]
+    assert len(shown) == 2 * 12 and {r["model"] for r in shown} == {"base:tiny-instruct", "sft-a"}
+    assert "samples" not in wandb_run.tables  # the training runs' key, with other columns
+    assert any(row.get("evaluate/accuracy_plot._type") == "image-file"
+               for row in wandb_run.history)
 
 
 def test_eval_run_uses_the_training_runs_checkpoint_artifact(arithmetic_eval, sft_runs):
     """W&B lineage: the training run logged `model-<id>` (a reference to the final sampler
-    weights); the eval run declares the same artifact (same digest) as its input."""
+    weights); the eval run names the version it scored (online: `run.use_artifact`)."""
     _, run_dir = arithmetic_eval
     train_id = (sft_runs[0] / "wandb_run_id").read_text()
     final = [c for c in read_jsonl(sft_runs[0] / "checkpoints.jsonl") if c["kind"] == "sampler"][-1]
@@ -124,13 +140,12 @@ def test_eval_run_uses_the_training_runs_checkpoint_artifact(arithmetic_eval, sf
                  if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
     assert logged["name"] == f"model-{train_id}"
     assert {"final", "latest", f"step-{final['step']:06d}"} <= set(logged["aliases"])
-    (used,) = [r["artifact"] for r in read_offline_run(run_dir).records
-               if r["type"] == "artifact" and r["artifact"].get("use_after_commit")]
-    assert used["name"] == logged["name"] and used["type"] == "model"
-    assert used["digest"] == logged["digest"]  # W&B matches the input to the logged version
-    assert [e["ref"] for e in used["manifest"]["contents"]] == [final["path"]]
-    assert json.loads(used["metadata"]) == json.loads(logged["metadata"])
-    assert json.loads(used["metadata"])["state_path"].endswith("/weights/final")
+    # Offline, W&B's public API cannot declare an input: the summary names the version read
+    # (docs/wandb.md: lineage), and the eval run logs no artifact of the training run's.
+    eval_run = read_offline_run(run_dir)
+    assert eval_run.summary["evaluate/inputs"] == [f"{logged['name']}:step-{final['step']:06d}"]
+    assert not [r for r in eval_run.records if r["type"] == "artifact"
+                and r["artifact"]["type"] == "model"]
 
 
 def test_compare_reports_finals_bests_and_config_differences(sft_runs, tmp_path):

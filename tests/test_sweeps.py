@@ -22,6 +22,7 @@ import yaml
 
 import sweeps
 from common.cli import parse_config
+from common.evaluation import wilson_interval
 from tests.wandb_records import read_offline_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -321,3 +322,73 @@ def test_offline_sft_lr_grid(tmp_path, local_server):
     table = (out / "leaderboard.md").read_text()
     assert table.index(runs[0]["name"]) < table.index(runs[1]["name"])
     assert "eval/loss" in table
+
+
+# --- secrets and a leaderboard that says what is noise
+
+ACCURACY_FAKE = textwrap.dedent('''\
+    import argparse, json, pathlib
+    p = argparse.ArgumentParser()
+    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--eval_problems", type=int, default=99)
+    args, _ = p.parse_known_args()  # --wandb_group, --base_url, ... as the runner passes them
+    out = pathlib.Path(next(a.split("=", 1)[1] for a in __import__("sys").argv
+                            if a.startswith("--log_dir=")))
+    (out / "config.yaml").write_text(json.dumps(vars(args)))
+    # accuracy per lr: its best and its last (a tie on the best is broken by the last)
+    curve = {1.0: [0.50, 0.60], 2.0: [0.60, 0.55], 3.0: [0.60, 0.58], 4.0: [0.30, 0.35]}[args.lr]
+    with open(out / "metrics.jsonl", "w") as f:
+        for step, accuracy in enumerate(curve, start=1):
+            f.write(json.dumps({"step": step, "eval/accuracy": accuracy}) + "\\n")
+''')
+
+
+def accuracy_sweep(tmp_path: Path, **parameters) -> Path:
+    program = tmp_path / "fake_rl.py"
+    program.write_text(ACCURACY_FAKE)
+    path = tmp_path / "acc.yaml"
+    path.write_text(yaml.safe_dump({
+        "program": str(program), "method": "grid", "parameters": parameters,
+        "metric": {"name": "eval/accuracy", "goal": "maximize"}}))
+    return path
+
+
+def test_leaderboard_breaks_ties_by_the_last_value_and_marks_runs_within_noise(tmp_path):
+    path = accuracy_sweep(tmp_path, lr={"values": [1.0, 2.0, 3.0, 4.0]},
+                          eval_problems={"value": 99})
+    result = run_runner(path, "--out", tmp_path / "out", "--poll", "0.1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = read_board(tmp_path / "out")
+    # 3.0 and 2.0 tie on their best (0.60); 3.0's last value is higher. 1.0's best is the same
+    # 0.60 too, and its last is the highest of all.
+    assert [(r["params"]["lr"], r["rank"], r["metric"], r["final"]) for r in runs] == [
+        (1.0, 1, 0.6, 0.6), (3.0, 2, 0.6, 0.58), (2.0, 3, 0.6, 0.55), (4.0, 4, 0.35, 0.35)]
+    assert runs[0]["interval"] == pytest.approx(list(wilson_interval(59, 99)))
+    # 0.35 over 99 problems is outside 0.60's interval; the ties are within it.
+    assert [r["within_noise"] for r in runs] == [True, True, True, False]
+    table = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "95% CI" in table and table.count("] | ~1 |") == 3 and "[0.266, 0.452] |  |" in table
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    json.loads((tmp_path / "out" / "leaderboard.json").read_text(), parse_constant=refuse)
+
+
+def test_secrets_in_base_url_and_group_reach_no_output_of_the_runner(tmp_path, monkeypatch):
+    secret = "grp-s3cr3t-0123456789"
+    monkeypatch.setenv("MY_TEAM_TOKEN", secret)
+    path = accuracy_sweep(tmp_path, lr={"values": [1.0]})
+    result = subprocess.run(
+        [sys.executable, str(RUNNER), str(path), "--group", f"team-{secret}", "--base_url",
+         "http://user:PASSWORD-xyz@127.0.0.1:1", "--poll", "0.1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=HANG_CAP_S)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASSWORD-xyz" not in result.stdout + result.stderr
+    assert secret not in result.stdout + result.stderr and "http://user:***@" in result.stdout
+    (out,) = (tmp_path / "runs" / "sweeps").iterdir()
+    assert secret not in out.name
+    for file in out.rglob("*"):
+        if file.is_file():
+            assert b"PASSWORD-xyz" not in file.read_bytes() and secret.encode() not in \
+                file.read_bytes(), file
+    assert json.loads((out / "leaderboard.json").read_text())["group"] == "team-***"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -12,9 +13,17 @@ import numpy as np
 import pytest
 import yaml
 
-from common.runfiles import read_checkpoints
+from common.runfiles import ROOT, find_run_dir, read_checkpoints
 from common.secrets import MASK, is_secret_key, redact, secret_values
-from common.tracking import Tracker, has_wandb_credentials, resolve_wandb_mode, run_name
+from common.tracking import (
+    STEP_METRIC,
+    Tracker,
+    check_wandb_settings,
+    has_wandb_credentials,
+    requeued_run_dir,
+    resolve_wandb_mode,
+    run_name,
+)
 from tests.wandb_records import read_offline_run
 
 SAMPLE_COLUMNS = ["step", "prompt", "completion", "reward"]
@@ -68,7 +77,7 @@ def test_offline_run_round_trip(tmp_path: Path) -> None:
     # metrics.jsonl and W&B history hold exactly the same values for every step.
     metrics = read_jsonl(tmp_path / "metrics.jsonl")
     for file_row, wb_row in zip(metrics, wb.history, strict=True):
-        assert file_row.pop("step") == wb_row["_step"]
+        assert file_row.pop("step") == wb_row["_step"] == wb_row.pop("train/global_step")
         assert isinstance(file_row.pop("_time"), float)
         assert file_row == {k: v for k, v in wb_row.items() if not k.startswith("_")}
     assert metrics[4]["train/loss"] == 0.2 and metrics[0]["train/tokens"] == 10
@@ -140,6 +149,7 @@ def test_failed_online_init_falls_back_to_offline(
 
     monkeypatch.setattr(wandb, "init", init)
     tracker = make_tracker(tmp_path, mode="online")
+    tracker.wait_for_wandb()  # W&B starts on the worker thread
     assert modes == ["online", "offline"] and tracker.wandb_mode == "offline"
     assert "W&B online init failed (RuntimeError: no route" in capsys.readouterr().out
 
@@ -210,9 +220,13 @@ def test_resume_continues_the_same_run_without_duplicate_steps(tmp_path: Path) -
     steps = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")]
     assert steps == [0, 1, 2, 3, 4, 5]
     assert [c["name"] for c in read_checkpoints(tmp_path)] == ["000002"]
+    # The first attempt holds steps 3 and 4, which this one redoes: it is set aside, and this
+    # attempt logs the steps it kept (0-2) again from metrics.jsonl: every step once.
     wb = read_offline_run(tmp_path)
-    assert wb.run_ids == [run_id, run_id]
-    assert wb.history[-1]["_step"] == 5 and wb.history[-1]["train/loss"] == 5.5
+    assert wb.run_ids == [run_id]
+    assert [(r["_step"], r["train/loss"]) for r in wb.history] == [
+        (0, 0.0), (1, 1.0), (2, 2.0), (3, 3.5), (4, 4.5), (5, 5.5)]
+    assert len(list((tmp_path / "wandb" / "incomplete").glob(f"offline-run-*-{run_id}"))) == 1
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
 
 
@@ -410,7 +424,7 @@ def test_a_resumed_run_continues_the_samples_table_from_its_checkpoint(tmp_path:
     wb = read_offline_run(tmp_path)
     increments = wb.tables["samples"]
     assert {t.info["_type"] for t in increments} == {"incremental-table-file"}
-    assert [t.info["increment_num"] for t in increments] == [0, 1, 2, 3, 4, 5]
+    assert [t.info["increment_num"] for t in increments] == [0, 1, 2]
     # What W&B's UI shows for the table at the end: this attempt's increments, starting with
     # the rows kept from the killed one; every sampled step once, none past the checkpoint.
     shown = wb.incremental_table("samples")
@@ -418,7 +432,7 @@ def test_a_resumed_run_continues_the_samples_table_from_its_checkpoint(tmp_path:
         ["first 2", "first 4"], ["again 6"], ["again 8"]]
     assert [s["completion"] for s in read_jsonl(tmp_path / "samples.jsonl")] == [
         "first 2", "first 4", "again 6", "again 8"]
-    # Metrics the killed attempt had logged before its checkpoint are still replayed first.
+    # The steps the killed attempt had logged before its checkpoint are logged again.
     assert [r["_step"] for r in wb.history if "train/loss" in r] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
@@ -487,13 +501,15 @@ def test_the_loop_does_not_wait_for_wandb(tmp_path: Path, monkeypatch: pytest.Mo
     import threading
 
     tracker = make_tracker(tmp_path)
+    tracker.wait_for_wandb()  # W&B starts on the worker thread
     release, given = threading.Event(), []
     real_log = tracker._run.log
 
-    def busy_log(values, step):
+    def busy_log(values, step, **kwargs):
         release.wait(120)
-        given.append(step)
-        real_log(values, step=step)
+        if values:  # not the end's commit of the last step ({})
+            given.append(step)
+        real_log(values, step=step, **kwargs)
     monkeypatch.setattr(tracker._run, "log", busy_log)
     for step in (1, 2, 3):
         tracker.log({"train/loss": 1.0 / step}, step)
@@ -507,23 +523,220 @@ def test_the_loop_does_not_wait_for_wandb(tmp_path: Path, monkeypatch: pytest.Mo
         (1, 1.0), (2, 0.5), (3, 1 / 3)]
 
 
-def test_logging_a_table_to_wandb_does_not_import_pandas(tmp_path: Path) -> None:
-    """W&B would import pandas (~1 s) at the first table or None it logs; the run never uses it."""
+# --- round two: names, redaction, the step axis, settings W&B refuses -------------------------
+
+def run_record(run_dir: Path) -> list[dict]:
+    return wandb_records(run_dir, "run")
+
+
+def test_secrets_in_names_group_tags_and_notes_are_masked_in_the_wandb_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "s3cr3t-value-0123456789"
+    monkeypatch.setenv("MY_SERVICE_TOKEN", secret)
+    tracker = Tracker(tmp_path, project="tracking-test", mode="offline", run_name=f"run-{secret}",
+                      group=f"group-{secret}", job_type="sft", config={},
+                      tags=[f"tag-{secret}"[:20], secret], notes=f"tried with {secret} today")
+    tracker.log_table("samples", ["prompt"], [[f"say {secret}"]], 1)
+    tracker.finish()
+    (run,) = run_record(tmp_path)
+    assert run["notes"] == f"tried with {MASK} today"
+    assert MASK in run["tags"] and not [t for t in run["tags"] if secret in t]
+    assert run["display_name"] == f"run-{MASK}" and run["run_group"] == f"group-{MASK}"
+    assert read_offline_run(tmp_path).table("samples").rows == [{"prompt": f"say {MASK}"}]
+    for path in tmp_path.rglob("*"):
+        assert not path.is_file() or secret.encode() not in path.read_bytes(), path
+
+
+def test_a_resumed_run_keeps_its_display_name(tmp_path: Path) -> None:
+    with make_tracker(tmp_path) as tracker:
+        tracker.log({"train/loss": 1.0}, step=1)
+        tracker.stopped(143)
+    resumed = Tracker(tmp_path, project="tracking-test", mode="offline", resume=True,
+                      run_name="test-run-resumed-later", group="tests", job_type="sft",
+                      config={})
+    assert resumed.run_name == "test-run"
+    resumed.truncate_after(1)
+    resumed.log({"train/loss": 0.5}, step=2)
+    resumed.finish()
+    assert [r["display_name"] for r in run_record(tmp_path)] == ["test-run", "test-run"]
+    assert (tmp_path / "wandb_run_name").read_text() == "test-run"
+
+
+def test_evaluations_log_at_their_checkpoints_training_step(tmp_path: Path) -> None:
+    """A training run (eval/accuracy at steps 3 and 6) and an evaluation of its checkpoints:
+    both on train/global_step, the evaluation's points at 0 (base), 3 and 6 under evaluate/*,
+    per-part rows in a table, no key naming a model, one summary shape per key."""
+    with make_tracker(tmp_path / "train") as train:
+        for step in range(1, 7):
+            train.log({"train/loss": 1.0 / step, **({"eval/accuracy": step / 10} if step % 3 == 0
+                                                    else {})}, step)
+    label = "train_rl-tiny-lr2e-04-bs8-s0-20261205-172001"
+    evaluation = Tracker(tmp_path / "eval", project="tracking-test", mode="offline",
+                         run_name="evaluate-tiny", group="tests", job_type="eval", config={})
+    for step, accuracy in ((None, 0.1), (3, 0.4), (6, 0.3)):
+        evaluation.log_evaluation(
+            "base:tiny-instruct" if step is None else f"{label}#{step}", step,
+            {"accuracy": accuracy, "accuracy_low": accuracy - 0.1, "n": 99},
+            parts=[{"part": "pairs=3", "accuracy": accuracy / 2, "n": 33}],
+            samples=[{"completion": "<answer>7</answer>", "correct": True}])
+    evaluation.finish()
+
+    wb = read_offline_run(tmp_path / "eval")
+    assert [(r["_step"], r["train/global_step"], r["evaluate/accuracy"]) for r in wb.history] == [
+        (0, 0, 0.1), (1, 3, 0.4), (2, 6, 0.3)]
+    keys = {k for row in wb.history for k in row}
+    assert {"evaluate/accuracy", "evaluate/accuracy_low", "evaluate/n"} <= keys
+    assert not [k for k in keys if "tiny" in k or "172001" in k or k.startswith("eval/")]
+    rows = [r for t in wb.incremental_table("evaluate/results") for r in t.rows]
+    assert [(r["model"], r["global_step"], r["part"], r["accuracy"]) for r in rows] == [
+        ("base:tiny-instruct", None, "all", 0.1), ("base:tiny-instruct", None, "pairs=3", 0.05),
+        (f"{label}#3", 3, "all", 0.4), (f"{label}#3", 3, "pairs=3", 0.2),
+        (f"{label}#6", 6, "all", 0.3), (f"{label}#6", 6, "pairs=3", 0.15)]
+    assert len([r for t in wb.incremental_table("evaluate/samples") for r in t.rows]) == 3
+    # Every key of both runs is charted against train/global_step.
+    for run_dir in (tmp_path / "train", tmp_path / "eval"):
+        metrics = wandb_records(run_dir, "metric")
+        assert {"name": STEP_METRIC, "options": {"defined": True}} in metrics
+        assert [m for m in metrics if m.get("glob_name") == "*"][0]["step_metric"] == STEP_METRIC
+        assert all(m["step_metric"] == STEP_METRIC for m in metrics if "summary" in m)
+    # The same summary shape for an accuracy in either kind of run.
+    assert read_offline_run(tmp_path / "train").summary["eval/accuracy"] == {
+        "max": 0.6, "last": 0.6}
+    assert wb.summary["evaluate/accuracy"] == {"max": 0.4, "last": 0.3}
+
+
+def test_the_run_id_of_wandb_agent_names_the_run_and_finds_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("WANDB_RUN_ID", "agent123")
+    assert requeued_run_dir(runs) is None  # a new run: no directory holds the id yet
+    sweep_run = runs / "sweeps" / "rl-lr" / "rl-lr-03"
+    make_tracker(sweep_run, mode="disabled").finish()
+    assert (sweep_run / "wandb_run_id").read_text() == "agent123"
+    make_tracker(runs / "other", mode="disabled").finish()
+    (runs / "other" / "wandb_run_id").write_text("other123")
+    assert requeued_run_dir(runs) == sweep_run
+    monkeypatch.delenv("WANDB_RUN_ID")
+    assert requeued_run_dir(runs) is None
+    assert find_run_dir("other123", runs) == runs / "other"
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("wandb_project", "team/project", "W&B names cannot contain"),
+    ("wandb_project", "p" * 129, "129 characters; W&B takes at most 128"),
+    ("wandb_project", "  ", "empty"),
+    ("wandb_entity", "a:b", "W&B names cannot contain"),
+    ("wandb_group", "g" * 200, "200 characters"),
+    ("run_name", "n" * 129, "129 characters"),
+    ("wandb_tags", ["ok", "t" * 65], "65 characters; a W&B tag has 1 to 64"),
+    ("wandb_tags", [""], "0 characters"),
+])
+def test_settings_wandb_would_refuse_are_refused_naming_the_flag(flag, value, message) -> None:
+    import types
+
+    import wandb
+
+    cfg = types.SimpleNamespace(wandb_mode="offline", wandb_project=None, wandb_entity=None,
+                                wandb_group=None, run_name=None, wandb_tags=[])
+    setattr(cfg, flag, value)
+    with pytest.raises(ValueError, match=re.escape(message)) as refused:
+        check_wandb_settings(cfg)
+    assert str(refused.value).startswith(f"--{flag} ") and "\n" not in str(refused.value)
+    if flag in ("wandb_project", "wandb_tags") and str(value).strip():
+        # W&B's own settings refuse the same values (at wandb.init, where the run would lose W&B).
+        name = {"wandb_project": "project", "wandb_tags": "run_tags"}[flag]
+        with pytest.raises(Exception):  # noqa: B017, PT011 - W&B raises UsageError / ValueError
+            wandb.Settings(**{name: value})
+    check_wandb_settings(types.SimpleNamespace(**{**vars(cfg), "wandb_mode": "disabled"}))
+
+
+def test_a_bad_wandb_project_stops_a_script_before_it_starts(tmp_path: Path) -> None:
     import subprocess
 
-    code = f"""
-import sys
-from common.tracking import Tracker
-with Tracker({str(tmp_path)!r}, project="p", mode="offline", run_name="n", group=None,
-             job_type="sft", config={{}}) as tracker:
-    tracker.log({{"train/loss": 1.0}}, 1)
-    tracker.log_table("samples", ["step", "completion"], [[1, "foo"]], 1)
-    tracker.set_summary({{"checkpoint/last": None}})
-print("pandas imported:", "pandas" in sys.modules)
-"""
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
-                         timeout=300, check=True).stdout
-    assert "pandas imported: False" in out
-    table = read_offline_run(tmp_path).tables["samples"][0]
-    assert table.data == [[1, "foo"]]
+    done = subprocess.run(
+        [sys.executable, str(root / "train_sft.py"), "--backend", "local", "--wandb_mode",
+         "offline", "--wandb_project", "team/project", "--log_dir", str(tmp_path / "run")],
+        cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: --wandb_project 'team/project': W&B names cannot contain / \\ # ? % : (found /)"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_wandb_config_paths_are_relative_and_summary_json_is_valid_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = {"log_dir": str(tmp_path / "runs" / "a"), "heldout": str(ROOT / "data" / "h.jsonl"),
+              "checkpoint": [str(tmp_path / "runs" / "b"), "tinker://x/sampler_weights/final"],
+              "elsewhere": "/opt/data", "model": "tiny"}
+    with make_tracker(tmp_path / "runs" / "a", config=config) as tracker:
+        tracker.set_summary({"eval/loss": float("nan"), "best": float("inf")})
+    assert read_offline_run(tmp_path / "runs" / "a").config == {
+        "log_dir": "runs/a", "heldout": "data/h.jsonl",
+        "checkpoint": ["runs/b", "tinker://x/sampler_weights/final"], "elsewhere": "/opt/data",
+        "model": "tiny"}
+    text = (tmp_path / "runs" / "a" / "summary.json").read_text()
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+    summary = json.loads(text, parse_constant=refuse)
+    assert summary["eval/loss"] is None and summary["best"] is None
+
+
+def test_wandbs_start_overlaps_what_the_script_does_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """W&B's start (import, service, init: ~1 s) runs on the worker: the tracker is ready, and
+    the run's files take steps, while W&B is still starting; W&B then gets every step."""
+    import threading
+
+    import wandb
+
+    real_init, release = wandb.init, threading.Event()
+
+    def slow_init(**kwargs):
+        assert release.wait(120), "the test never released W&B's start"
+        return real_init(**kwargs)
+    monkeypatch.setattr(wandb, "init", slow_init)
+    tracker = make_tracker(tmp_path)
+    tracker.log({"train/loss": 1.0}, 1)  # W&B has not started: the files have the step
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1]
+    assert not (tmp_path / "wandb").exists()
+    release.set()
+    tracker.log({"train/loss": 0.5}, 2)
+    tracker.finish()
+    assert [r["_step"] for r in read_offline_run(tmp_path).history] == [1, 2]
+
+
+def test_a_checkpoint_of_unknown_step_goes_to_the_tables_only(tmp_path: Path) -> None:
+    with make_tracker(tmp_path, config={}) as tracker:
+        tracker.log_evaluation("base:tiny", None, {"accuracy": 0.2})
+        tracker.log_evaluation("abc/final", None, {"accuracy": 0.5}, plot=False)
+    wb = read_offline_run(tmp_path)
+    assert [(r["train/global_step"], r["evaluate/accuracy"]) for r in wb.history
+            if "evaluate/accuracy" in r] == [(0, 0.2)]
+    rows = [r for t in wb.incremental_table("evaluate/results") for r in t.rows]
+    assert [(r["model"], r["accuracy"]) for r in rows] == [("base:tiny", 0.2), ("abc/final", 0.5)]
+
+
+def test_a_resumed_runs_summary_keeps_the_best_value_of_earlier_attempts(tmp_path: Path) -> None:
+    """W&B computes define_metric summaries per process: the attempt after a stop would report
+    max = its own best. The tracker sends the whole run's best and last (metrics.jsonl)."""
+    with make_tracker(tmp_path) as tracker:
+        for step, accuracy in ((3, 0.6), (5, 0.3)):
+            tracker.log({"eval/accuracy": accuracy, "train/loss": 1.0 / step}, step)
+        tracker.stopped(143)
+    with make_tracker(tmp_path, resume=True) as tracker:
+        tracker.truncate_after(5)
+        for step, accuracy in ((6, 0.4), (10, 0.5)):
+            tracker.log({"eval/accuracy": accuracy, "train/loss": 1.0 / step}, step)
+        tracker.set_summary({"eval/accuracy": 0.5})  # as end_of_run does
+    wb = read_offline_run(tmp_path)  # the summary updates of both attempts, merged in order
+    assert len(wb.run_ids) == 2  # the stopped attempt finished cleanly: it is kept
+    assert [r["_step"] for r in wb.history] == [3, 5, 6, 10]
+    assert wb.summary["eval/accuracy"] == {"max": 0.6, "last": 0.5}
+    assert wb.summary["train/loss"] == {"min": 0.1, "last": 0.1}

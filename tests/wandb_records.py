@@ -6,7 +6,12 @@ stored by W&B as files under `files/media/table/...table.json`; history rows onl
 them, so they are returned parsed. A resumed run writes one more `offline-run-*` directory
 for the same id (W&B adds `-1`, `-2` when two start in the same second): all are read, in
 order, and merged. An attempt killed with SIGKILL may have left no records at all (W&B's service
-died with it before writing); its directory is skipped.
+died with it before writing); its directory is skipped. Attempts the Tracker set aside (under
+`wandb/incomplete/`, out of what `wandb sync` is told to upload) are not read.
+
+`read_offline_run(run_dir, dirs=..., strict=True)` reads exactly the given attempt directories
+(what a `wandb sync` command names) and fails on any file W&B's reader finds incomplete: what
+`wandb sync` would stop at.
 """
 
 from __future__ import annotations
@@ -73,24 +78,34 @@ def offline_run_dirs(run_dir: Path) -> list[Path]:
     return sorted(Path(run_dir).glob("wandb/offline-run-*"), key=order)
 
 
-def read_records(wandb_file: Path) -> list[dict[str, Any]]:
-    """Every record of one .wandb file, as W&B's inspector prints it."""
+class IncompleteFile(AssertionError):
+    """W&B's reader stopped at a torn record, or found no record at all."""
+
+
+def read_records(wandb_file: Path, strict: bool = False) -> list[dict[str, Any]]:
+    """Every record of one .wandb file, as W&B's inspector prints it; `strict`: the file must
+    be whole (W&B's reader says when it ends in a torn record; `wandb sync` stops there)."""
     cmd = [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(wandb_file)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60)
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    if strict and ("incomplete" in done.stderr or not any(r["type"] == "run" for r in records)):
+        raise IncompleteFile(f"{wandb_file}: {done.stderr.strip() or 'no run record'}")
+    return records
 
 
-def read_offline_run(run_dir: Path) -> OfflineRun:
-    """Everything the offline W&B run(s) in `run_dir/wandb` recorded, merged in order."""
+def read_offline_run(run_dir: Path, dirs: list[Path] | None = None,
+                     strict: bool = False) -> OfflineRun:
+    """Everything the offline W&B run(s) in `run_dir/wandb` (or `dirs`, in that order)
+    recorded, merged in order; `strict`: every directory holds one whole .wandb file."""
     run = OfflineRun()
-    dirs = offline_run_dirs(run_dir)
+    dirs = offline_run_dirs(run_dir) if dirs is None else dirs
     assert dirs, f"no offline W&B run under {run_dir}/wandb"
     for offline_dir in dirs:
         wandb_files = list(offline_dir.glob("run-*.wandb"))
-        if not wandb_files:  # a process killed (SIGKILL) before W&B's service wrote anything
+        if not wandb_files and not strict:  # killed (SIGKILL) before W&B wrote anything
             continue
         (wandb_file,) = wandb_files
-        for record in read_records(wandb_file):
+        for record in read_records(wandb_file, strict):
             run.records.append(record)
             kind = record["type"]
             if kind == "run":
