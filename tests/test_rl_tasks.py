@@ -85,7 +85,8 @@ def test_evaluate_scores_any_task(tmp_path, task):
     assert model["label"] == "base:tiny-chat" and "reward" in model
     assert model["n"] == (2 if task[1].endswith(".parquet") else 3)  # 2 held-out rows of 4
     assert report["task"] == task[1]
-    samples = read_jsonl(tmp_path / "eval" / "samples.jsonl")
+    samples = [r for r in read_jsonl(tmp_path / "eval" / "samples.jsonl")
+               if r["table"] == "evaluate/samples"]
     assert len(samples) == model["n"] and all("completion" in s for s in samples)
 
 
