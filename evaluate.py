@@ -66,7 +66,14 @@ from common.evaluation import (
     summarize,
     summarize_chat,
 )
-from common.runfiles import CHECKPOINTS, RUN_ID, read_checkpoints, read_group, read_run_config
+from common.runfiles import (
+    CHECKPOINTS,
+    RUN_ID,
+    json_safe,
+    read_checkpoints,
+    read_group,
+    read_run_config,
+)
 from common.runs import check_owner, run_dir_of, stop_on_signals
 from common.secrets import redact
 from common.tasks import TaskConfig, make_task
@@ -306,7 +313,8 @@ def write_report(cfg: Config, results: list[dict[str, Any]], tracker: Tracker) -
     report = redact({"task": cfg.task, "data": data,
                      "sampling": {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens,
                                   "seed": cfg.seed}, "models": models})
-    (run_dir / "eval.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (run_dir / "eval.json").write_text(json.dumps(json_safe(report), indent=2, default=str,
+                                                  allow_nan=False) + "\n")
     text = results_markdown(cfg.task, models)
     (run_dir / "eval.md").write_text(redact(f"# Evaluation ({cfg.task}, {data})\n\n{text}\n"))
     print(text)

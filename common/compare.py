@@ -25,7 +25,7 @@ from simple_parsing.helpers import field
 from common.cli import run_main
 from common.config import require
 from common.evaluation import markdown_table
-from common.runfiles import METRICS, read_metrics, read_run_config
+from common.runfiles import METRICS, json_safe, read_metrics, read_run_config
 from common.runs import RUNS_DIR
 
 DEFAULT_KEYS = ("train/loss", "eval/loss", "reward/mean", "rl/accuracy", "eval/accuracy")
@@ -76,7 +76,8 @@ def main(cfg: Config) -> dict[str, Any]:
     (out_dir / "compare.md").write_text(f"# Comparison\n\n{text}\n")
     report = {"runs": {label: str(d) for label, d in zip(labels, dirs, strict=True)},
               "values": values, "config_differences": differences}
-    (out_dir / "compare.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out_dir / "compare.json").write_text(json.dumps(json_safe(report), indent=2, default=str,
+                                                     allow_nan=False) + "\n")
     kinds = {label: run_kind(config) for label, config in configs.items()}
     plot_curves(curves, kinds, keys, out_dir / "compare.png")
     print(text)
