@@ -40,8 +40,17 @@ from common.checkpoints import (
 from common.config import ConfigError, as_dict
 from common.costs import CostMeter
 from common.runfiles import (
+    ATTEMPTS,
+    CHECKPOINTS,
     CONFIG,
+    GIT_DIFF,
+    GROUP,
     METRICS,
+    RUN_ID,
+    RUN_NAME,
+    SAMPLES,
+    SUMMARY,
+    TABLES,
     read_checkpoints,
     read_group,
     read_metrics,
@@ -67,9 +76,8 @@ MAY_CHANGE = ("max_steps", "epochs", "save_every", "sample_every", "eval_every",
               "dry_run", "threads", "wandb_tags", "wandb_notes", "wandb_entity")
 # What a run directory may hold besides its own files: a directory holding anything else is
 # not a run directory, and a script will not write into it.
-RUN_FILES = (LOCK, "wandb", "rollouts", "config.yaml", "metrics.jsonl", "checkpoints.jsonl",
-             "samples.jsonl", "summary.json", "wandb_run_id", "wandb_group", "wandb_tables.json",
-             "wandb_name", "git_diff.patch", "eval.json", "eval.md", "accuracy.png",
+RUN_FILES = (LOCK, "wandb", "rollouts", CONFIG, METRICS, CHECKPOINTS, SAMPLES, SUMMARY, RUN_ID,
+             GROUP, TABLES, RUN_NAME, ATTEMPTS, GIT_DIFF, "eval.json", "eval.md", "accuracy.png",
              "stdout.log")  # the offline sweep runner's log of the run
 
 _held: dict[Path, IO[str]] = {}
