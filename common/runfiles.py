@@ -56,9 +56,16 @@ class RunFileError(ValueError):
     """A run directory's file is damaged; the message names the file and line."""
 
 
+def _not_a_directory(path: Path) -> None:
+    if path.is_dir():
+        raise RunFileError(f"{path}: damaged, a directory where the run keeps a file; move it "
+                           "aside")
+
+
 def read_run_config(run_dir: Path) -> dict[str, Any]:
     """The resolved config a run directory recorded ({} when it has none)."""
     path = Path(run_dir) / CONFIG
+    _not_a_directory(path)
     if not path.is_file():
         return {}
     try:
@@ -78,6 +85,7 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     """summary.json ({} when absent). It is derived data, rewritten on every update, so a
     damaged one is started over with a warning rather than stopping the run."""
     path = Path(run_dir) / SUMMARY
+    _not_a_directory(path)
     if not path.exists():
         return {}
     try:
@@ -92,8 +100,7 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 
 def read_group(run_dir: Path) -> str | None:
     """The W&B group a run directory's run joined (None for runs made before it was kept)."""
-    path = Path(run_dir) / GROUP
-    return path.read_text().strip() or None if path.is_file() else None
+    return read_text_file(Path(run_dir) / GROUP)
 
 
 def read_text_file(path: Path) -> str | None:
@@ -145,19 +152,28 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [row for _, row in read_jsonl(Path(run_dir) / METRICS)]
 
 
+CHECKPOINT_KINDS = ("state", "sampler")
+
+
 def read_checkpoints(run_dir: Path) -> list[dict[str, Any]]:
-    """The checkpoint records of a run, oldest first."""
-    return [row for _, row in read_jsonl(Path(run_dir) / CHECKPOINTS)]
-
-
-def read_samples(run_dir: Path) -> list[dict[str, Any]]:
-    """The samples-table rows of a run, in order."""
-    return [row for _, row in read_jsonl(Path(run_dir) / SAMPLES)]
+    """The checkpoint records of a run, oldest first; a record without a kind, name or path of
+    the kinds a run writes is damage, named by file and line."""
+    path = Path(run_dir) / CHECKPOINTS
+    records = read_jsonl(path)
+    for number, (_, row) in enumerate(records, start=1):
+        if (row.get("kind") not in CHECKPOINT_KINDS or not isinstance(row.get("path"), str)
+                or not isinstance(row.get("name"), str)):
+            raise RunFileError(f"{path} record {number}: damaged, not a checkpoint record "
+                               f"(needs kind {'/'.join(CHECKPOINT_KINDS)}, name and path); fix "
+                               "or delete that line")
+    return [row for _, row in records]
 
 
 def read_jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """(line, parsed) pairs. A last line with no newline is what a crash mid-write leaves: it
-    is skipped with a warning. A bad line anywhere else is damage: RunFileError names it."""
+    is skipped with a warning. A bad line anywhere else is damage: RunFileError names it, and so
+    is a record whose `step` is not a whole number."""
+    _not_a_directory(path)
     if not path.exists():
         return []
     try:
@@ -173,6 +189,10 @@ def read_jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
         except json.JSONDecodeError:
             row = None
         if isinstance(row, dict) and (not torn or "step" in row):
+            step = row.get("step")
+            if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+                raise RunFileError(f"{path} line {number}: damaged, its step is {step!r}, not a "
+                                   "whole number; fix or delete that line")
             pairs.append((line if line.endswith("\n") else line + "\n", row))
         elif torn:
             if _warned_torn.get(path) != line:
@@ -191,12 +211,6 @@ _warned_torn: dict[Path, str] = {}
 def jsonl_lines(rows: list[dict[str, Any]]) -> str:
     """Rows as JSON lines (values JSON cannot hold are written as their str())."""
     return "".join(json.dumps(row, default=str) + "\n" for row in rows)
-
-
-def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append rows to a JSON-lines file, on disk (the kernel's) when this returns."""
-    with path.open("a") as f:
-        f.write(jsonl_lines(rows))
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -769,10 +769,6 @@ class Tracker:
 
     # --- the end ------------------------------------------------------------------------------
 
-    def set_status(self, status: str) -> None:
-        """The status `finish` records instead of "finished" (e.g. "interrupted")."""
-        self._status = status
-
     def stopped(self, exit_code: int) -> None:
         """The run was stopped by a signal, cleanly (its checkpoint saved): `finish` ends the
         W&B run with this exit code, status "interrupted", marked preempting (resumable)."""

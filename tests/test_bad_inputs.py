@@ -400,6 +400,38 @@ RUN_DAMAGE = [  # (script, how the run dir copy is damaged, extra argv, regex)
      r"checkpoints.jsonl line 1: damaged"),
     ("compare", lambda r: damage_line(r / "metrics.jsonl", 1, "oops\n"), [],
      r"metrics.jsonl line 1: damaged"),
+    # Records that parse but are not what a run writes, and directories where files belong.
+    *[(script, damage, [], regex) for script in ("sft", "rl") for damage, regex in [
+        (lambda r: damage_line(r / "checkpoints.jsonl", 2, '{"step": 1, "name": "000001", '
+                               '"path": "tinker://x/weights/000001"}\n'),
+         r"checkpoints.jsonl record 2: damaged, not a checkpoint record"),
+        (lambda r: damage_line(r / "checkpoints.jsonl", 1, '{"step": 1, "kind": "weights", '
+                               '"name": "a", "path": "p"}\n'), r"checkpoints.jsonl record 1"),
+        (lambda r: damage_line(r / "checkpoints.jsonl", 1, '{"step": "1", "kind": "state", '
+                               '"name": "a", "path": "p"}\n'),
+         r"checkpoints.jsonl line 1: damaged, its step is '1'"),
+        (lambda r: damage_line(r / "metrics.jsonl", 1, '{"step": 1.5}\n'),
+         r"metrics.jsonl line 1: damaged, its step is 1.5"),
+        (lambda r: damage_line(r / "metrics.jsonl", 1, '{"step": -1}\n'),
+         r"metrics.jsonl line 1: damaged, its step is -1"),
+        (lambda r: damage_line(r / "metrics.jsonl", 1, '{"loss": 1}\n'),
+         r"metrics.jsonl line 1: damaged, its step is None"),
+        (lambda r: ((r / "metrics.jsonl").unlink(), (r / "metrics.jsonl").mkdir()),
+         r"metrics.jsonl: damaged, a directory where the run keeps a file"),
+        (lambda r: ((r / "checkpoints.jsonl").unlink(), (r / "checkpoints.jsonl").mkdir()),
+         r"checkpoints.jsonl: damaged, a directory"),
+        (lambda r: ((r / "config.yaml").unlink(), (r / "config.yaml").mkdir()),
+         r"config.yaml: damaged, a directory"),
+        (lambda r: ((r / "summary.json").unlink(), (r / "summary.json").mkdir()),
+         r"summary.json: damaged, a directory"),
+        (lambda r: (r / "metrics.jsonl").unlink(),
+         r"metrics.jsonl lacks steps \[1"),
+        (lambda r: damage_line(r / "metrics.jsonl", 1, '{"step": 7, "train/loss": 1}\n'),
+         r"metrics.jsonl lacks steps \[1\]"),
+        (lambda r: (r / "config.yaml").write_text(
+            (r / "config.yaml").read_text().replace("script: train_", "script: evaluate_")),
+         r"holds a evaluate_\w+ run"),
+    ]],
 ]
 
 
