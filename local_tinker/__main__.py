@@ -28,16 +28,21 @@ def main(argv: list[str] | None = None) -> int:
                        help="hold every result this long (simulates network round trips)")
     serve.add_argument("--fault_rate", type=float, default=0.0,
                        help="fail this share of requests with HTTP 503 (the SDK retries them)")
+    serve.add_argument("--threads", type=int, default=None,
+                       help="torch threads (default: one per core that other processes leave "
+                            "free, re-checked as the load changes; also LOCAL_TINKER_THREADS)")
     args = parser.parse_args(argv)
 
     from .models import UnknownModelError
     from .server import LocalTinkerServer, PortInUse, serve_forever
+    from .threads import InvalidThreads
 
     try:
         server = LocalTinkerServer(args.root, device=args.device, latency_s=args.latency_s,
-                                   fault_rate=args.fault_rate, preload=args.model)
+                                   fault_rate=args.fault_rate, preload=args.model,
+                                   threads=args.threads)
         serve_forever(server, args.host, args.port)
-    except (PortInUse, UnknownModelError) as exc:
+    except (PortInUse, UnknownModelError, InvalidThreads) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -246,11 +246,16 @@ class Runtime:
 
     def sample(self, sampler_id: str, requests: list[engine.SampleRequest]
                ) -> list[types.SampleResponse]:
+        return engine.run_to_end(self.sample_steps(sampler_id, requests))
+
+    def sample_steps(self, sampler_id: str, requests: list[engine.SampleRequest]
+                     ) -> Generator[None, None, list[types.SampleResponse]]:
+        """`sample` in resumable pieces (engine.sample_steps): the scheduler runs other lanes'
+        calls between them, so the sampler's weights are swapped back in for each piece."""
         sampler = self.sampler(sampler_id)
         sampler.last_used = time.monotonic()
-        with self._weights_applied(sampler) as model:
-            return engine.sample(model, sampler.base.tokenizer, requests,
-                                 sampler.base.stop_token_ids)
+        return engine.sample_steps(lambda: self._weights_applied(sampler),
+                                   sampler.base.tokenizer, requests, sampler.base.stop_token_ids)
 
     @contextlib.contextmanager
     def _weights_applied(self, sampler: Sampler) -> Iterator[torch.nn.Module]:

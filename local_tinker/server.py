@@ -46,6 +46,7 @@ from . import engine, wire
 from .models import available_models, load_base_model
 from .runtime import Runtime, UserError, default_root
 from .scheduler import Job, Scheduler
+from .threads import ThreadPolicy
 
 log = logging.getLogger("local_tinker")
 # The SDK insists on a key that starts with "tml-". This one only ever goes to a server on the
@@ -86,11 +87,12 @@ class LocalTinkerServer:
 
     def __init__(self, root: Path | None = None, *, device: str | None = None,
                  latency_s: float = 0.0, fault_rate: float = 0.0, fault_seed: int = 0,
-                 preload: list[str] | None = None) -> None:
+                 preload: list[str] | None = None, threads: int | None = None) -> None:
         self.root = Path(root) if root else default_root()
         self.runtime = Runtime(self.root, torch.device(
             device or ("cuda" if torch.cuda.is_available() else "cpu")))
-        self.scheduler = Scheduler()
+        # threads: torch threads (None: chosen from cores and load; local_tinker/threads.py)
+        self.scheduler = Scheduler(ThreadPolicy(threads))
         self.latency_s = latency_s
         self.fault_rate = fault_rate
         self.faults_injected = 0
@@ -455,7 +457,7 @@ class LocalTinkerServer:
         ids = [f"{sampler_id}:{body.seq_id}:{k}" for k in range(body.num_samples)]
         return self._new_future(
             sampler_id, None, seq_key=body.seq_id, payload=sample,
-            batch=lambda requests: self.runtime.sample(sampler_id, requests),
+            batch=lambda requests: self.runtime.sample_steps(sampler_id, requests),
             extra={"sample_sequence_ids": ids})
 
     # -- results --------------------------------------------------------------------------
