@@ -221,24 +221,25 @@ def run_to_end(steps: Generator[None, None, list[types.SampleResponse]]
 
 
 def sample_steps(model_scope: ModelScope, tokenizer, requests: Sequence[SampleRequest],
-                 default_stop_ids: Sequence[int], chunk_s: float = CHUNK_S
+                 default_stop_ids: Sequence[int], chunk_s: float | None = None
                  ) -> Generator[None, None, list[types.SampleResponse]]:
     """`sample`, resumable: it pauses (yields) after the prefill, after every `chunk_s` of
     decoding, and after each request's logprobs, so that the scheduler can run other lanes'
     calls in between; it returns the responses. `model_scope()` gives the model for each piece
     of work (the runtime swaps a sampler's weights back in, in case another lane used the same
     model meanwhile). Where the pauses fall changes nothing in the results."""
-    with model_scope() as model:
+    chunk_s = CHUNK_S if chunk_s is None else chunk_s
+    with model_scope() as model, torch.no_grad():
         generation = Generation(model, tokenizer, requests, default_stop_ids)
     while True:
         yield
-        with model_scope() as model:
+        with model_scope() as model, torch.no_grad():
             if generation.advance(model, chunk_s):
                 break
     responses = []
     for index in range(len(requests)):
         yield
-        with model_scope() as model:
+        with model_scope() as model, torch.no_grad():
             responses.append(generation.response(model, index))
     return responses
 
