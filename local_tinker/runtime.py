@@ -318,7 +318,7 @@ def _lora_model(base: BaseModel, lora: Mapping[str, Any], device: torch.device) 
     with torch.random.fork_rng(devices=[]):  # LoRA init from the client's seed, nothing global
         torch.manual_seed(lora["seed"])
         wrapped = peft.get_peft_model(model, config)
-    return wrapped.to(device).eval()
+    return engine.fuse_lora(wrapped.to(device).eval())
 
 
 def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

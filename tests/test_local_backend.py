@@ -347,3 +347,34 @@ def test_injected_faults_are_survived_with_identical_results(tmp_path):
     assert faults > 0
     for x, y in zip(clean, faulty, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_fused_lora_layers_compute_what_peft_does():
+    """engine.fuse_lora: every LoRA layer's output and its adapter gradients equal peft's own
+    forward (float rounding apart), for attention, MLP and unembedding layers."""
+    import torch
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    from local_tinker.models import load_base_model
+    from local_tinker.runtime import _lora_model
+
+    model = _lora_model(load_base_model("tiny-chat"), {
+        "rank": 4, "seed": 0, "train_mlp": True, "train_attn": True, "train_unembed": True},
+        torch.device("cpu"))
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    assert {type(m.base_layer).__name__ for m in layers} == {"Linear"} and len(layers) == 29
+    generator = torch.Generator().manual_seed(0)
+    for layer in layers:
+        assert layer.forward.__func__ is engine._fused_lora_forward
+        with torch.no_grad():  # a trained adapter: B is zero at init
+            layer.lora_B["default"].weight.normal_(generator=generator)
+        x = torch.randn(3, 5, layer.in_features, generator=generator)
+        grads = []
+        for forward in (layer.forward, lambda x, layer=layer: LoraLinear.forward(layer, x)):
+            out = forward(x)
+            (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+            grads.append((out.detach(), *(p.grad.clone() for p in (
+                layer.lora_A["default"].weight, layer.lora_B["default"].weight))))
+            layer.zero_grad(set_to_none=True)
+        for fused, plain in zip(*grads, strict=True):
+            torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
