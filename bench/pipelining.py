@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -247,7 +248,9 @@ def main() -> None:
                      f"got {args.steps}")
     import torch
 
-    torch.set_num_threads(args.torch_threads)
+    torch.set_num_threads(args.torch_threads)  # this process's own torch work
+    # The embedded servers' workers set their threads themselves (local_tinker/threads.py).
+    os.environ["LOCAL_TINKER_THREADS"] = str(args.torch_threads)
     shape = Shape(args.model, args.batch_size, args.group_size, args.max_tokens, args.pair_counts)
     root = Path(tempfile.mkdtemp(prefix="bench-pipelining-"))
     compute = service_times(shape, 0.0, root)

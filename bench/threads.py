@@ -34,7 +34,7 @@ SIDES = ("auto", "1", "2")
 CHOSE = re.compile(r"local backend: (?:now )?(\d+) torch threads? \(([^)]*)\)")
 
 
-def run_sft(side: str, steps: int, work: Path) -> dict:
+def run_sft(side: str, steps: int, work: Path, condition: str) -> dict:
     """One train_sft.py process: its wall time, loop time, and what the backend chose."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("OMP_NUM_THREADS", "LOCAL_TINKER_THREADS")}
@@ -52,8 +52,11 @@ def run_sft(side: str, steps: int, work: Path) -> dict:
         raise SystemExit(f"train_sft ({side} threads) failed with exit code {proc.returncode}")
     rows = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
     choices = CHOSE.findall(proc.stderr)
-    return {"wall_s": wall, "loop_s": sum(r["time/step"] for r in rows), "steps": len(rows),
-            "threads": [int(n) for n, _ in choices], "why": choices[0][1] if choices else ""}
+    run = {"wall_s": wall, "loop_s": sum(r["time/step"] for r in rows), "steps": len(rows),
+           "threads": [int(n) for n, _ in choices], "why": choices[0][1] if choices else ""}
+    print(f"  {condition} {side:>4}: wall {wall:.1f} s, loop {run['loop_s']:.1f} s, threads "
+          f"{run['threads']}, {load_note()}", flush=True)
+    return run
 
 
 def hogs(n: int, duty: float) -> list[subprocess.Popen]:
@@ -68,7 +71,8 @@ def measure(condition: str, args: argparse.Namespace, work: Path) -> dict[str, l
     spinning = hogs(args.hog, args.hog_duty) if condition == "hog" else []
     try:
         time.sleep(1.0 if spinning else 0.0)  # let the hogs show up in the CPU counters
-        return alternate({side: (lambda side=side: run_sft(side, args.steps, work))
+        return alternate({side: (lambda side=side: run_sft(side, args.steps, work,
+                                                           condition))
                           for side in SIDES}, args.repeats)
     finally:
         for proc in spinning:

@@ -145,10 +145,11 @@ class ThreadPolicy:
         if self.threads is None:
             self._first()
             return
-        if self._explicit is not None or self._last is None:
+        if (self._explicit is not None or self._last is None
+                or time.monotonic() - self._last.at < RECHECK_S):
             return
         now = self._sample()
-        if now is None or now.at - self._last.at < RECHECK_S:
+        if now is None:
             return
         threads, reason = self._measured(self._last, now)
         self._last = now
