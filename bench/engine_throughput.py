@@ -2,10 +2,11 @@
 
 Sampling: one RL step's worth (8 problems x 8 samples, up to 256 tokens at temperature 0.8)
 through `SamplingClient.sample` (eight requests submitted together, batched by the worker)
-against one `model.generate` call on the same model and the same 64 left-padded prompts.
+against one `model.generate` call on the same weights (a copy whose LoRA layers run peft's
+own forward, as a user's would) and the same 64 left-padded prompts.
 Training: `forward_backward` + `optim_step` on the 64 resulting RL datums (importance sampling)
 through the SDK and the local server, against the loop a user would write in-process on an
-identical LoRA model (same init, same data): one right-padded forward, the same per-token loss,
+identical peft LoRA model (same init, same data): one right-padded forward, the same per-token loss,
 backward, the same AdamW step. Both sides' losses are printed: they compute the same thing.
 
 One process; one untimed warm-up call per side, then the sides alternate in rotating order so
@@ -21,6 +22,7 @@ engine's worker takes --threads, and this process sets the same count for the ba
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import sys
@@ -88,13 +90,14 @@ def main() -> None:
         if not args.skip_sampling:
             rows["sampling (vs model.generate)"] = alternate(
                 args.repeats, lambda: (sample_tokens(sampler, prompts), None),
-                generate_call(server.runtime.models[trainer.model_id], prompts))
+                generate_call(stock_peft(server.runtime.models[trainer.model_id].model),
+                              server.runtime.models[trainer.model_id].base, prompts))
         data = rollout_data(sampler, prompts)
         # The baseline trains its own copy: the same LoRA init, made the same way.
         baseline = service.create_lora_training_client("tiny-chat", rank=32, seed=0).result()
         rows["train step (vs torch+peft loop)"] = alternate(
             args.repeats, engine_train_call(trainer, data),
-            plain_train_call(server.runtime.models[baseline.model_id].model, data))
+            plain_train_call(stock_peft(server.runtime.models[baseline.model_id].model), data))
     report(rows, data)
 
 
@@ -113,9 +116,22 @@ def sample_tokens(sampler, prompts: list[list[int]]) -> int:
     return sum(len(s.tokens) for r in sample_responses(sampler, prompts) for s in r.sequences)
 
 
-def generate_call(trained, prompts: list[list[int]]) -> Call:
-    """`model.generate` on the engine's own model object (the same weights)."""
-    model, stop_ids = trained.model, list(trained.base.stop_token_ids)
+def stock_peft(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of one of the engine's LoRA models (the same weights) whose LoRA layers run
+    peft's own forward, as a user's model would: the engine routes them through one fused
+    addmm (engine.fuse_lora), and the baselines should not get that for free."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        if isinstance(module, LoraLinear) and "forward" in vars(module):
+            del module.forward
+    return plain
+
+
+def generate_call(model: torch.nn.Module, base, prompts: list[list[int]]) -> Call:
+    """`model.generate` on the same weights as the engine's sampler."""
+    stop_ids = list(base.stop_token_ids)
     rows = [p for p in prompts for _ in range(GROUP)]
     width = max(map(len, rows))
     ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
@@ -126,7 +142,7 @@ def generate_call(trained, prompts: list[list[int]]) -> Call:
             out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True,
                                  temperature=TEMPERATURE, top_k=0, max_new_tokens=MAX_TOKENS,
                                  eos_token_id=stop_ids,
-                                 pad_token_id=trained.base.tokenizer.pad_token_id)
+                                 pad_token_id=base.tokenizer.pad_token_id)
         stops = torch.isin(out[:, width:], torch.tensor(stop_ids))
         # Tokens up to and including the first stop token, as the engine counts them.
         lengths = torch.where(stops.any(1), stops.int().argmax(1) + 1, stops.shape[1])

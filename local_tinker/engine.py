@@ -22,11 +22,13 @@ import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from tinker import types
 from tinker.types.topk_logprobs import TopkLogprobs
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from . import losses
 
@@ -276,6 +278,62 @@ def sample_steps(model_scope: ModelScope, tokenizer, requests: Sequence[SampleRe
     return responses
 
 
+class _GrowingLayer(DynamicLayer):
+    """A layer of keys and values that writes each decode step's into spare room of a buffer
+    sized for the whole generation, where transformers' DynamicLayer copies its entire cache
+    into a new tensor every step (torch.cat: ~27% of decoding on tiny-chat). `keys`/`values`
+    stay what DynamicLayer's readers expect: tensors of the cached length (views)."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self._room_k: torch.Tensor | None = None  # keys/values are views of their front
+        self._room_v: torch.Tensor | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length, added = self.get_seq_length(), key_states.shape[-2]
+        if (self._room_k is None or self._room_k.shape[-2] < length + added
+                or self._room_k.shape[0] != key_states.shape[0]):
+            self._room_k, self._room_v = (
+                self._moved(old, new, length, max(self.capacity, 2 * (length + added)))
+                for old, new in ((self.keys, key_states), (self.values, value_states)))
+        assert self._room_k is not None and self._room_v is not None
+        self._room_k[..., length:length + added, :] = key_states
+        self._room_v[..., length:length + added, :] = value_states
+        self.keys = self._room_k[..., :length + added, :]
+        self.values = self._room_v[..., :length + added, :]
+        return self.keys, self.values
+
+    @staticmethod
+    def _moved(old: torch.Tensor, new: torch.Tensor, length: int, capacity: int
+               ) -> torch.Tensor:
+        room = new.new_empty((*new.shape[:-2], capacity, new.shape[-1]))
+        if length:
+            room[..., :length, :] = old
+        return room
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep these rows (finished rows leave the batch), room and all."""
+        if self._room_k is None or self._room_v is None:
+            super().batch_select_indices(indices)
+            return
+        length = self.get_seq_length()
+        self._room_k, self._room_v = self._room_k[indices], self._room_v[indices]
+        self.keys, self.values = self._room_k[..., :length, :], self._room_v[..., :length, :]
+
+
+def _growing_cache(model: torch.nn.Module, capacity: int) -> DynamicCache:
+    """A DynamicCache for `model` whose plain layers are _GrowingLayers (sliding-window and
+    other special layers stay transformers' own)."""
+    cache = DynamicCache(config=model.config)
+    cache.layers = [_GrowingLayer(capacity) if type(layer) is DynamicLayer else layer
+                    for layer in cache.layers]
+    return cache
+
+
 class Generation:
     """The state of one batched generation: every sample of every request is a row; rows that
     finish leave the batch (their keys and values too), so the batch only computes live rows.
@@ -334,7 +392,8 @@ class Generation:
             ids[r, width - len(p):] = torch.as_tensor(p, device=self.device)
             mask[r, width - len(p):] = 1
         position = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True,
+                    cache=_growing_cache(model, width + self.max_steps))
         self.cache = out.cache
         self.cache.batch_select_indices(self.row_request)
         self.logits = out.logits[:, -1, :].float()[self.row_request]
