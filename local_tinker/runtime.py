@@ -270,10 +270,12 @@ class Runtime:
             directory, _ = self._checkpoint(sampler.model_path or "")
             sampler.weights = torch.load(directory / "adapter.pt", map_location=self.device)
         key = (sampler.base.name, json.dumps(sampler.lora, sort_keys=True))
-        host = self._hosts.get(key)
+        host = self._hosts.pop(key, None)
         if host is None:
             host = _lora_model(sampler.base, sampler.lora, self.device)
-            self._hosts = {key: host}  # keep one: a host is a full model copy
+        # Keep the two most recent (a host is a full model copy): generations now take turns
+        # chunk by chunk, and two samplers of different layouts must not rebuild one per chunk.
+        self._hosts = {**dict(list(self._hosts.items())[-1:]), key: host}
         _assign(host, sampler.weights)
         yield host
 
