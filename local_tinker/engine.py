@@ -8,11 +8,16 @@ autograd sums the rows' gradients into it. That is exact up to float rounding, a
 engine gains on a plain padded training loop.
 
 Sampling runs every sequence of a batch of requests together with a KV cache (prompts are
-left-padded). Randomness comes from one `torch.Generator` per request, seeded by the request, and
-drawn for the whole request at once, so a seeded request gives the same samples whatever else is
-in the batch. Returned logprobs are the raw (temperature 1, unfiltered) logprobs of the sampled
-tokens, which is what the Tinker service returns, recomputed for each request on its own so that
-they do not depend on its batch mates either; `compute_logprobs` agrees with them.
+left-padded, each prefilled once for all its samples); a sequence that finishes leaves the batch.
+Randomness comes from one `torch.Generator` per request, seeded by the request, and drawn for the
+whole request at once, so a seeded request gives the same samples whatever else is in the batch.
+Returned logprobs are the raw (temperature 1, unfiltered) logprobs of the sampled tokens, which
+is what the Tinker service returns, recomputed for each request on its own so that they do not
+depend on its batch mates either (about a quarter of a sampling call's time); `compute_logprobs`
+agrees with them. A generation is resumable (`sample_steps`): it pauses every CHUNK_S of
+decoding, so that the scheduler can serve other clients' calls in between.
+
+LoRA layers run through `fuse_lora`, which folds the adapter's scaling and sum into one addmm.
 """
 
 from __future__ import annotations
