@@ -159,7 +159,7 @@ def main(cfg: Config) -> dict[str, Any]:
     run_dir = run_dir_of(cfg, redact(name))
     params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature,
                                   seed=cfg.seed)
-    with stop_on_signals(), connect(cfg.backend, cfg.base_url) as service:
+    with stop_on_signals(), connect(cfg.backend, cfg.base_url, cfg.threads) as service:
         # Every client is created (and every checkpoint path checked) before the first sample.
         futures = [service.create_sampling_client(model_path=t.path) if t.path
                    else service.create_sampling_client(base_model=t.base_model) for t in targets]

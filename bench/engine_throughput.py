@@ -2,15 +2,18 @@
 
 Sampling: one RL step's worth (8 problems x 8 samples, up to 256 tokens at temperature 0.8)
 through `SamplingClient.sample` (eight requests submitted together, batched by the worker)
-against one `model.generate` call on the same model and the same 64 left-padded prompts.
+against one `model.generate` call on the same weights (a copy whose LoRA layers run peft's
+own forward, as a user's would) and the same 64 left-padded prompts.
 Training: `forward_backward` + `optim_step` on the 64 resulting RL datums (importance sampling)
 through the SDK and the local server, against the loop a user would write in-process on an
-identical LoRA model (same init, same data): one right-padded forward, the same per-token loss,
+identical peft LoRA model (same init, same data): one right-padded forward, the same per-token loss,
 backward, the same AdamW step. Both sides' losses are printed: they compute the same thing.
 
-One process; one untimed warm-up call per side, then the sides alternate (A B A B ...) so that
-load from other processes hits both alike. Tokens per second are medians over `--repeats`
-calls, by wall clock and by this process's CPU time (steadier on a busy machine).
+One process; one untimed warm-up call per side, then the sides alternate in rotating order so
+that load from other processes hits both alike (bench/guards.py). The ratio is the median of
+the per-round ratios of tokens per second, with its IQR, refused when noise swamps it; CPU-time
+ratios beside (steadier on a busy machine). Both sides compute on the same torch threads: the
+engine's worker takes --threads, and this process sets the same count for the baselines.
 
     python bench/engine_throughput.py
     python bench/engine_throughput.py --threads 1 --skip_sampling
@@ -19,6 +22,8 @@ calls, by wall clock and by this process's CPU time (steadier on a busy machine)
 from __future__ import annotations
 
 import argparse
+import copy
+import math
 import statistics
 import sys
 import tempfile
@@ -33,8 +38,9 @@ import torch  # noqa: E402
 from tinker import types  # noqa: E402
 
 import local_tinker  # noqa: E402
+from bench import guards  # noqa: E402
+from common.arithmetic import TRAIN_STREAM, build_messages, problem_at  # noqa: E402
 from common.datums import chat_tokens, rollout_datum  # noqa: E402
-from common.tasks import ARITHMETIC  # noqa: E402
 
 PROBLEMS, GROUP, MAX_TOKENS, TEMPERATURE = 8, 8, 256, 0.8
 
@@ -50,49 +56,48 @@ def timed(call: Call) -> Timing:
 
 
 def alternate(repeats: int, ours: Call, plain: Call) -> tuple[list[Timing], list[Timing]]:
-    """Both sides once untimed (warm-up), then `repeats` timed calls each, interleaved."""
-    ours(), plain()
-    timings: tuple[list[Timing], list[Timing]] = ([], [])
-    for _ in range(repeats):
-        timings[0].append(timed(ours))
-        timings[1].append(timed(plain))
-    return timings
+    """Both sides once untimed (warm-up), then `repeats` timed rounds in rotating order."""
+    timings = guards.alternate({"ours": lambda: timed(ours), "plain": lambda: timed(plain)},
+                               repeats)
+    return timings["ours"], timings["plain"]
 
 
-def tokens_per_s(timings: list[Timing]) -> tuple[float, float]:
-    """Median tokens per second by wall time and by CPU time."""
-    return (statistics.median(t[2] / t[0] for t in timings),
-            statistics.median(t[2] / t[1] for t in timings))
+def per_token(timings: list[Timing], clock: int) -> list[float]:
+    """Seconds per processed token of each call, by wall (clock 0) or CPU (clock 1) time; a
+    call that processed nothing gives inf, which the guards refuse."""
+    return [t[clock] / t[2] if t[2] else math.inf for t in timings]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per side")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (0: torch's default); 1 is steadier on a busy box")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for both sides (default: what the local backend "
+                             "picks from cores and load)")
     parser.add_argument("--skip_sampling", action="store_true",
                         help="time training only (one sampling call still makes its data)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)  # before the server's worker thread starts
     torch.manual_seed(0)
-    with local_tinker.local_service(tempfile.mkdtemp(prefix="bench-engine-")) as (service, server):
+    with local_tinker.local_service(tempfile.mkdtemp(prefix="bench-engine-"),
+                                    threads=args.threads) as (service, server):
         trainer = service.create_lora_training_client("tiny-chat", rank=32, seed=0).result()
+        torch.set_num_threads(server.scheduler.threads.threads or torch.get_num_threads())
         sampler = trainer.save_weights_and_get_sampling_client().result()
         prompts = [chat_tokens(trainer.get_tokenizer(),
-                               ARITHMETIC.messages(ARITHMETIC.sample(0, i)), True)
+                               build_messages(problem_at(TRAIN_STREAM, 0, i)), True)
                    for i in range(PROBLEMS)]
         rows = {}
         if not args.skip_sampling:
             rows["sampling (vs model.generate)"] = alternate(
                 args.repeats, lambda: (sample_tokens(sampler, prompts), None),
-                generate_call(server.runtime.models[trainer.model_id], prompts))
+                generate_call(stock_peft(server.runtime.models[trainer.model_id].model),
+                              server.runtime.models[trainer.model_id].base, prompts))
         data = rollout_data(sampler, prompts)
         # The baseline trains its own copy: the same LoRA init, made the same way.
         baseline = service.create_lora_training_client("tiny-chat", rank=32, seed=0).result()
         rows["train step (vs torch+peft loop)"] = alternate(
             args.repeats, engine_train_call(trainer, data),
-            plain_train_call(server.runtime.models[baseline.model_id].model, data))
+            plain_train_call(stock_peft(server.runtime.models[baseline.model_id].model), data))
     report(rows, data)
 
 
@@ -111,9 +116,22 @@ def sample_tokens(sampler, prompts: list[list[int]]) -> int:
     return sum(len(s.tokens) for r in sample_responses(sampler, prompts) for s in r.sequences)
 
 
-def generate_call(trained, prompts: list[list[int]]) -> Call:
-    """`model.generate` on the engine's own model object (the same weights)."""
-    model, stop_ids = trained.model, list(trained.base.stop_token_ids)
+def stock_peft(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of one of the engine's LoRA models (the same weights) whose LoRA layers run
+    peft's own forward, as a user's model would: the engine routes them through one fused
+    addmm (engine.fuse_lora), and the baselines should not get that for free."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        if isinstance(module, LoraLinear) and "forward" in vars(module):
+            del module.forward
+    return plain
+
+
+def generate_call(model: torch.nn.Module, base, prompts: list[list[int]]) -> Call:
+    """`model.generate` on the same weights as the engine's sampler."""
+    stop_ids = list(base.stop_token_ids)
     rows = [p for p in prompts for _ in range(GROUP)]
     width = max(map(len, rows))
     ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
@@ -124,7 +142,7 @@ def generate_call(trained, prompts: list[list[int]]) -> Call:
             out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True,
                                  temperature=TEMPERATURE, top_k=0, max_new_tokens=MAX_TOKENS,
                                  eos_token_id=stop_ids,
-                                 pad_token_id=trained.base.tokenizer.pad_token_id)
+                                 pad_token_id=base.tokenizer.pad_token_id)
         stops = torch.isin(out[:, width:], torch.tensor(stop_ids))
         # Tokens up to and including the first stop token, as the engine counts them.
         lengths = torch.where(stops.any(1), stops.int().argmax(1) + 1, stops.shape[1])
@@ -185,18 +203,24 @@ def plain_train_call(model: torch.nn.Module, data: list[types.Datum]) -> Call:
 def report(rows: dict[str, tuple[list[Timing], list[Timing]]], data: list[types.Datum]) -> None:
     print(f"tiny-chat, {PROBLEMS} problems x {GROUP} samples, up to {MAX_TOKENS} tokens, "
           f"{torch.get_num_threads()} torch threads; training batch: {len(data)} datums, "
-          f"{sum(d.model_input.length for d in data)} tokens")
-    print(f"{'(medians)':34}{'ours tok/s':>12}{'plain tok/s':>13}{'ratio':>8}{'by CPU time':>13}")
-    ratios = []
+          f"{sum(d.model_input.length for d in data)} tokens; {guards.load_note()}")
+    print(f"{'(medians)':34}{'ours tok/s':>12}{'plain tok/s':>13}   ours over plain, per round")
+    headline = []
     for name, (ours, plain) in rows.items():
-        (ours_wall, ours_cpu), (plain_wall, plain_cpu) = tokens_per_s(ours), tokens_per_s(plain)
-        print(f"{name:34}{ours_wall:>12,.0f}{plain_wall:>13,.0f}{ours_wall / plain_wall:>7.2f}x"
-              f"{ours_cpu / plain_cpu:>12.2f}x")
-        ratios.append(f"{name.split()[0]} {ours_wall / plain_wall:.2f}x")
+        ours_tps = statistics.median(t[2] / t[0] for t in ours)
+        plain_tps = statistics.median(t[2] / t[0] for t in plain)
+        work = (sum(t[2] for t in ours), sum(t[2] for t in plain))
+        wall = guards.speed_ratio(per_token(ours, 0), per_token(plain, 0), *work)
+        cpu = guards.speed_ratio(per_token(ours, 1), per_token(plain, 1), *work)
+        print(f"{name:34}{ours_tps:>12,.0f}{plain_tps:>13,.0f}   {wall.text}; by CPU time "
+              f"{cpu.text}")
+        headline.append(f"{name.split()[0]} {wall.value:.2f}x" if not wall.refused
+                        else f"{name.split()[0]}: no ratio ({wall.text})")
         if ours[0][3] is not None:  # same weights, data, loss and optimizer: equal losses
             for side, timings in (("ours", ours), ("plain", plain)):
                 print(f"  losses by step, {side:5}: " + " ".join(f"{t[3]:.5f}" for t in timings))
-    print(f"headline: {' and '.join(ratios)} the plain baselines")
+    print(f"headline: {' and '.join(headline)} the plain baselines' tokens/s; "
+          f"{guards.load_note()} at the end")
 
 
 if __name__ == "__main__":

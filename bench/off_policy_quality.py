@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -79,7 +80,9 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    torch.set_num_threads(args.torch_threads)
+    torch.set_num_threads(args.torch_threads)  # this process's own torch work
+    # The embedded servers' workers set their threads themselves (local_tinker/threads.py).
+    os.environ["LOCAL_TINKER_THREADS"] = str(args.torch_threads)
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench-off-policy-"))
     outcomes = [train_and_score(k, args.steps, args.eval_problems, args.seed, root / f"{i}-k{k}")
                 for i, k in enumerate(args.ks)]

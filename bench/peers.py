@@ -30,7 +30,8 @@ different samples.
 
     python3 -m venv .venv-bench && .venv-bench/bin/pip install -r requirements.txt \\
         -r bench/requirements.txt
-    .venv-bench/bin/python bench/peers.py       # SFT 20 steps, RL 5 steps: ~15 min on 2 busy cores
+    .venv-bench/bin/python bench/peers.py --sides ours-sft,trl-sft     # ~2 min
+    .venv-bench/bin/python bench/peers.py       # + RL 5 steps, 3 rounds: ~40 min on 2 busy cores
     .venv-bench/bin/python bench/peers.py --rl_steps 10 --max_tokens 128 --repeats 2
 """
 
@@ -50,6 +51,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.guards import speed_ratio  # noqa: E402
+
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_var, "1")  # no hub here: a lookup would retry for tens of seconds
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -265,9 +269,8 @@ def run_warm_start(spec: dict, work: Path) -> dict:
     import torch
 
     import train_sft
+    from common.arithmetic import Difficulty, solutions_dataset
     from common.checkpoints import last_checkpoint
-    from common.data import solutions_dataset
-    from common.tasks import Difficulty
     from local_tinker.models import load_base_model
     from local_tinker.runtime import PLACEHOLDER_OWNER, Runtime, _assign, _lora_model
 
@@ -333,8 +336,8 @@ def run_trl_rl(spec: dict, work: Path) -> dict:
     task = train_rl.make_task(cfg)
     base = load_base_model(spec["rl_model"])
     n = cfg.batch_size * cfg.max_steps
-    problems = [task.sample(cfg.seed, k) for k in range(n)]  # train_rl's stream, in its order
-    prompt_len = [len(chat_tokens(base.tokenizer, task.messages(p), True)) for p in problems]
+    problems = [task.train(cfg.seed, k) for k in range(n)]  # train_rl's stream, in its order
+    prompt_len = [len(chat_tokens(base.tokenizer, p.messages, True)) for p in problems]
     per_step: list[dict] = []
 
     def project_reward(prompts, completions, completion_ids, trainer_state, index, **_):
@@ -353,7 +356,7 @@ def run_trl_rl(spec: dict, work: Path) -> dict:
         })
         return [r["total"] for r in parts]
 
-    rows = [{"prompt": task.messages(p), "index": k} for k, p in enumerate(problems)]
+    rows = [{"prompt": p.messages, "index": k} for k, p in enumerate(problems)]
     timer = step_timer()
     trainer = trl.GRPOTrainer(
         model=lora_model(base, cfg.lora_rank, cfg.seed), processing_class=base.tokenizer,
@@ -387,12 +390,17 @@ RUNNERS = {"ours-sft": run_ours_sft, "trl-sft": run_trl_sft, "ours-rl": run_ours
 # The parent: one subprocess per side, then the table
 
 
-def run_side(side: str, spec_path: Path, work: Path) -> dict:
+def run_side(side: str, spec_path: Path, work: Path, threads: int) -> dict:
     out = work / f"{side}.json"
     started = time.perf_counter()
     load = os.getloadavg()[0]
+    # Both sides compute on the same torch threads (OMP_NUM_THREADS, which torch reads and the
+    # local backend honours): the comparison is of the engines, not of thread defaults.
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env.pop("LOCAL_TINKER_THREADS", None)
     proc = subprocess.run([sys.executable, __file__, "--one", side, "--spec", str(spec_path),
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          env=env)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
         raise SystemExit(f"{side} failed (exit {proc.returncode})")
@@ -407,7 +415,16 @@ def fmt(value: float, digits: int = 2) -> str:
         else f"{value:,.{digits}f}"
 
 
-def report(results: dict[str, dict], spec: dict) -> None:
+def median_runs(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """Each side's median run by s/step (the lower middle one of an even count)."""
+    return {side: sorted(rs, key=lambda r: r["s_per_step"])[(len(rs) - 1) // 2]
+            for side, rs in runs.items()}
+
+
+def report(runs: dict[str, list[dict]], spec: dict, threads: str) -> None:
+    """Each side's median run in the table; the headline's ratios pair the sides' runs repeat
+    by repeat (bench/guards.py), refused when a side did no work or noise swamps them."""
+    results = median_runs(runs)
     print(f"\nSFT: {spec['sft_model']}, foo, batch {spec['sft_batch']}, {spec['sft_steps']} steps, "
           f"LoRA rank {spec['lora_rank']}, lr {spec['sft_lr']:g}")
     rl_model = (f"tiny-math + {spec['warm_steps']}-step SFT warm start"
@@ -415,10 +432,10 @@ def report(results: dict[str, dict], spec: dict) -> None:
     print(f"RL:  {rl_model}, {spec['rl_problems']} problems x {spec['group']} samples, "
           f"<= {spec['max_tokens']} tokens, T={spec['temperature']}, {spec['rl_steps']} steps, "
           f"lr {spec['rl_lr']:g}")
-    any_result = next(iter(results.values()))
-    print(f"torch threads {any_result['threads']}, {os.cpu_count()} CPUs; 1-min load average "
-          f"{', '.join(fmt(r['load_before'], 1) for r in results.values())} before each side "
-          "(other jobs share this machine: not idle-machine timings)")
+    loads = [r["load_before"] for rs in runs.values() for r in rs]
+    print(f"torch threads {threads} on both sides, {os.cpu_count()} CPUs; 1-min load average "
+          f"{min(loads):.1f}..{max(loads):.1f} before the sides' runs (other jobs share this "
+          "machine)")
     print(f"{'side':10}{'s/step':>9}{'best':>8}{'tok/s':>9}{'peak MB':>9}{'+MB':>7}"
           f"{'final loss':>12}{'reward':>8}{'mean':>7}{'acc':>6}{'tokens':>9}")
     for side, r in results.items():
@@ -428,18 +445,20 @@ def report(results: dict[str, dict], spec: dict) -> None:
               f"{fmt(r.get('final_loss'), 4):>12}{fmt(r.get('final_reward')):>8}"
               f"{fmt(r.get('mean_reward')):>7}{fmt(r.get('final_accuracy')):>6}{r['tokens']:>9,}")
     print("s/step and tok/s: medians over the steps after the first and before the last (best: "
-          "the fastest of them); +MB: peak RSS over the RSS after imports; reward/acc: last "
-          "step, mean: over all steps")
+          "the fastest of them), of each side's median run; +MB: peak RSS over the RSS after "
+          "imports; reward/acc: last step, mean: over all steps")
     lines = []
     for kind in ("sft", "rl"):
-        ours, theirs = results.get(f"ours-{kind}"), results.get(f"trl-{kind}")
+        ours, theirs = runs.get(f"ours-{kind}"), runs.get(f"trl-{kind}")
         if ours and theirs:
-            tok = ours["tokens_per_s"] / theirs["tokens_per_s"]
-            steps = theirs["s_per_step"] / ours["s_per_step"]
-            best = theirs["best_s_per_step"] / ours["best_s_per_step"]
-            rss = ours["peak_rss_mb"] / theirs["peak_rss_mb"]
-            lines.append(f"{kind.upper()}: ours {tok:.2f}x TRL's tokens/s, {steps:.2f}x its "
-                         f"steps/s ({best:.2f}x best to best), {rss:.2f}x its peak RSS")
+            work = (sum(r["tokens"] for r in ours), sum(r["tokens"] for r in theirs))
+            steps = speed_ratio([r["s_per_step"] for r in ours],
+                                [r["s_per_step"] for r in theirs], *work)
+            tokens = speed_ratio([1 / r["tokens_per_s"] for r in ours],
+                                 [1 / r["tokens_per_s"] for r in theirs], *work)
+            rss = results[f"ours-{kind}"]["peak_rss_mb"] / results[f"trl-{kind}"]["peak_rss_mb"]
+            lines.append(f"{kind.upper()}: ours {steps.text} TRL's steps/s, {tokens.text} its "
+                         f"tokens/s, {rss:.2f}x its peak RSS")
     print("headline: " + "; ".join(lines))
     for kind in ("rl",):
         ours, theirs = results.get(f"ours-{kind}"), results.get(f"trl-{kind}")
@@ -471,8 +490,11 @@ def main() -> None:
     parser.add_argument("--lora_rank", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="alternate ours/TRL this many times; keep each side's fastest")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of every side, in rotating order; medians over them")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for both sides (default: what the local backend "
+                             "picks from cores and load, measured once at the start)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--one", choices=[*SIDES, "warm-start"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
@@ -505,21 +527,36 @@ def main() -> None:
         warm = run_side("warm-start", spec_path, work)
         print(f"    final loss {warm['final_loss']:.3f}, {warm['process_s']:.0f} s", flush=True)
     spec_path.write_text(json.dumps(spec))
-    results: dict[str, dict] = {}
+    threads = args.threads or picked_threads()
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for repeat in range(args.repeats):
-        for side in sides:
+        shift = repeat % len(sides)
+        for side in sides[shift:] + sides[:shift]:  # rotating order: load hits every side
             print(f"[{repeat + 1}/{args.repeats}] {side} ...", flush=True)
-            r = run_side(side, spec_path, work)
+            r = run_side(side, spec_path, work, threads)
             print(f"    {fmt(r['s_per_step'], 3)} s/step, {fmt(r['tokens_per_s'], 0)} tok/s, "
-                  f"process {r['process_s']:.0f} s", flush=True)
-            if side not in results or r["s_per_step"] < results[side]["s_per_step"]:
-                results[side] = r
-    results = {s: results[s] for s in sides}
-    report(results, spec)
+                  f"process {r['process_s']:.0f} s, load {r['load_before']:.1f}", flush=True)
+            runs[side].append(r)
+    report(runs, spec, str(threads))
     if args.json:
         args.json.write_text(json.dumps({"spec": {k: v for k, v in spec.items()
                                                   if k != "sft_plan"},
-                                         "results": results}, indent=2))
+                                         "threads": threads, "results": median_runs(runs),
+                                         "runs": runs}, indent=2))
+
+
+def picked_threads() -> int:
+    """The torch threads the local backend would pick now (local_tinker/threads.py)."""
+    from local_tinker import threads
+
+    before = threads.read_sample()
+    time.sleep(threads.WINDOW_S)
+    after = threads.read_sample()
+    if before is None or after is None:
+        return 1
+    count = threads.choose_threads(threads.usable_cores(), threads.others_busy(before, after))
+    print(f"torch threads for both sides: {count} (the local backend's rule now)", flush=True)
+    return count
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -127,9 +128,9 @@ def service_times(shape: Shape, latency: float, root: Path) -> tuple[float, floa
         sampler = trainer.save_weights_and_get_sampling_client().result()
         sample_s, train_s = [], []
         for repeat in range(PROBE_REPEATS + 1):  # the first is a warm-up
-            problems = [task.sample(0, repeat * shape.batch_size + i)
+            problems = [task.train(0, repeat * shape.batch_size + i)
                         for i in range(shape.batch_size)]
-            prompts = [chat_tokens(tokenizer, task.messages(p), add_generation_prompt=True)
+            prompts = [chat_tokens(tokenizer, p.messages, add_generation_prompt=True)
                        for p in problems]
             started = time.perf_counter()
             futures = [sampler.sample(types.ModelInput.from_ints(prompt), shape.group_size,
@@ -178,8 +179,8 @@ def seed_step(shape: Shape, latency: float, root: Path) -> float:
         sampler = trainer.save_weights_and_get_sampling_client().result()
         prompts, groups, rewards = [], [], []
         for i in range(shape.batch_size):
-            problem = task.sample(0, i)
-            prompt = chat_tokens(tokenizer, task.messages(problem), add_generation_prompt=True)
+            problem = task.train(0, i)
+            prompt = chat_tokens(tokenizer, problem.messages, add_generation_prompt=True)
             group = sampler.sample(types.ModelInput.from_ints(prompt), shape.group_size,
                                    types.SamplingParams(max_tokens=shape.max_tokens,
                                                         temperature=0.8, seed=i)).result()
@@ -247,7 +248,9 @@ def main() -> None:
                      f"got {args.steps}")
     import torch
 
-    torch.set_num_threads(args.torch_threads)
+    torch.set_num_threads(args.torch_threads)  # this process's own torch work
+    # The embedded servers' workers set their threads themselves (local_tinker/threads.py).
+    os.environ["LOCAL_TINKER_THREADS"] = str(args.torch_threads)
     shape = Shape(args.model, args.batch_size, args.group_size, args.max_tokens, args.pair_counts)
     root = Path(tempfile.mkdtemp(prefix="bench-pipelining-"))
     compute = service_times(shape, 0.0, root)

@@ -75,10 +75,11 @@ def refusal_reason(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def connect(backend: str, base_url: str | None = None) -> Iterator[Any]:
+def connect(backend: str, base_url: str | None = None, threads: int | None = None
+            ) -> Iterator[Any]:
     """A ServiceClient for `backend` ("tinker" or "local", as resolved from the config), its
     session finished on the way out."""
-    service = _service_client(backend, base_url)
+    service = _service_client(backend, base_url, threads)
     status = "interrupted"  # unless the block ends normally or with an error
     try:
         yield service
@@ -108,7 +109,7 @@ class _SDKNoise(logging.Filter):
 _SDK_NOISE = _SDKNoise()
 
 
-def _service_client(backend: str, base_url: str | None) -> Any:
+def _service_client(backend: str, base_url: str | None, threads: int | None) -> Any:
     import tinker
 
     logging.getLogger("tinker.lib.retry_handler").addFilter(_SDK_NOISE)
@@ -120,7 +121,7 @@ def _service_client(backend: str, base_url: str | None) -> Any:
             check_reachable(base_url)
             # $LOCAL_TINKER_API_KEY for a server its operator keyed, else the placeholder.
             return tinker.ServiceClient(base_url=base_url, api_key=local_tinker.client_api_key())
-        url, key = start_local_server()
+        url, key = start_local_server(threads)
         return tinker.ServiceClient(base_url=url, api_key=key)
     if backend != "tinker":
         raise BackendError(f"unknown backend {backend!r}")
@@ -170,18 +171,24 @@ types = LazyModule("tinker.types")
 """Use exactly like `from tinker import types`: `from common.backend import types`."""
 
 
-def start_local_server() -> tuple[str, str]:
+def start_local_server(threads: int | None = None) -> tuple[str, str]:
     """(base_url, api_key) of this process's embedded local server, started on first use (and
-    again only when the environment asks for a different one)."""
+    again only when --threads or the environment asks for a different one). Torch's thread
+    count: `threads`, else LOCAL_TINKER_THREADS or OMP_NUM_THREADS, else chosen from the cores
+    and the machine's load (local_tinker/threads.py), and said in one line."""
     import local_tinker
 
-    options = {"root": os.environ.get("LOCAL_TINKER_ROOT") or None,
-               "latency_s": float(os.environ.get("LOCAL_TINKER_LATENCY_S", 0)),
-               "fault_rate": float(os.environ.get("LOCAL_TINKER_FAULT_RATE", 0)),
-               "device": os.environ.get("LOCAL_TINKER_DEVICE")}
-    key = tuple(sorted(options.items()))
-    if key not in _started:
-        _started[key], _ = _servers.enter_context(local_tinker.embedded(**options))
+    env = os.environ
+    try:
+        options = {"root": env.get("LOCAL_TINKER_ROOT") or None,
+                   "latency_s": float(env.get("LOCAL_TINKER_LATENCY_S", 0)),
+                   "fault_rate": float(env.get("LOCAL_TINKER_FAULT_RATE", 0)),
+                   "device": env.get("LOCAL_TINKER_DEVICE"), "threads": threads}
+        key = tuple(sorted(options.items()))
+        if key not in _started:
+            _started[key], _ = _servers.enter_context(local_tinker.embedded(**options))
+    except ValueError as exc:  # a setting the server refuses (LOCAL_TINKER_*, --threads)
+        raise BackendError(f"the local backend's settings: {exc}") from None
     return _started[key], local_tinker.LOCAL_API_KEY
 
 

@@ -399,7 +399,7 @@ def start_run(claim: Claim, job_type: str) -> Iterator[Run]:
     run; the backend session is finished last (success, errored or interrupted)."""
     cfg, run_dir = claim.cfg, claim.run_dir
     meter = CostMeter(cfg.model, cfg.backend)
-    with connect(cfg.backend, cfg.base_url) as service:
+    with connect(cfg.backend, cfg.base_url, cfg.threads) as service:
         _, continuing = claim_run_dir(run_dir, claim.script, redact(claim.config),
                                       claim.may_change)
         tracker = open_tracker(cfg, run_dir, claim.name, job_type, claim.config, continuing,

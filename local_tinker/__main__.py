@@ -72,6 +72,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                             f"separated; default: ${API_KEY_ENV}). Required beyond loopback; "
                             "without it a loopback server takes any 'tml-' key, each its own "
                             "identity. The environment variable keeps the key out of `ps`")
+    serve.add_argument("--threads", type=int, default=None,
+                       help="torch threads (default: one per core that other processes leave "
+                            "free, re-checked as the load changes; also LOCAL_TINKER_THREADS)")
     return parser.parse_args(argv)
 
 
@@ -87,7 +90,7 @@ def serve(args: argparse.Namespace) -> int:
     check_exposure(args.host, bool(keys))  # before loading anything: beyond loopback needs one
     server = LocalTinkerServer(args.root, device=args.device, latency_s=args.latency_s,
                                fault_rate=args.fault_rate, preload=args.model, api_keys=keys,
-                               any_model_path=False)
+                               any_model_path=False, threads=args.threads)
     serve_forever(server, args.host, args.port)
     return 0
 
@@ -96,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     """The serve command's one error path: no traceback for a user's or the machine's error."""
     args = parse(argv)
     from .server import EnvironmentFailure, PortInUse, SettingsError
+    from .threads import InvalidThreads
 
     try:
         return serve(args)
-    except (SettingsError, PortInUse) as exc:
+    except (SettingsError, PortInUse, InvalidThreads) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except EnvironmentFailure as exc:

@@ -1,27 +1,39 @@
 """The compute behind the local backend: teacher-forced logprobs and batched sampling.
 
-forward_backward batches datums of similar length, and runs a prefix that several datums share
-(the samples of one prompt, a common system prompt) once: its keys and values serve every row
-after it and autograd sums the rows' gradients into it. That is exact up to float rounding, and
-is where the engine gains on a plain padded training loop.
+forward_backward runs a batch as few padded passes as the token budget allows (each pass costs
+a fixed ~8 ms of dispatch on a tiny model, as much as ~80 tokens of compute), and runs a prefix
+that several datums share (the samples of one prompt, a common system prompt) once when that
+saves more tokens than the extra pass costs: its keys and values serve every row after it and
+autograd sums the rows' gradients into it. That is exact up to float rounding, and is where the
+engine gains on a plain padded training loop.
 
 Sampling runs every sequence of a batch of requests together with a KV cache (prompts are
-left-padded). Randomness comes from one `torch.Generator` per request, seeded by the request, and
-drawn for the whole request at once, so a seeded request gives the same samples whatever else is
-in the batch. Returned logprobs are the raw (temperature 1, unfiltered) logprobs of the sampled
-tokens, which is what the Tinker service returns, recomputed for each request on its own so that
-they do not depend on its batch mates either; `compute_logprobs` agrees with them.
+left-padded, each prefilled once for all its samples); a sequence that finishes leaves the batch.
+Randomness comes from one `torch.Generator` per request, seeded by the request, and drawn for the
+whole request at once, so a seeded request gives the same samples whatever else is in the batch.
+Returned logprobs are the raw (temperature 1, unfiltered) logprobs of the sampled tokens, which
+is what the Tinker service returns, recomputed for each request on its own so that they do not
+depend on its batch mates either (about a quarter of a sampling call's time); `compute_logprobs`
+agrees with them. A generation is resumable (`sample_steps`): it pauses every CHUNK_S of
+decoding, so that the scheduler can serve other clients' calls in between.
+
+LoRA layers run through `fuse_lora`, which folds the adapter's scaling and sum into one addmm.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from tinker import types
 from tinker.types.topk_logprobs import TopkLogprobs
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from . import losses
 
@@ -30,6 +42,46 @@ from . import losses
 MAX_TOKENS_PER_MICROBATCH = 32_768
 # Shorter common prefixes are not worth a forward pass of their own.
 MIN_SHARED_PREFIX = 16
+# A prefix group runs as passes of its own (the prefix, then the rows after it), apart from the
+# other datums' one padded pass: worth it when it saves this many tokens. On tiny-chat (1 thread)
+# a fwd+bwd pass costs ~8 ms plus ~0.1 ms a token, so two extra passes cost ~160 tokens' worth.
+MIN_SHARED_SAVING = 256
+DEFAULT_MAX_TOKENS = 256  # a sample request without max_tokens
+# A generation pauses after this much decoding so that other lanes' calls run in between: a
+# short call waits for at most one chunk. Pausing costs a weight swap (microseconds to a few ms).
+CHUNK_S = 0.05
+
+
+def fuse_lora(model: torch.nn.Module) -> torch.nn.Module:
+    """Route every plain LoRA linear layer of a peft model through `_fused_lora_forward`: the
+    same result, with the adapter's scaling and its sum into the base output done inside one
+    matrix multiply (addmm) instead of two elementwise passes over the layer's output (and
+    their two backward passes). On tiny-chat those passes were ~15% of a training step and of
+    a decode step. Layers in any other state (merged, disabled, several adapters, dropout,
+    DoRA, ...) keep peft's forward."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    for module in model.modules():
+        if isinstance(module, LoraLinear) and isinstance(module.base_layer, torch.nn.Linear):
+            module.forward = _fused_lora_forward.__get__(module)  # peft's stays on the class
+    return model
+
+
+def _fused_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    adapters = self.active_adapters
+    if (args or kwargs or self.disable_adapters or self.merged or len(adapters) != 1
+            or adapters[0] not in self.lora_A or adapters[0] in self.lora_variant
+            or not isinstance(self.lora_dropout[adapters[0]], torch.nn.Identity)
+            or x.dtype != self.lora_A[adapters[0]].weight.dtype):
+        return type(self).forward(self, x, *args, **kwargs)
+    lora_a, lora_b = self.lora_A[adapters[0]], self.lora_B[adapters[0]]
+    flat = x.reshape(-1, x.shape[-1])
+    base = torch.nn.functional.linear(flat, self.base_layer.weight, self.base_layer.bias)
+    low = torch.nn.functional.linear(flat, lora_a.weight, lora_a.bias)
+    out = torch.addmm(base, low, lora_b.weight.t(), alpha=self.scaling[adapters[0]])
+    if lora_b.bias is not None:
+        out = out + lora_b.bias * self.scaling[adapters[0]]
+    return out.view(*x.shape[:-1], out.shape[-1])
 
 
 def right_padded(rows: Sequence[Sequence[int] | np.ndarray], width: int,
@@ -104,20 +156,32 @@ def shared_prefix_groups(inputs: Sequence[Sequence[int]]) -> list[tuple[int, lis
 
 def microbatches(inputs: Sequence[Sequence[int]], budget: int = MAX_TOKENS_PER_MICROBATCH
                  ) -> list[tuple[int, list[int]]]:
-    """(shared prefix length, datum indices) batches: each prefix group's datums, shortest
-    first, in batches whose padded tokens after the prefix (rows x longest) stay within budget.
-    Similar lengths keep padding (as costly as real tokens) small. The batches depend only on
-    the tokens, so a datum always computes the same way whatever order the data came in."""
+    """(shared prefix length, datum indices) batches: the datums of each prefix group worth
+    sharing, and all the others together, shortest first, in batches whose padded tokens after
+    the prefix (rows x longest) stay within budget. The batches depend only on the tokens, so a
+    datum always computes the same way whatever order the data came in."""
     batches: list[tuple[int, list[int]]] = []
+    pooled: list[int] = []
     for shared, members in shared_prefix_groups(inputs):
-        batch: list[int] = []
-        for i in sorted(members, key=lambda i: len(inputs[i])):  # the newcomer is the longest
-            if batch and (len(inputs[i]) - shared) * (len(batch) + 1) > budget:
-                batches.append((shared, batch))
-                batch = []
-            batch.append(i)
-        batches.append((shared, batch))
-    return batches
+        if shared and (len(members) - 1) * shared >= MIN_SHARED_SAVING:
+            batches += _filled(inputs, members, shared, budget)
+        else:
+            pooled += members
+    return _filled(inputs, pooled, 0, budget) + batches
+
+
+def _filled(inputs: Sequence[Sequence[int]], members: list[int], shared: int, budget: int
+            ) -> list[tuple[int, list[int]]]:
+    """`members` shortest first, cut into batches of at most `budget` padded tokens after the
+    prefix; similar lengths keep padding (as costly as real tokens) small."""
+    batches: list[tuple[int, list[int]]] = []
+    batch: list[int] = []
+    for i in sorted(members, key=lambda i: len(inputs[i])):  # the newcomer is the longest
+        if batch and (len(inputs[i]) - shared) * (len(batch) + 1) > budget:
+            batches.append((shared, batch))
+            batch = []
+        batch.append(i)
+    return [*batches, (shared, batch)] if batch else batches
 
 
 def forward_backward(model: torch.nn.Module, data: Sequence[types.Datum], loss_fn: str,
@@ -175,109 +239,252 @@ def _stop_ids_and_strings(params: types.SamplingParams) -> tuple[set[int], list[
     return {s for s in items if isinstance(s, int)}, [s for s in items if isinstance(s, str)]
 
 
-@torch.no_grad()
-def sample(
-    model: torch.nn.Module,
-    tokenizer,
-    requests: Sequence[SampleRequest],
-    default_stop_ids: Sequence[int],
-) -> list[types.SampleResponse]:
-    """Generate every sequence of every request in one batched KV-cache loop."""
-    device = next(model.parameters()).device
-    row_request = [r for r, req in enumerate(requests) for _ in range(req.num_samples)]
-    rows = len(row_request)
-    prompts = [requests[r].prompt for r in row_request]
-    width = max(len(p) for p in prompts)
-    ids = torch.full((rows, width), 0, dtype=torch.long, device=device)
-    mask = torch.zeros((rows, width), dtype=torch.long, device=device)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.as_tensor(p, device=device)
-        mask[row, width - len(p):] = 1
+ModelScope = Callable[[], AbstractContextManager[torch.nn.Module]]
 
-    def per_row(values: list[float]) -> torch.Tensor:
-        return torch.tensor([values[r] for r in row_request], device=device)
 
-    temperature = per_row([req.params.temperature for req in requests])
-    top_p = per_row([req.params.top_p for req in requests])
-    top_k = per_row([req.params.top_k for req in requests]).long()
-    max_tokens = [req.params.max_tokens or 256 for req in requests]
-    limit = per_row(max_tokens).long()
-    stops = [_stop_ids_and_strings(req.params) for req in requests]
-    stop_ids_rows = [stops[r][0] | set(default_stop_ids) for r in row_request]
-    stop_strings_rows = [stops[r][1] for r in row_request]
-    stop_table = torch.zeros((rows, model.config.vocab_size), dtype=torch.bool, device=device)
-    for row, ids_set in enumerate(stop_ids_rows):
-        stop_table[row, list(ids_set)] = True
-    generators = [torch.Generator(device="cpu").manual_seed(req.seed) for req in requests]
-    vocab = model.config.vocab_size
+def sample(model: torch.nn.Module, tokenizer, requests: Sequence[SampleRequest],
+           default_stop_ids: Sequence[int]) -> list[types.SampleResponse]:
+    """Generate every sequence of every request in one batched KV-cache loop, start to end."""
+    return run_to_end(sample_steps(lambda: contextlib.nullcontext(model), tokenizer, requests,
+                                   default_stop_ids))
 
-    out_tokens = torch.zeros((rows, max(max_tokens)), dtype=torch.long, device=device)
-    topk_width = max(req.topk_sample for req in requests)
-    out_topk_ids = torch.zeros((rows, max(max_tokens), topk_width), dtype=torch.long,
-                               device=device)
-    out_topk_lp = torch.zeros((rows, max(max_tokens), topk_width), device=device)
-    lengths = torch.zeros(rows, dtype=torch.long, device=device)
-    done = torch.zeros(rows, dtype=torch.bool, device=device)
-    stopped = torch.zeros(rows, dtype=torch.bool, device=device)
-    position = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
-    cache, logits = out.cache, out.logits[:, -1, :].float()
-    next_position = position[:, -1:] + 1
 
-    for step in range(max(max_tokens)):
-        # One draw per request per step keeps a seeded request independent of its batch mates.
-        uniform = torch.cat([torch.rand((req.num_samples, vocab), generator=g)
-                             for req, g in zip(requests, generators, strict=True)]).to(device)
-        token, raw_logprobs = _pick(logits, temperature, top_k, top_p, uniform)
-        active = ~done
-        out_tokens[active, step] = token[active]
-        if topk_width:
-            values, ids = raw_logprobs.topk(topk_width, dim=-1)
-            out_topk_ids[active, step], out_topk_lp[active, step] = ids[active], values[active]
-        lengths += active.long()
-        hit_stop = stop_table.gather(1, token.unsqueeze(1)).squeeze(1) & active
-        for row in torch.nonzero(active & ~hit_stop).flatten().tolist():
-            if stop_strings_rows[row] and _ends_with_stop(tokenizer, out_tokens[row, : step + 1],
-                                                          stop_strings_rows[row]):
-                hit_stop[row] = True
-        stopped |= hit_stop
-        done |= hit_stop | (lengths >= limit)
-        if bool(done.all()):
-            break
-        mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
-        out = model(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=next_position,
-                    cache=cache, use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1, :].float()
-        next_position = next_position + 1
+def run_to_end(steps: Generator[None, None, list[types.SampleResponse]]
+               ) -> list[types.SampleResponse]:
+    """Drive a resumable sampling run (`sample_steps`) without pausing."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
-    tokens_np = out_tokens.cpu().numpy()
-    topk_ids_np, topk_lp_np = out_topk_ids.cpu().numpy(), out_topk_lp.cpu().numpy()
-    responses, row = [], 0
-    for req in requests:
-        sequences = []
-        completions = [tokens_np[r, :int(lengths[r])] for r in range(row, row + req.num_samples)]
+
+def sample_steps(model_scope: ModelScope, tokenizer, requests: Sequence[SampleRequest],
+                 default_stop_ids: Sequence[int], chunk_s: float | None = None
+                 ) -> Generator[None, None, list[types.SampleResponse]]:
+    """`sample`, resumable: it pauses (yields) after the prefill, after every `chunk_s` of
+    decoding, and after each request's logprobs, so that the scheduler can run other lanes'
+    calls in between; it returns the responses. `model_scope()` gives the model for each piece
+    of work (the runtime swaps a sampler's weights back in, in case another lane used the same
+    model meanwhile). Where the pauses fall changes nothing in the results."""
+    chunk_s = CHUNK_S if chunk_s is None else chunk_s
+    with model_scope() as model, torch.no_grad():
+        generation = Generation(model, tokenizer, requests, default_stop_ids)
+    while True:
+        yield
+        with model_scope() as model, torch.no_grad():
+            if generation.advance(model, chunk_s):
+                break
+    responses = []
+    for index in range(len(requests)):
+        yield
+        with model_scope() as model, torch.no_grad():
+            responses.append(generation.response(model, index))
+    return responses
+
+
+class _GrowingLayer(DynamicLayer):
+    """A layer of keys and values that writes each decode step's into spare room of a buffer
+    sized for the whole generation, where transformers' DynamicLayer copies its entire cache
+    into a new tensor every step (torch.cat: ~27% of decoding on tiny-chat). `keys`/`values`
+    stay what DynamicLayer's readers expect: tensors of the cached length (views)."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self._room_k: torch.Tensor | None = None  # keys/values are views of their front
+        self._room_v: torch.Tensor | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length, added = self.get_seq_length(), key_states.shape[-2]
+        if (self._room_k is None or self._room_k.shape[-2] < length + added
+                or self._room_k.shape[0] != key_states.shape[0]):
+            self._room_k, self._room_v = (
+                self._moved(old, new, length, max(self.capacity, 2 * (length + added)))
+                for old, new in ((self.keys, key_states), (self.values, value_states)))
+        assert self._room_k is not None and self._room_v is not None
+        self._room_k[..., length:length + added, :] = key_states
+        self._room_v[..., length:length + added, :] = value_states
+        self.keys = self._room_k[..., :length + added, :]
+        self.values = self._room_v[..., :length + added, :]
+        return self.keys, self.values
+
+    @staticmethod
+    def _moved(old: torch.Tensor, new: torch.Tensor, length: int, capacity: int
+               ) -> torch.Tensor:
+        room = new.new_empty((*new.shape[:-2], capacity, new.shape[-1]))
+        if length:
+            room[..., :length, :] = old
+        return room
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep these rows (finished rows leave the batch), room and all."""
+        if self._room_k is None or self._room_v is None:
+            super().batch_select_indices(indices)
+            return
+        length = self.get_seq_length()
+        self._room_k, self._room_v = self._room_k[indices], self._room_v[indices]
+        self.keys, self.values = self._room_k[..., :length, :], self._room_v[..., :length, :]
+
+
+def _growing_cache(model: torch.nn.Module, capacity: int) -> DynamicCache:
+    """A DynamicCache for `model` whose plain layers are _GrowingLayers (sliding-window and
+    other special layers stay transformers' own)."""
+    cache = DynamicCache(config=model.config)
+    cache.layers = [_GrowingLayer(capacity) if type(layer) is DynamicLayer else layer
+                    for layer in cache.layers]
+    return cache
+
+
+class Generation:
+    """The state of one batched generation: every sample of every request is a row; rows that
+    finish leave the batch (their keys and values too), so the batch only computes live rows.
+
+    Randomness comes from one generator per request, which draws for all of the request's
+    samples at every step while any of them is live: a seeded request gets the same draws
+    whatever else is in the batch and whenever its rows finish."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, requests: Sequence[SampleRequest],
+                 default_stop_ids: Sequence[int]) -> None:
+        device = next(model.parameters()).device
+        self.requests, self.tokenizer, self.device = list(requests), tokenizer, device
+        self.vocab = model.config.vocab_size
+        row_request = [r for r, req in enumerate(requests) for _ in range(req.num_samples)]
+        self.row_request = torch.tensor(row_request, device=device)
+        rows = len(row_request)
+        self.max_steps = max(req.params.max_tokens or DEFAULT_MAX_TOKENS for req in requests)
+        self.topk_width = max(req.topk_sample for req in requests)
+        self.tokens = torch.zeros((rows, self.max_steps), dtype=torch.long, device=device)
+        self.topk_ids = torch.zeros((rows, self.max_steps, self.topk_width), dtype=torch.long,
+                                    device=device)
+        self.topk_lp = torch.zeros((rows, self.max_steps, self.topk_width), device=device)
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
+        self.stopped = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.generators = [torch.Generator(device="cpu").manual_seed(req.seed)
+                           for req in requests]
+        self.step = 0
+
+        def per_row(values: list[float]) -> torch.Tensor:
+            return torch.tensor([values[r] for r in row_request], device=device)
+
+        stops = [_stop_ids_and_strings(req.params) for req in requests]
+        self.stop_strings = [stops[r][1] for r in row_request]
+        self.any_stop_strings = any(self.stop_strings)
+        stop_table = torch.zeros((rows, self.vocab), dtype=torch.bool, device=device)
+        for row, r in enumerate(row_request):
+            stop_table[row, list(stops[r][0] | set(default_stop_ids))] = True
+        # Per live row, in the batch's current order (rows leave as they finish).
+        self.live = torch.arange(rows, device=device)
+        self.temperature = per_row([req.params.temperature for req in requests])
+        self.top_p = per_row([req.params.top_p for req in requests])
+        self.top_k = per_row([req.params.top_k for req in requests]).long()
+        self.limit = per_row([req.params.max_tokens or DEFAULT_MAX_TOKENS for req in requests]
+                             ).long()
+        self.stop_table = stop_table
+        self._prefill(model)
+
+    def _prefill(self, model: torch.nn.Module) -> None:
+        """Each request's prompt once (left-padded), its keys and values then copied to each of
+        its samples' rows."""
+        prompts = [req.prompt for req in self.requests]
+        width = max(map(len, prompts))
+        ids = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p):] = torch.as_tensor(p, device=self.device)
+            mask[r, width - len(p):] = 1
+        position = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True,
+                    cache=_growing_cache(model, width + self.max_steps))
+        self.cache = out.cache
+        self.cache.batch_select_indices(self.row_request)
+        self.logits = out.logits[:, -1, :].float()[self.row_request]
+        self.mask = mask[self.row_request]
+        self.next_position = position[self.row_request, -1:] + 1
+
+    def advance(self, model: torch.nn.Module, budget_s: float) -> bool:
+        """Decode steps until `budget_s` has passed (at least one step) or every row is done;
+        True when done."""
+        started = time.perf_counter()
+        while True:
+            if self._decode_step(model):
+                return True
+            if time.perf_counter() - started >= budget_s:
+                return False
+
+    def _decode_step(self, model: torch.nn.Module) -> bool:
+        """Pick every live row's next token, retire the rows that finished, and run the model
+        on the rest; True when no row is left."""
+        step, live = self.step, self.live
+        # One draw per live request per step keeps a seeded request independent of the batch.
+        live_requests = set(self.row_request[live].tolist())
+        uniform = torch.cat([
+            torch.rand((req.num_samples, self.vocab), generator=g) if r in live_requests
+            else torch.empty((req.num_samples, self.vocab))
+            for r, (req, g) in enumerate(zip(self.requests, self.generators, strict=True))
+        ]).to(self.device)[live]
+        token = _pick(self.logits, self.temperature, self.top_k, self.top_p, uniform)
+        self.tokens[live, step] = token
+        if self.topk_width:  # raw (temperature 1, unfiltered) logprobs, as Tinker returns
+            values, ids = torch.log_softmax(self.logits, dim=-1).topk(self.topk_width, dim=-1)
+            self.topk_ids[live, step], self.topk_lp[live, step] = ids, values
+        self.lengths[live] += 1
+        hit_stop = self.stop_table[live].gather(1, token.unsqueeze(1)).squeeze(1)
+        for i, row in enumerate(live.tolist() if self.any_stop_strings else []):
+            if self.stop_strings[row] and not hit_stop[i] and _ends_with_stop(
+                    self.tokenizer, self.tokens[row, : step + 1], self.stop_strings[row]):
+                hit_stop[i] = True
+        self.stopped[live] |= hit_stop
+        finished = hit_stop | (self.lengths[live] >= self.limit)
+        self.step += 1
+        if bool(finished.all()):
+            return True
+        if bool(finished.any()):
+            keep = torch.nonzero(~finished).flatten()
+            self.live, token = live[keep], token[keep]
+            self.cache.batch_select_indices(keep)
+            self.mask, self.next_position = self.mask[keep], self.next_position[keep]
+            self.temperature, self.top_p = self.temperature[keep], self.top_p[keep]
+            self.top_k, self.limit = self.top_k[keep], self.limit[keep]
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.live), 1))], dim=1)
+        out = model(input_ids=token.unsqueeze(1), attention_mask=self.mask,
+                    position_ids=self.next_position, cache=self.cache, use_cache=True)
+        self.cache, self.logits = out.cache, out.logits[:, -1, :].float()
+        self.next_position = self.next_position + 1
+        return False
+
+    def response(self, model: torch.nn.Module, index: int) -> types.SampleResponse:
+        """Request `index`'s samples, with logprobs teacher-forced for it alone."""
+        req = self.requests[index]
+        rows = torch.nonzero(self.row_request == index).flatten().tolist()
+        tokens_np = self.tokens[rows].cpu().numpy()
+        lengths = self.lengths[rows].tolist()
+        completions = [tokens_np[k, :n] for k, n in enumerate(lengths)]
         logprobs_K = completion_logprobs(model, req.prompt, completions)
-        for k in range(req.num_samples):
-            n = int(lengths[row])
+        sequences = []
+        for k, (row, n) in enumerate(zip(rows, lengths, strict=True)):
             topk = None
             if req.topk_sample:
-                width = req.topk_sample
-                topk = TopkLogprobs(token_ids=topk_ids_np[row, :n, :width].astype(np.int32),
-                                    logprobs=topk_lp_np[row, :n, :width].astype(np.float32))
+                topk = TopkLogprobs(
+                    token_ids=self.topk_ids[row, :n, :req.topk_sample].cpu().numpy()
+                    .astype(np.int32),
+                    logprobs=self.topk_lp[row, :n, :req.topk_sample].cpu().numpy()
+                    .astype(np.float32))
             sequences.append(types.SampledSequence(
-                stop_reason="stop" if bool(stopped[row]) else "length",
+                stop_reason="stop" if bool(self.stopped[row]) else "length",
                 sequence_id=f"local-{req.seed}-{k}",
-                tokens_np=tokens_np[row, :n].astype(np.int32),
+                tokens_np=completions[k].astype(np.int32),
                 logprobs_np=logprobs_K[k].astype(np.float32),
                 topk_logprobs_np=topk,
             ))
-            row += 1
         prompt_lp, prompt_topk = None, None
         if req.prompt_logprobs or req.topk_prompt:
             prompt_lp, prompt_topk = prompt_scores(model, req.prompt, req.topk_prompt)
-        responses.append(types.SampleResponse(sequences=sequences, prompt_logprobs_np=prompt_lp,
-                                              topk_prompt_logprobs_np=prompt_topk))
-    return responses
+        return types.SampleResponse(sequences=sequences, prompt_logprobs_np=prompt_lp,
+                                    topk_prompt_logprobs_np=prompt_topk)
 
 
 @torch.no_grad()
@@ -319,25 +526,27 @@ def prompt_scores(model: torch.nn.Module, prompt: Sequence[int], topk: int
 
 
 def _pick(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-          top_p: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gumbel-max sampling from the temperature-scaled, top-k/top-p filtered distribution.
-    Returns the tokens and the raw (temperature 1, unfiltered) logprobs of every vocab entry."""
-    raw_logprobs = torch.log_softmax(logits, dim=-1)
+          top_p: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Gumbel-max sampling from the temperature-scaled, top-k/top-p filtered distribution."""
     greedy = temperature <= 0
     scaled = logits / temperature.clamp(min=1e-6).unsqueeze(1)
+    if bool(((top_k > 0) | (top_p < 1)).any()):  # sorting the vocabulary only when it filters
+        scaled = scaled.masked_fill(_filtered(scaled, top_k, top_p), float("-inf"))
+    gumbel = -torch.log(-torch.log(uniform.clamp(1e-12, 1 - 1e-7)))
+    return torch.where(greedy, logits.argmax(-1), (scaled + gumbel).argmax(-1))
+
+
+def _filtered(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Which vocabulary entries top-k and top-p leave out (never a row's most likely one)."""
     order = scaled.argsort(dim=-1, descending=True)
     sorted_scaled = scaled.gather(-1, order)
-    rank = torch.arange(logits.shape[-1], device=logits.device).expand_as(scaled)
-    k = torch.where(top_k > 0, top_k, logits.shape[-1]).unsqueeze(1)
+    rank = torch.arange(scaled.shape[-1], device=scaled.device).expand_as(scaled)
+    k = torch.where(top_k > 0, top_k, scaled.shape[-1]).unsqueeze(1)
     probs = torch.softmax(sorted_scaled, dim=-1)
     mass_before = probs.cumsum(-1) - probs  # keep a token while the mass before it is < top_p
     drop_sorted = (rank >= k) | (mass_before >= top_p.unsqueeze(1))
     drop_sorted[:, 0] = False
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    gumbel = -torch.log(-torch.log(uniform.clamp(1e-12, 1 - 1e-7)))
-    sampled = (scaled.masked_fill(drop, float("-inf")) + gumbel).argmax(-1)
-    token = torch.where(greedy, logits.argmax(-1), sampled)
-    return token, raw_logprobs
+    return torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
 
 
 def _ends_with_stop(tokenizer, tokens: torch.Tensor, stop_strings: list[str]) -> bool:

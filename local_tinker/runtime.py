@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -269,7 +269,9 @@ class Runtime:
             raise UserError(f"learning_rate must be a finite number >= 0, got "
                             f"{params.learning_rate}")
         trainable = self.model(model_id)
-        trainable_params = list(_trainable(trainable.model).values())
+        # The optimizer's own list: walking the module tree for it cost ~1 ms a step.
+        trainable_params = [p for group in trainable.optimizer.param_groups
+                            for p in group["params"]]
         clip = params.grad_clip_norm if params.grad_clip_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(trainable_params, clip)
         for group in trainable.optimizer.param_groups:
@@ -398,11 +400,16 @@ class Runtime:
 
     def sample(self, sampler_id: str, requests: list[engine.SampleRequest]
                ) -> list[types.SampleResponse]:
+        return engine.run_to_end(self.sample_steps(sampler_id, requests))
+
+    def sample_steps(self, sampler_id: str, requests: list[engine.SampleRequest]
+                     ) -> Generator[None, None, list[types.SampleResponse]]:
+        """`sample` in resumable pieces (engine.sample_steps): the scheduler runs other lanes'
+        calls between them, so the sampler's weights are swapped back in for each piece."""
         sampler = self.sampler(sampler_id)
         sampler.last_used = time.monotonic()
-        with self._weights_applied(sampler) as model:
-            return engine.sample(model, sampler.base.tokenizer, requests,
-                                 sampler.base.stop_token_ids)
+        return engine.sample_steps(lambda: self._weights_applied(sampler),
+                                   sampler.base.tokenizer, requests, sampler.base.stop_token_ids)
 
     @contextlib.contextmanager
     def _weights_applied(self, sampler: Sampler) -> Iterator[torch.nn.Module]:
@@ -416,10 +423,12 @@ class Runtime:
             sampler.weights = torch.load(sampler.directory / "adapter.pt",
                                          map_location=self.device)
         key = (sampler.base.name, json.dumps(sampler.lora, sort_keys=True))
-        host = self._hosts.get(key)
+        host = self._hosts.pop(key, None)
         if host is None:
             host = _lora_model(sampler.base, sampler.lora, self.device)
-            self._hosts = {key: host}  # keep one: a host is a full model copy
+        # Keep the two most recent (a host is a full model copy): generations now take turns
+        # chunk by chunk, and two samplers of different layouts must not rebuild one per chunk.
+        self._hosts = {**dict(list(self._hosts.items())[-1:]), key: host}
         _assign(host, sampler.weights)
         yield host
 
@@ -433,8 +442,10 @@ class Runtime:
     def _trainable(self, model_id: str, base: BaseModel, lora: Mapping[str, Any],
                    user_metadata: dict[str, str] | None) -> Trainable:
         model = _lora_model(base, lora, self.device)
+        # fused: one kernel per step instead of ~10 ops per tensor (2.0 -> 0.6 ms on tiny-chat)
         optimizer = torch.optim.AdamW(_trainable(model).values(), lr=1e-4, betas=(0.9, 0.95),
-                                      eps=1e-12, weight_decay=0.0)
+                                      eps=1e-12, weight_decay=0.0,
+                                      fused=self.device.type in ("cpu", "cuda"))
         return Trainable(model_id, base, dict(lora), model, optimizer, user_metadata)
 
     def _load_into(self, trainable: Trainable, directory: Path, path: str,
@@ -466,7 +477,7 @@ def _lora_model(base: BaseModel, lora: Mapping[str, Any], device: torch.device) 
             warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated",
                                     FutureWarning)
             wrapped = peft.get_peft_model(model, config)
-    return wrapped.to(device).eval()
+    return engine.fuse_lora(wrapped.to(device).eval())
 
 
 def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

@@ -78,6 +78,7 @@ from .runtime import (
     key_owner,
 )
 from .scheduler import Job, Scheduler
+from .threads import ThreadPolicy
 
 __all__ = ["LOCAL_API_KEY", "LocalTinkerServer", "PortInUse", "SettingsError", "embedded",
            "local_service", "serve_forever"]
@@ -305,13 +306,15 @@ class LocalTinkerServer:
     def __init__(self, root: Path | None = None, *, device: str | None = None,
                  latency_s: float = 0.0, fault_rate: float = 0.0, fault_seed: int = 0,
                  preload: list[str] | None = None, api_keys: Sequence[str] | None = None,
-                 any_model_path: bool = True, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 any_model_path: bool = True, max_body_bytes: int = MAX_BODY_BYTES,
+                 threads: int | None = None) -> None:
         _check_unit_interval("--fault_rate", fault_rate)
         if not (math.isfinite(latency_s) and latency_s >= 0):
             raise SettingsError(f"--latency_s must be a finite number of seconds >= 0, "
                                 f"got {latency_s}")
         self.root = prepare_root(Path(root) if root else default_root())
         self.runtime = Runtime(self.root, resolve_device(device))
+        thread_policy = ThreadPolicy(threads)  # None: chosen from cores and load (threads.py)
         self.latency_s = latency_s
         self.fault_rate = fault_rate
         self.faults_injected = 0
@@ -335,7 +338,8 @@ class LocalTinkerServer:
             except UnknownModelError as exc:
                 raise SettingsError(f"--model {name}: {exc}") from None
             self._preloaded.add(name)
-        self.scheduler = Scheduler()  # last: nothing above may leave a worker thread behind
+        # Last: nothing above may leave a worker thread behind.
+        self.scheduler = Scheduler(thread_policy)
         self.app = _BodyLimit(Starlette(routes=self._routes()), max_body_bytes)
 
     @property
@@ -802,7 +806,7 @@ class LocalTinkerServer:
         ids = [f"{sampler_id}:{body.seq_id}:{k}" for k in range(body.num_samples)]
         return self._new_future(
             sampler_id, owner, None, seq_key=body.seq_id, payload=sample,
-            batch=lambda requests: self.runtime.sample(sampler_id, requests),
+            batch=lambda requests: self.runtime.sample_steps(sampler_id, requests),
             extra={"sample_sequence_ids": ids})
 
     # -- results --------------------------------------------------------------------------

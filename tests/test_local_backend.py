@@ -89,14 +89,22 @@ def test_loss_sum_matches_numpy(trainer, loss_fn):
 
 
 def test_microbatches_share_prompts_and_keep_to_the_budget():
-    system = list(range(40))  # two prompts that share 40 tokens, 3 samples each, and a loner
+    system = list(range(200))  # two prompts that share 200 tokens, 3 samples each, and a loner
     inputs = [[*system, 100 + p, *[7] * n] for p in range(2) for n in (3, 9, 5)] + [[1, 2, 3]]
     batches = engine.microbatches(inputs, budget=30)
     assert sorted(i for _, batch in batches for i in batch) == list(range(7))
     shared = {i: prefix for prefix, batch in batches for i in batch}
-    assert shared[6] == 0 and all(shared[i] == 40 for i in range(6))
+    assert shared[6] == 0 and all(shared[i] == 200 for i in range(6))
     for prefix, batch in batches:  # padded tokens after the shared prefix
         assert len(batch) == 1 or max(len(inputs[i]) - prefix for i in batch) * len(batch) <= 30
+
+
+def test_datums_without_a_prefix_worth_sharing_run_as_one_padded_pass():
+    # 3 samples sharing 40 tokens save 80 tokens: less than the extra passes cost, so they
+    # join the loners (the SFT case: chats whose common prefix is a few template tokens).
+    system = list(range(40))
+    inputs = [[*system, 100 + p, *[7] * n] for p in range(2) for n in (3, 9, 5)] + [[1, 2, 3]]
+    assert engine.microbatches(inputs) == [(0, [6, 0, 3, 2, 5, 1, 4])]
 
 
 def test_samples_of_one_prompt_train_as_if_each_came_alone(service):
@@ -108,8 +116,9 @@ def test_samples_of_one_prompt_train_as_if_each_came_alone(service):
     rng = np.random.default_rng(0)
     data = []
     for p in range(2):
-        prompt = tokenizer.encode(f"Solve the problem step by step. Problem {p}:",
-                                  add_special_tokens=False)
+        # Long enough that sharing it saves more than the extra passes cost.
+        prompt = tokenizer.encode("Solve the problem step by step, and show every step. " * 3
+                                  + f"Problem {p}:", add_special_tokens=False)
         for _ in range(3):
             completion = rng.integers(0, 256, int(rng.integers(2, 12))).tolist()
             data.append(rollout_datum(prompt, completion, rng.normal(-5.5, 0.3, len(completion)),
@@ -338,3 +347,34 @@ def test_injected_faults_are_survived_with_identical_results(tmp_path):
     assert faults > 0
     for x, y in zip(clean, faulty, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_fused_lora_layers_compute_what_peft_does():
+    """engine.fuse_lora: every LoRA layer's output and its adapter gradients equal peft's own
+    forward (float rounding apart), for attention, MLP and unembedding layers."""
+    import torch
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    from local_tinker.models import load_base_model
+    from local_tinker.runtime import _lora_model
+
+    model = _lora_model(load_base_model("tiny-chat"), {
+        "rank": 4, "seed": 0, "train_mlp": True, "train_attn": True, "train_unembed": True},
+        torch.device("cpu"))
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    assert {type(m.base_layer).__name__ for m in layers} == {"Linear"} and len(layers) == 29
+    generator = torch.Generator().manual_seed(0)
+    for layer in layers:
+        assert layer.forward.__func__ is engine._fused_lora_forward
+        with torch.no_grad():  # a trained adapter: B is zero at init
+            layer.lora_B["default"].weight.normal_(generator=generator)
+        x = torch.randn(3, 5, layer.in_features, generator=generator)
+        grads = []
+        for forward in (layer.forward, lambda x, layer=layer: LoraLinear.forward(layer, x)):
+            out = forward(x)
+            (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+            grads.append((out.detach(), *(p.grad.clone() for p in (
+                layer.lora_A["default"].weight, layer.lora_B["default"].weight))))
+            layer.zero_grad(set_to_none=True)
+        for fused, plain in zip(*grads, strict=True):
+            torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)

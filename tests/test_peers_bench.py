@@ -25,7 +25,7 @@ def test_peers_smoke(tmp_path):
          "--rl_steps", "2", "--rl_problems", "2", "--group", "2", "--max_tokens", "64",
          # tiny-instruct writes answer tags, so rewards differ within a group and train_rl trains
          # (a 2-step warm start of tiny-math never does: every group ties, no loss is logged).
-         "--rl_model", "tiny-instruct", "--json", str(out)],
+         "--rl_model", "tiny-instruct", "--repeats", "1", "--threads", "1", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "headline: SFT: ours" in proc.stdout and "RL: ours" in proc.stdout

@@ -1,0 +1,68 @@
+"""bench/guards.py: the checks every benchmark runs before it prints a comparison."""
+
+import math
+
+import pytest
+
+from bench.guards import Spread, alternate, overhead, speed_ratio
+
+
+def test_the_minus_220_ms_overhead_is_refused():
+    # What bench/http_overhead.py once printed: forward_backward 102.8 ms over HTTP against
+    # 322.9 ms direct. An overhead cannot be negative; the sides measured different work.
+    verdict = overhead([0.1028, 0.1010, 0.1050], [0.3229, 0.3100, 0.3300])
+    assert verdict.refused
+    assert verdict.text.startswith("refused: negative overhead -220.1 ms")
+
+
+def test_an_overhead_within_the_noise_is_refused():
+    verdict = overhead([0.050, 0.047, 0.052, 0.046], [0.048, 0.050, 0.049, 0.047])
+    assert verdict.refused and "within the noise" in verdict.text and "spans zero" in verdict.text
+
+
+def test_a_clear_overhead_is_printed_with_its_spread():
+    verdict = overhead([0.0035, 0.0042, 0.0038, 0.0040], [0.0006, 0.0007, 0.0005, 0.0006])
+    assert not verdict.refused
+    assert verdict.value == pytest.approx(0.00335)  # median of 2.9, 3.5, 3.3, 3.4 ms
+    assert verdict.text == "3.4 ms (IQR 3.2..3.4)"
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])
+def test_a_timing_that_is_not_a_positive_number_is_refused(bad):
+    assert overhead([0.01, bad], [0.005, 0.005]).refused
+    assert speed_ratio([0.01, bad], [0.02, 0.02], 10, 10).refused
+
+
+def test_unpaired_rounds_are_refused():
+    assert "different numbers of rounds" in overhead([0.01, 0.02], [0.01]).text
+
+
+@pytest.mark.parametrize(("ours_work", "theirs_work", "side"), [(0, 10, "ours"),
+                                                                (10, 0, "theirs")])
+def test_a_side_that_did_no_work_is_refused(ours_work, theirs_work, side):
+    verdict = speed_ratio([0.01, 0.01], [0.02, 0.02], ours_work, theirs_work)
+    assert verdict.refused and verdict.text == f"refused: {side} did no work"
+
+
+def test_a_ratio_lost_in_the_noise_is_refused_and_a_clear_one_printed():
+    noisy = speed_ratio([1.0, 1.0, 1.0, 1.0], [0.8, 1.25, 0.9, 1.1], 1, 1)
+    assert noisy.refused and "no difference beyond the noise" in noisy.text
+    clear = speed_ratio([1.0, 1.0, 1.0], [2.0, 2.2, 1.9], 1, 1)
+    assert clear.value == pytest.approx(2.0)
+    assert clear.text == "2.00x (IQR 1.95..2.10x, 3 rounds)"
+    slower = speed_ratio([2.0, 2.0, 2.0], [1.0, 1.1, 0.9], 1, 1)
+    assert slower.value == pytest.approx(0.5)  # ours slower: a ratio below 1, still printed
+
+
+def test_sides_warm_up_then_alternate_in_rotating_order():
+    calls = []
+    sides = {name: (lambda name=name: calls.append(name) or len(calls)) for name in "abc"}
+    results = alternate(sides, repeats=3, warmup=1)
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab")
+    assert results == {"a": [4, 9, 11], "b": [5, 7, 12], "c": [6, 8, 10]}
+
+
+def test_spread_of_one_value_and_of_several():
+    assert Spread.of([3.0]) == Spread(3.0, 3.0, 3.0, 1)
+    spread = Spread.of([4.0, 1.0, 3.0, 2.0, 5.0])
+    assert (spread.median, spread.low, spread.high, spread.n) == (3.0, 2.0, 4.0, 5)
