@@ -69,6 +69,7 @@ from sweeps import (  # noqa: E402  (W&B's sweep engine, not this folder: it has
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.append(str(ROOT))  # after site-packages: `sweeps` stays W&B's engine, not this folder
+from common.cli import print_error  # noqa: E402
 from common.evaluation import wilson_interval  # noqa: E402
 from common.runfiles import json_safe, read_run_config  # noqa: E402
 from common.secrets import redact, redact_name  # noqa: E402
@@ -98,14 +99,24 @@ class Trial:
     stop_sent: float | None = None
 
 
+class SweepError(ValueError):
+    """A sweep that cannot run as given (a flag, the YAML); the message names it."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, not usage + error, and the same exit code
+        raise SweepError(message)
+
+
 def load_sweep(path: Path) -> SweepConfig:
     """The sweep config, validated by the engine's schema; errors name the file."""
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise SystemExit(f"{path}: cannot read the sweep YAML ({exc})") from None
+        raise SweepError(f"{path}: cannot read the sweep YAML "
+                         f"({' '.join(str(exc).split())[:200]})") from None
     if not isinstance(raw, dict):
-        raise SystemExit(f"{path}: expected a mapping (a W&B sweep config)")
+        raise SweepError(f"{path}: expected a mapping (a W&B sweep config)")
     try:
         problems = schema_violations_from_proposed_config(raw)
     except ValueError as exc:
@@ -120,8 +131,7 @@ def load_sweep(path: Path) -> SweepConfig:
     if "${program}" in command and not (ROOT / str(raw.get("program", ""))).is_file():
         problems.append(f"program {raw.get('program')!r} is not a file under {ROOT}")
     if problems:
-        lines = "\n".join(f"  - {p}" for p in problems)
-        raise SystemExit(f"{path}: not a valid sweep config:\n{lines}")
+        raise SweepError(f"{path}: not a valid sweep config: " + "; ".join(problems))
     return SweepConfig(raw)
 
 
@@ -362,7 +372,17 @@ def _num(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    """The runner's one error path, as the scripts': a bad flag or YAML is one `error:` line
+    and exit code 2."""
+    try:
+        return sweep(argv)
+    except SweepError as exc:
+        print_error(exc)
+        return 2
+
+
+def sweep(argv: list[str] | None = None) -> int:
+    parser = _Parser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("sweep", type=Path, help="W&B sweep YAML (e.g. sweeps/sft_lr.yaml)")
     parser.add_argument("--count", type=int, help="runs to start (default: the whole grid; "
                         "required for random and bayes, which never run out)")

@@ -624,3 +624,67 @@ def test_bad_serve_settings_are_one_clear_error(flags, regex, world, capsys, mon
         rc = int(ended.code or 0)
     out, err = capsys.readouterr()
     assert_one_error_line(rc, out, err, regex)
+
+
+# ---------------------------------------------------------------------------------------------
+# `python sweeps/run_offline.py`: the sweep runner, through its own main.
+
+SWEEP_YAMLS = {  # name -> YAML text
+    "not_yaml.yaml": "method: [grid\n",
+    "a_list.yaml": "- grid\n",
+    "bad_method.yaml": "program: train_sft.py\nmethod: nope\nparameters:\n  lr: {value: 0.1}\n",
+    "runner_flag.yaml": "program: train_sft.py\nmethod: grid\nparameters:\n  log_dir: {value: x}\n",
+    "no_program.yaml": "program: nope.py\nmethod: grid\nparameters:\n  lr: {value: 0.1}\n",
+    "bad_macro.yaml": "program: train_sft.py\nmethod: grid\ncommand: ['${bogus}']\n"
+                      "parameters:\n  lr: {value: 0.1}\n",
+    "no_parameters.yaml": "program: train_sft.py\nmethod: grid\n",
+    "bad_goal.yaml": "program: train_sft.py\nmethod: grid\nmetric: {name: eval/loss, goal: up}\n"
+                     "parameters:\n  lr: {values: [0.1]}\n",
+    "bayes.yaml": "program: train_sft.py\nmethod: bayes\nmetric: {name: eval/loss, goal: minimize}"
+                  "\nparameters:\n  lr: {min: 0.001, max: 0.1}\n",
+}
+SWEEP_CASES = [  # (argv, regex); `{s}` is the directory of the YAMLs above
+    (["{s}/missing.yaml"], r"missing.yaml: cannot read the sweep YAML"),
+    (["{s}/not_yaml.yaml"], r"not_yaml.yaml: cannot read the sweep YAML"),
+    (["{s}/a_list.yaml"], r"a_list.yaml: expected a mapping"),
+    (["{s}/bad_method.yaml"], r"bad_method.yaml: not a valid sweep config: .*nope"),
+    (["{s}/runner_flag.yaml"], r"parameters \['log_dir'\] are set by the runner"),
+    (["{s}/no_program.yaml"], r"program 'nope.py' is not a file"),
+    (["{s}/bad_macro.yaml"], r"command macros \['\$\{bogus\}'\] are not supported"),
+    (["{s}/no_parameters.yaml"], r"no_parameters.yaml: not a valid sweep config"),
+    (["{s}/bad_goal.yaml"], r"bad_goal.yaml: not a valid sweep config"),
+    (["{s}/bayes.yaml"], r"--count is required for method bayes"),
+    (["sweeps/sft_lr.yaml", "--parallel", "0"], r"--parallel and --count must be >= 1"),
+    (["sweeps/sft_lr.yaml", "--count", "0"], r"--parallel and --count must be >= 1"),
+    (["sweeps/sft_lr.yaml", "--parallel", "two"], r"--parallel: invalid int value"),
+    (["sweeps/sft_lr.yaml", "--wandb_mode", "bogus"], r"--wandb_mode: invalid choice"),
+    (["sweeps/sft_lr.yaml", "--bogus"], r"unrecognized arguments: --bogus"),
+    (["sweeps/sft_lr.yaml", "--paral", "2"], r"unrecognized arguments: --paral"),
+    (["sweeps/sft_lr.yaml", "--poll"], r"--poll: expected one argument"),
+    ([], r"the following arguments are required: sweep"),
+]
+
+
+@pytest.fixture(scope="module")
+def sweep_runner(tmp_path_factory):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_offline", ROOT / "sweeps/run_offline.py")
+    module = sys.modules["run_offline"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yamls = tmp_path_factory.mktemp("sweep_yamls")
+    for name, text in SWEEP_YAMLS.items():
+        (yamls / name).write_text(text)
+    return module, yamls
+
+
+@pytest.mark.parametrize("argv, regex", SWEEP_CASES, ids=lambda c: str(c)[:40])
+def test_bad_sweep_runner_input_is_one_clear_error(argv, regex, sweep_runner, tmp_path, capsys,
+                                                   monkeypatch):
+    module, yamls = sweep_runner
+    monkeypatch.chdir(ROOT)
+    argv = [a.replace("{s}", str(yamls)) for a in argv]
+    rc = module.main([*argv, "--out", str(tmp_path / "out")] if argv else argv)
+    out, err = capsys.readouterr()
+    assert_one_error_line(rc, out, err, regex)
+    assert not (tmp_path / "out").exists()  # nothing started, nothing written
