@@ -256,8 +256,8 @@ def test_beyond_loopback_only_the_operators_key_is_served(tmp_path, capsys, monk
         with tinker.ServiceClient(base_url=url, api_key=OPERATOR_KEY) as operator:
             trainer = operator.create_lora_training_client("tiny-chat", rank=2).result()
             assert trainer.get_info().lora_rank == 2
-        stranger = tinker.ServiceClient(base_url=url, api_key=local_tinker.LOCAL_API_KEY)
-        with pytest.raises(tinker.AuthenticationError, match="not accepted"):
+        with tinker.ServiceClient(base_url=url, api_key=local_tinker.LOCAL_API_KEY) as stranger, \
+                pytest.raises(tinker.AuthenticationError, match="not accepted"):
             stranger.create_lora_training_client("tiny-chat").result()
         assert httpx.post(url + "/api/v1/create_session", json={}).status_code == 401
     finally:
