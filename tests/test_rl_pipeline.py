@@ -1,4 +1,5 @@
-"""The README's local RL pipeline, run as written: warm start -> RL -> evaluate (~12 minutes).
+"""The local RL pipeline of docs/models.md, run as written: warm start -> RL -> evaluate
+(~12 minutes).
 
 This is issue #4's yardstick: on 300 held-out problems (temperature 0.3, scored by the task's
 reward code) RL must raise accuracy with non-overlapping 95% intervals, and mean words must
@@ -24,7 +25,8 @@ EVALUATE = "python evaluate.py --checkpoint runs/warm-start runs/rl-local"
 
 
 def readme_commands() -> str:
-    text = (ROOT / "README.md").read_text()
+    """The README's and docs' text, continuation lines joined, whitespace normalised."""
+    text = "\n".join(p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
     return " ".join(text.replace("\\\n", " ").split())
 
 
