@@ -116,9 +116,11 @@ def per_step(script: str, steps: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=30, help="alternated rounds per call")
-    parser.add_argument("--steps", type=int, default=10, help="train_sft steps")
-    parser.add_argument("--rl_steps", type=int, default=3, help="train_rl steps")
+    parser.add_argument("--steps", type=int, default=10, help="train_sft steps (0: skip)")
+    parser.add_argument("--rl_steps", type=int, default=3, help="train_rl steps (0: skip)")
     args = parser.parse_args()
+    if min(args.calls, args.steps, args.rl_steps) < 0 or args.calls < 2:
+        parser.error("--calls must be >= 2, --steps and --rl_steps >= 0")
     print(f"per call, tiny-chat, {args.calls} alternated rounds after a warm-up; {load_note()}")
     calls = per_call(args.calls)
     print(f"{'call':20}{'http median':>12}{'direct median':>14}{'http IQR':>15}"
@@ -136,6 +138,8 @@ def main() -> None:
                     "train_rl": ["forward_backward", "optim_step", "sample (4 prompts)",
                                  "sample (4 prompts)"]}
     for script, steps in (("train_sft", args.steps), ("train_rl", args.rl_steps)):
+        if not steps:
+            continue
         step_s = per_step(script, steps)
         step = statistics.median(step_s[1:] or step_s)
         verdicts = [overhead(calls[name]["http"], calls[name]["direct"])
