@@ -63,7 +63,7 @@ def test_a_stale_batch_is_trained_with_its_samplers_logprobs(service_client):
     learner = service_client.create_lora_training_client(base_model="tiny-chat", rank=4, seed=3
                                                          ).result()
     tokenizer = learner.get_tokenizer()
-    stale = learner.save_weights_and_get_sampling_client()
+    stale = learner.save_weights_and_get_sampling_client().result()
     prompt = chat_tokens(tokenizer, [{"role": "user", "content": "2 3 4 5"}], True)
     params = types.SamplingParams(max_tokens=16, temperature=1.0, seed=7)
     sequences = stale.sample(types.ModelInput.from_ints(prompt), 2, params).result().sequences

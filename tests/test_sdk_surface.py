@@ -313,7 +313,8 @@ def test_save_options_ttl_and_overwrite(world):
         trainer.save_state("surface").result()
     assert trainer.save_state("surface", overwrite=True).result().path == world["state"]
     short = trainer.save_state("short-lived", ttl_seconds=1).result().path
-    listed = world["service"].create_rest_client().list_checkpoints(trainer.model_id).result()
+    rest = tinker.RestClient(base_url=world["url"], api_key=local_tinker.LOCAL_API_KEY)
+    listed = rest.list_checkpoints(trainer.model_id).result()
     expiring = [c for c in listed.checkpoints if c.tinker_path == short]
     assert expiring and expiring[0].expires_at is not None
 
