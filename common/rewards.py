@@ -130,8 +130,13 @@ def answer_reward(completion: str, reference: str, answer_format: AnswerFormat =
     answer = extract_answer(completion, answer_format)
     correct = answer is not None and (answer.strip() == reference.strip() if exact
                                       else answers_match(reference, answer))
-    parts = {"format": FORMAT_REWARD if answer is not None else 0.0,
-             "correct": CORRECT_REWARD if correct else 0.0}
+    return answer_parts(answer is not None, float(correct))
+
+
+def answer_parts(found: bool, score: float) -> dict[str, float]:
+    """{format, correct, total} of a completion whose answer was `found` (in the expected form)
+    and scored `score` in [0, 1] (a grader's partial credit scales the correct reward)."""
+    parts = {"format": FORMAT_REWARD if found else 0.0, "correct": CORRECT_REWARD * score}
     return {**parts, "total": sum(parts.values())}
 
 

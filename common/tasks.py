@@ -46,8 +46,8 @@ from common.arithmetic import Problem as ArithmeticProblem
 from common.data import DatasetError, as_messages, file_fingerprint, is_file_spec, load_rows
 from common.rewards import (
     CORRECT_REWARD,
-    FORMAT_REWARD,
     RewardValueError,
+    answer_parts,
     answer_reward,
     checked_reward,
     compute_reward,
@@ -409,9 +409,8 @@ def _reasoning_gym(cfg: TaskConfig, name: str, system_prompt: str) -> Task:
     def grade(item: Problem, completion: str) -> dict[str, float]:
         answer = extract_answer(completion, cfg.answer_format)
         if answer is None:
-            return {"format": 0.0, "correct": 0.0, "total": 0.0}
-        correct = CORRECT_REWARD * float(held_data.score_answer(answer, item.row))
-        return {"format": FORMAT_REWARD, "correct": correct, "total": FORMAT_REWARD + correct}
+            return answer_parts(False, 0.0)
+        return answer_parts(True, float(held_data.score_answer(answer, item.row)))
 
     return Task(f"reasoning_gym:{name}", train, lambda: heldout, grade, ("format", "correct"))
 
