@@ -127,6 +127,8 @@ def main(cfg: Config) -> dict[str, float]:
     with start_run(claim, job_type="rl") as run:
         training_client, tokenizer = run.training_client, run.tokenizer
         heldout_P = spread(task.heldout(), cfg.eval_problems)
+        heldout_prompt_tokens = sum(prompt_token_counts([p.messages for p in heldout_P],
+                                                        tokenizer)[0])  # billed per evaluation
         ahead = SampledAhead(run, task, cfg.max_steps_off_policy)
         # Steps where every group tied (no datum, no update): a run can look finished and
         # have trained nothing, so the count is logged, summarised and printed at the end.
@@ -181,11 +183,11 @@ def main(cfg: Config) -> dict[str, float]:
                        "progress/step": step, "progress/done_frac": step / cfg.max_steps,
                        "time/sample": t_sampled - t0, "time/train": time.perf_counter() - t_sampled}
             if heldout_P and due(step, cfg.eval_every, cfg.max_steps):
-                metrics.update(evaluate_heldout(sampler.result(), tokenizer, task, heldout_P, cfg,
-                                                run))
+                metrics.update(evaluate_heldout(sampler.result(), tokenizer, task, heldout_P,
+                                                heldout_prompt_tokens, cfg, run))
             if due(step, cfg.sample_every, cfg.max_steps):
-                log_samples(run, step, batch, texts_P_G, rewards_P_G, adv.advantages_P_G,
-                            task.reward_parts)
+                log_samples(run, step, batch.problems_P, groups_P_G, texts_P_G, rewards_P_G,
+                            adv.advantages_P_G, task.reward_parts)
             metrics["time/step"] = time.perf_counter() - t0
             run.log(metrics, step)
             run.save_if_due(step)
@@ -286,26 +288,25 @@ def rollout_metrics(groups_P_G: list, texts_P_G: list, rewards_P_G: list, adv: A
 
 
 def evaluate_heldout(sampler: Any, tokenizer: Any, task: Task, heldout_P: list[Problem],
-                     cfg: Config, run: Run) -> dict[str, float]:
+                     prompt_tokens: int, cfg: Config, run: Run) -> dict[str, float]:
     """Greedy accuracy of the step's updated weights on held-out problems (evaluate.py's
-    scoring); its tokens are billed to the step."""
+    scoring); its tokens (`prompt_tokens` of prompts) are billed to the step."""
     params = types.SamplingParams(max_tokens=cfg.max_tokens, temperature=0.0, seed=cfg.seed)
     rows = score_problems(sampler, tokenizer, heldout_P, params, task)
     summary = summarize(rows)
-    run.meter.add(prompt=sum(prompt_token_counts([p.messages for p in heldout_P], tokenizer)[0]),
-                  sampled=sum(row["tokens"] for row in rows))
+    run.meter.add(prompt=prompt_tokens, sampled=sum(row["tokens"] for row in rows))
     return {"eval/reward": summary["reward"],
             **({"eval/accuracy": summary["accuracy"]} if "accuracy" in summary else {})}
 
 
-def log_samples(run: Run, step: int, batch: Batch, texts_P_G: list, rewards_P_G: list,
-                advantages_P_G: np.ndarray, parts: tuple[str, ...]) -> None:
+def log_samples(run: Run, step: int, problems_P: list[Problem], groups_P_G: list,
+                texts_P_G: list, rewards_P_G: list, advantages_P_G: np.ndarray,
+                parts: tuple[str, ...]) -> None:
     """Every rollout of this step: the user turn, completion, reward parts and advantage."""
-    groups_P_G = batch.sequences()
     rows = [[step, p, g, problem.messages[-1]["content"], texts_P_G[p][g], problem.answer,
              *(r[part] for part in parts), r["total"], float(advantages_P_G[p, g]),
              len(groups_P_G[p][g].tokens)]
-            for p, problem in enumerate(batch.problems_P) for g, r in enumerate(rewards_P_G[p])]
+            for p, problem in enumerate(problems_P) for g, r in enumerate(rewards_P_G[p])]
     run.tracker.log_table("samples", ["step", "group", "sample", "prompt", "completion", "answer",
                                       *parts, "reward", "advantage", "completion_tokens"],
                           rows, step)
