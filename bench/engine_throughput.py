@@ -4,6 +4,8 @@ Sampling: one RL step's worth (8 problems x 8 samples, up to 256 tokens at tempe
 through `SamplingClient.sample` (eight requests submitted together, batched by the worker)
 against one `model.generate` call on the same weights (a copy whose LoRA layers run peft's
 own forward, as a user's would) and the same 64 left-padded prompts.
+The same again with the server's `--sample_logprobs decode` (logprobs from the generation's
+own logits instead of recomputed for each request alone).
 Training: `forward_backward` + `optim_step` on the 64 resulting RL datums (importance sampling)
 through the SDK and the local server, against the loop a user would write in-process on an
 identical peft LoRA model (same init, same data): one right-padded forward, the same per-token loss,
@@ -88,10 +90,12 @@ def main() -> None:
                    for i in range(PROBLEMS)]
         rows = {}
         if not args.skip_sampling:
+            generate = generate_call(stock_peft(server.runtime.models[trainer.model_id].model),
+                                     server.runtime.models[trainer.model_id].base, prompts)
             rows["sampling (vs model.generate)"] = alternate(
-                args.repeats, lambda: (sample_tokens(sampler, prompts), None),
-                generate_call(stock_peft(server.runtime.models[trainer.model_id].model),
-                              server.runtime.models[trainer.model_id].base, prompts))
+                args.repeats, lambda: (sample_tokens(sampler, prompts), None), generate)
+            rows["sampling, decode logprobs (vs generate)"] = alternate(
+                args.repeats, lambda: (sample_tokens(sampler, prompts, server), None), generate)
         data = rollout_data(sampler, prompts)
         # The baseline trains its own copy: the same LoRA init, made the same way.
         baseline = service.create_lora_training_client("tiny-chat", rank=32, seed=0).result()
@@ -112,8 +116,16 @@ def sample_responses(sampler, prompts: list[list[int]]) -> list[types.SampleResp
     return [f.result() for f in futures]
 
 
-def sample_tokens(sampler, prompts: list[list[int]]) -> int:
-    return sum(len(s.tokens) for r in sample_responses(sampler, prompts) for s in r.sequences)
+def sample_tokens(sampler, prompts: list[list[int]], decode_on=None) -> int:
+    """Tokens sampled; with `decode_on` (a server), in its --sample_logprobs decode mode."""
+    if decode_on is not None:
+        decode_on.runtime.sample_logprobs = "decode"
+    try:
+        return sum(len(s.tokens) for r in sample_responses(sampler, prompts)
+                   for s in r.sequences)
+    finally:
+        if decode_on is not None:
+            decode_on.runtime.sample_logprobs = "exact"
 
 
 def stock_peft(model: torch.nn.Module) -> torch.nn.Module:
@@ -204,7 +216,7 @@ def report(rows: dict[str, tuple[list[Timing], list[Timing]]], data: list[types.
     print(f"tiny-chat, {PROBLEMS} problems x {GROUP} samples, up to {MAX_TOKENS} tokens, "
           f"{torch.get_num_threads()} torch threads; training batch: {len(data)} datums, "
           f"{sum(d.model_input.length for d in data)} tokens; {guards.load_note()}")
-    print(f"{'(medians)':34}{'ours tok/s':>12}{'plain tok/s':>13}   ours over plain, per round")
+    print(f"{'(medians)':42}{'ours tok/s':>12}{'plain tok/s':>13}   ours over plain, per round")
     headline = []
     for name, (ours, plain) in rows.items():
         ours_tps = statistics.median(t[2] / t[0] for t in ours)
@@ -212,10 +224,10 @@ def report(rows: dict[str, tuple[list[Timing], list[Timing]]], data: list[types.
         work = (sum(t[2] for t in ours), sum(t[2] for t in plain))
         wall = guards.speed_ratio(per_token(ours, 0), per_token(plain, 0), *work)
         cpu = guards.speed_ratio(per_token(ours, 1), per_token(plain, 1), *work)
-        print(f"{name:34}{ours_tps:>12,.0f}{plain_tps:>13,.0f}   {wall.text}; by CPU time "
+        print(f"{name:42}{ours_tps:>12,.0f}{plain_tps:>13,.0f}   {wall.text}; by CPU time "
               f"{cpu.text}")
-        headline.append(f"{name.split()[0]} {wall.value:.2f}x" if not wall.refused
-                        else f"{name.split()[0]}: no ratio ({wall.text})")
+        headline.append(f"{name.split(' (')[0]} {wall.value:.2f}x" if not wall.refused
+                        else f"{name.split(' (')[0]}: no ratio ({wall.text})")
         if ours[0][3] is not None:  # same weights, data, loss and optimizer: equal losses
             for side, timings in (("ours", ours), ("plain", plain)):
                 print(f"  losses by step, {side:5}: " + " ".join(f"{t[3]:.5f}" for t in timings))

@@ -12,7 +12,8 @@ with a typo in --base_url deserves an answer in seconds. The session is finished
 rather than when heartbeats stop, which for a script run in-process (tests, benchmarks) was never.
 
 Knobs for tests and benchmarks, read when the local server starts: LOCAL_TINKER_ROOT (where
-checkpoints live), LOCAL_TINKER_LATENCY_S and LOCAL_TINKER_FAULT_RATE (see local_tinker.server).
+checkpoints live), LOCAL_TINKER_LATENCY_S and LOCAL_TINKER_FAULT_RATE (see local_tinker.server);
+and for users, LOCAL_TINKER_SAMPLE_LOGPROBS=decode (faster sampling, see docs/local_backend.md).
 """
 
 from __future__ import annotations
@@ -183,7 +184,8 @@ def start_local_server(threads: int | None = None) -> tuple[str, str]:
         options = {"root": env.get("LOCAL_TINKER_ROOT") or None,
                    "latency_s": float(env.get("LOCAL_TINKER_LATENCY_S", 0)),
                    "fault_rate": float(env.get("LOCAL_TINKER_FAULT_RATE", 0)),
-                   "device": env.get("LOCAL_TINKER_DEVICE"), "threads": threads}
+                   "device": env.get("LOCAL_TINKER_DEVICE"), "threads": threads,
+                   "sample_logprobs": env.get("LOCAL_TINKER_SAMPLE_LOGPROBS", "exact")}
         key = tuple(sorted(options.items()))
         if key not in _started:
             _started[key], _ = _servers.enter_context(local_tinker.embedded(**options))

@@ -75,6 +75,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     serve.add_argument("--threads", type=int, default=None,
                        help="torch threads (default: one per core that other processes leave "
                             "free, re-checked as the load changes; also LOCAL_TINKER_THREADS)")
+    serve.add_argument("--sample_logprobs", choices=("exact", "decode"),
+                       default=os.environ.get("LOCAL_TINKER_SAMPLE_LOGPROBS", "exact"),
+                       help="sampled tokens' logprobs: 'exact' recomputes each request's on its "
+                            "own, so they never depend on its batch mates; 'decode' takes the "
+                            "generation's own, equal up to float rounding, about a fifth less "
+                            "sampling time (also LOCAL_TINKER_SAMPLE_LOGPROBS)")
     return parser.parse_args(argv)
 
 
@@ -90,7 +96,8 @@ def serve(args: argparse.Namespace) -> int:
     check_exposure(args.host, bool(keys))  # before loading anything: beyond loopback needs one
     server = LocalTinkerServer(args.root, device=args.device, latency_s=args.latency_s,
                                fault_rate=args.fault_rate, preload=args.model, api_keys=keys,
-                               any_model_path=False, threads=args.threads)
+                               any_model_path=False, threads=args.threads,
+                               sample_logprobs=args.sample_logprobs)
     serve_forever(server, args.host, args.port)
     return 0
 

@@ -12,9 +12,12 @@ left-padded, each prefilled once for all its samples); a sequence that finishes 
 Randomness comes from one `torch.Generator` per request, seeded by the request, and drawn for the
 whole request at once, so a seeded request gives the same samples whatever else is in the batch.
 Returned logprobs are the raw (temperature 1, unfiltered) logprobs of the sampled tokens, which
-is what the Tinker service returns, recomputed for each request on its own so that they do not
-depend on its batch mates either (about a quarter of a sampling call's time); `compute_logprobs`
-agrees with them. A generation is resumable (`sample_steps`): it pauses every CHUNK_S of
+is what the Tinker service returns. By default ("exact") they are recomputed for each request on
+its own so that they do not depend on its batch mates either (about a quarter of a sampling
+call's time); `compute_logprobs` agrees with them. "decode" takes them from the generation's own
+logits instead: the same values up to float rounding, which then depends on which
+requests shared the batch, so a resumed run may differ from an uninterrupted one in the last
+bits. A generation is resumable (`sample_steps`): it pauses every CHUNK_S of
 decoding, so that the scheduler can serve other clients' calls in between.
 
 LoRA layers run through `fuse_lora`, which folds the adapter's scaling and sum into one addmm.
@@ -47,6 +50,7 @@ MIN_SHARED_PREFIX = 16
 # a fwd+bwd pass costs ~8 ms plus ~0.1 ms a token, so two extra passes cost ~160 tokens' worth.
 MIN_SHARED_SAVING = 256
 DEFAULT_MAX_TOKENS = 256  # a sample request without max_tokens
+SAMPLE_LOGPROBS = ("exact", "decode")  # where sampled tokens' logprobs come from (see above)
 # A generation pauses after this much decoding so that other lanes' calls run in between: a
 # short call waits for at most one chunk. Pausing costs a weight swap (microseconds to a few ms).
 CHUNK_S = 0.05
@@ -243,10 +247,11 @@ ModelScope = Callable[[], AbstractContextManager[torch.nn.Module]]
 
 
 def sample(model: torch.nn.Module, tokenizer, requests: Sequence[SampleRequest],
-           default_stop_ids: Sequence[int]) -> list[types.SampleResponse]:
+           default_stop_ids: Sequence[int], logprobs: str = "exact"
+           ) -> list[types.SampleResponse]:
     """Generate every sequence of every request in one batched KV-cache loop, start to end."""
     return run_to_end(sample_steps(lambda: contextlib.nullcontext(model), tokenizer, requests,
-                                   default_stop_ids))
+                                   default_stop_ids, logprobs=logprobs))
 
 
 def run_to_end(steps: Generator[None, None, list[types.SampleResponse]]
@@ -260,8 +265,8 @@ def run_to_end(steps: Generator[None, None, list[types.SampleResponse]]
 
 
 def sample_steps(model_scope: ModelScope, tokenizer, requests: Sequence[SampleRequest],
-                 default_stop_ids: Sequence[int], chunk_s: float | None = None
-                 ) -> Generator[None, None, list[types.SampleResponse]]:
+                 default_stop_ids: Sequence[int], chunk_s: float | None = None,
+                 logprobs: str = "exact") -> Generator[None, None, list[types.SampleResponse]]:
     """`sample`, resumable: it pauses (yields) after the prefill, after every `chunk_s` of
     decoding, and after each request's logprobs, so that the scheduler can run other lanes'
     calls in between; it returns the responses. `model_scope()` gives the model for each piece
@@ -269,7 +274,8 @@ def sample_steps(model_scope: ModelScope, tokenizer, requests: Sequence[SampleRe
     model meanwhile). Where the pauses fall changes nothing in the results."""
     chunk_s = CHUNK_S if chunk_s is None else chunk_s
     with model_scope() as model, torch.no_grad():
-        generation = Generation(model, tokenizer, requests, default_stop_ids)
+        generation = Generation(model, tokenizer, requests, default_stop_ids,
+                                exact_logprobs=logprobs == "exact")
     while True:
         yield
         with model_scope() as model, torch.no_grad():
@@ -348,7 +354,7 @@ class Generation:
     whatever else is in the batch and whenever its rows finish."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, requests: Sequence[SampleRequest],
-                 default_stop_ids: Sequence[int]) -> None:
+                 default_stop_ids: Sequence[int], exact_logprobs: bool = True) -> None:
         device = next(model.parameters()).device
         self.requests, self.tokenizer, self.device = list(requests), tokenizer, device
         self.vocab = model.config.vocab_size
@@ -361,6 +367,8 @@ class Generation:
         self.topk_ids = torch.zeros((rows, self.max_steps, self.topk_width), dtype=torch.long,
                                     device=device)
         self.topk_lp = torch.zeros((rows, self.max_steps, self.topk_width), device=device)
+        self.decode_lp = None if exact_logprobs else torch.zeros((rows, self.max_steps),
+                                                                 device=device)
         self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
         self.stopped = torch.zeros(rows, dtype=torch.bool, device=device)
         self.generators = [torch.Generator(device="cpu").manual_seed(req.seed)
@@ -428,9 +436,13 @@ class Generation:
         ]).to(self.device)[live]
         token = _pick(self.logits, self.temperature, self.top_k, self.top_p, uniform)
         self.tokens[live, step] = token
-        if self.topk_width:  # raw (temperature 1, unfiltered) logprobs, as Tinker returns
-            values, ids = torch.log_softmax(self.logits, dim=-1).topk(self.topk_width, dim=-1)
-            self.topk_ids[live, step], self.topk_lp[live, step] = ids, values
+        if self.topk_width or self.decode_lp is not None:
+            raw = torch.log_softmax(self.logits, dim=-1)  # temperature 1, unfiltered: Tinker's
+            if self.decode_lp is not None:
+                self.decode_lp[live, step] = raw.gather(1, token.unsqueeze(1)).squeeze(1)
+            if self.topk_width:
+                values, ids = raw.topk(self.topk_width, dim=-1)
+                self.topk_ids[live, step], self.topk_lp[live, step] = ids, values
         self.lengths[live] += 1
         hit_stop = self.stop_table[live].gather(1, token.unsqueeze(1)).squeeze(1)
         for i, row in enumerate(live.tolist() if self.any_stop_strings else []):
@@ -457,13 +469,17 @@ class Generation:
         return False
 
     def response(self, model: torch.nn.Module, index: int) -> types.SampleResponse:
-        """Request `index`'s samples, with logprobs teacher-forced for it alone."""
+        """Request `index`'s samples, with logprobs teacher-forced for it alone (or, when not
+        exact, the generation's own)."""
         req = self.requests[index]
         rows = torch.nonzero(self.row_request == index).flatten().tolist()
         tokens_np = self.tokens[rows].cpu().numpy()
         lengths = self.lengths[rows].tolist()
         completions = [tokens_np[k, :n] for k, n in enumerate(lengths)]
-        logprobs_K = completion_logprobs(model, req.prompt, completions)
+        logprobs_K = (completion_logprobs(model, req.prompt, completions)
+                      if self.decode_lp is None else
+                      [self.decode_lp[row, :n].cpu().numpy()
+                       for row, n in zip(rows, lengths, strict=True)])
         sequences = []
         for k, (row, n) in enumerate(zip(rows, lengths, strict=True)):
             topk = None

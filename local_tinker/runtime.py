@@ -177,6 +177,7 @@ class Runtime:
         self.device = device
         self.models: dict[str, Trainable] = {}
         self.samplers: dict[str, Sampler] = {}
+        self.sample_logprobs = "exact"  # or "decode" (engine.SAMPLE_LOGPROBS)
         self._hosts: dict[tuple, torch.nn.Module] = {}  # one LoRA-wrapped copy per layout
 
     # -- models ---------------------------------------------------------------------------
@@ -409,7 +410,8 @@ class Runtime:
         sampler = self.sampler(sampler_id)
         sampler.last_used = time.monotonic()
         return engine.sample_steps(lambda: self._weights_applied(sampler),
-                                   sampler.base.tokenizer, requests, sampler.base.stop_token_ids)
+                                   sampler.base.tokenizer, requests, sampler.base.stop_token_ids,
+                                   logprobs=self.sample_logprobs)
 
     @contextlib.contextmanager
     def _weights_applied(self, sampler: Sampler) -> Iterator[torch.nn.Module]:

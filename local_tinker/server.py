@@ -307,13 +307,17 @@ class LocalTinkerServer:
                  latency_s: float = 0.0, fault_rate: float = 0.0, fault_seed: int = 0,
                  preload: list[str] | None = None, api_keys: Sequence[str] | None = None,
                  any_model_path: bool = True, max_body_bytes: int = MAX_BODY_BYTES,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, sample_logprobs: str = "exact") -> None:
         _check_unit_interval("--fault_rate", fault_rate)
+        if sample_logprobs not in engine.SAMPLE_LOGPROBS:
+            raise SettingsError(f"--sample_logprobs must be one of "
+                                f"{', '.join(engine.SAMPLE_LOGPROBS)}, got {sample_logprobs!r}")
         if not (math.isfinite(latency_s) and latency_s >= 0):
             raise SettingsError(f"--latency_s must be a finite number of seconds >= 0, "
                                 f"got {latency_s}")
         self.root = prepare_root(Path(root) if root else default_root())
         self.runtime = Runtime(self.root, resolve_device(device))
+        self.runtime.sample_logprobs = sample_logprobs
         thread_policy = ThreadPolicy(threads)  # None: chosen from cores and load (threads.py)
         self.latency_s = latency_s
         self.fault_rate = fault_rate

@@ -175,6 +175,37 @@ def test_sampled_logprobs_match_compute_logprobs(trainer):
         np.testing.assert_allclose(full[len(prompt):], seq.logprobs, atol=1e-4)
 
 
+def test_decode_logprobs_equal_the_exact_ones_up_to_rounding(trainer, local_server,
+                                                              monkeypatch, tmp_path):
+    tokenizer = trainer.get_tokenizer()
+    sampler = trainer.save_weights_and_get_sampling_client().result()
+    prompt = types.ModelInput.from_ints(tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, return_dict=False))
+    params = types.SamplingParams(max_tokens=24, temperature=1.0, seed=3)
+    exact = sampler.sample(prompt, 3, params).result()
+
+    def recomputed(*args, **kwargs):
+        raise AssertionError("decode mode recomputed the logprobs")
+
+    monkeypatch.setattr(local_server[1].runtime, "sample_logprobs", "decode")
+    monkeypatch.setattr(engine, "completion_logprobs", recomputed)
+    decoded = sampler.sample(prompt, 3, params).result()
+    assert [s.tokens for s in decoded.sequences] == [s.tokens for s in exact.sequences]
+    for fast, slow in zip(decoded.sequences, exact.sequences, strict=True):
+        assert len(fast.logprobs) == len(slow.logprobs) > 0
+        np.testing.assert_allclose(fast.logprobs, slow.logprobs, atol=1e-4)
+    with pytest.raises(ValueError, match="--sample_logprobs must be one of exact, decode"):
+        local_tinker.LocalTinkerServer(tmp_path, sample_logprobs="fast")
+
+
+def test_the_embedded_server_takes_sample_logprobs_from_the_environment(monkeypatch):
+    from common import backend
+
+    monkeypatch.setenv("LOCAL_TINKER_SAMPLE_LOGPROBS", "fastest")
+    with pytest.raises(backend.BackendError, match="--sample_logprobs .* got 'fastest'"):
+        backend.start_local_server()
+
+
 def test_seeded_sampling_is_reproducible_and_independent_of_batching(trainer):
     tokenizer = trainer.get_tokenizer()
     sampler = trainer.save_weights_and_get_sampling_client().result()
