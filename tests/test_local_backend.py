@@ -205,6 +205,20 @@ def test_the_embedded_server_takes_sample_logprobs_from_the_environment(monkeypa
     with pytest.raises(backend.BackendError, match="--sample_logprobs .* got 'fastest'"):
         backend.start_local_server()
 
+    def recomputed(*args, **kwargs):
+        raise AssertionError("decode mode recomputed the logprobs")
+
+    monkeypatch.setenv("LOCAL_TINKER_SAMPLE_LOGPROBS", "decode")
+    monkeypatch.setattr(engine, "completion_logprobs", recomputed)
+    url, key = backend.start_local_server()
+    with tinker.ServiceClient(base_url=url, api_key=key) as service:
+        sampler = service.create_sampling_client(base_model="tiny-chat").result()
+        prompt = types.ModelInput.from_ints([40, 41, 42, 43])
+        params = types.SamplingParams(max_tokens=8, temperature=1.0, seed=0)
+        sequence = sampler.sample(prompt, 1, params).result().sequences[0]
+    assert len(sequence.logprobs) == len(sequence.tokens) > 0
+    assert all(lp <= 0 for lp in sequence.logprobs)
+
 
 def test_seeded_sampling_is_reproducible_and_independent_of_batching(trainer):
     tokenizer = trainer.get_tokenizer()
