@@ -175,6 +175,11 @@ def test_sampled_logprobs_match_compute_logprobs(trainer):
         np.testing.assert_allclose(full[len(prompt):], seq.logprobs, atol=1e-4)
 
 
+def refuse_recomputing(*args, **kwargs):
+    """Stands in for engine.completion_logprobs where decode mode must not call it."""
+    raise AssertionError("decode mode recomputed the logprobs")
+
+
 def test_decode_logprobs_equal_the_exact_ones_up_to_rounding(trainer, local_server,
                                                               monkeypatch, tmp_path):
     tokenizer = trainer.get_tokenizer()
@@ -184,11 +189,8 @@ def test_decode_logprobs_equal_the_exact_ones_up_to_rounding(trainer, local_serv
     params = types.SamplingParams(max_tokens=24, temperature=1.0, seed=3)
     exact = sampler.sample(prompt, 3, params).result()
 
-    def recomputed(*args, **kwargs):
-        raise AssertionError("decode mode recomputed the logprobs")
-
     monkeypatch.setattr(local_server[1].runtime, "sample_logprobs", "decode")
-    monkeypatch.setattr(engine, "completion_logprobs", recomputed)
+    monkeypatch.setattr(engine, "completion_logprobs", refuse_recomputing)
     decoded = sampler.sample(prompt, 3, params).result()
     assert [s.tokens for s in decoded.sequences] == [s.tokens for s in exact.sequences]
     for fast, slow in zip(decoded.sequences, exact.sequences, strict=True):
@@ -205,11 +207,8 @@ def test_the_embedded_server_takes_sample_logprobs_from_the_environment(monkeypa
     with pytest.raises(backend.BackendError, match="--sample_logprobs .* got 'fastest'"):
         backend.start_local_server()
 
-    def recomputed(*args, **kwargs):
-        raise AssertionError("decode mode recomputed the logprobs")
-
     monkeypatch.setenv("LOCAL_TINKER_SAMPLE_LOGPROBS", "decode")
-    monkeypatch.setattr(engine, "completion_logprobs", recomputed)
+    monkeypatch.setattr(engine, "completion_logprobs", refuse_recomputing)
     url, key = backend.start_local_server()
     with tinker.ServiceClient(base_url=url, api_key=key) as service:
         sampler = service.create_sampling_client(base_model="tiny-chat").result()
