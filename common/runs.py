@@ -21,6 +21,7 @@ import fcntl
 import math
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -106,8 +107,7 @@ def lock(run_dir: Path) -> None:
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
+        holder = _holder_pid(handle)
         handle.close()
         raise RunDirBusy(f"--log_dir {run_dir}: in use by another run (PID {holder}); wait for "
                          "it to end, or use another --log_dir") from None
@@ -116,6 +116,18 @@ def lock(run_dir: Path) -> None:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     _held[key] = handle
+
+
+def _holder_pid(handle: IO[str]) -> str:
+    """The PID the lock's holder wrote. The holder writes it just after taking the lock, so a
+    run started at the same moment may find the file still empty: wait a little for it."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        handle.seek(0)
+        holder = handle.read().strip()
+        if holder or time.monotonic() > deadline:
+            return holder or "unknown"
+        time.sleep(0.02)
 
 
 def run_dir_of(cfg: Any, name: str) -> Path:

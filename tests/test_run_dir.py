@@ -8,11 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import train_sft
+from common import runs
 from common.cli import run_main
 from common.runfiles import read_metrics
 from common.secrets import MASK, redact, secret_values
@@ -63,6 +66,45 @@ def test_a_run_dir_held_by_a_live_process_is_refused_naming_its_pid(tmp_path, ca
     # The OS released the lock with the (killed) holder: the directory is free again.
     assert sft(run_dir, "--max_steps", "2") == 0
     assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+
+
+def test_a_run_that_finds_the_lock_taken_but_no_pid_yet_waits_for_the_pid(tmp_path, monkeypatch):
+    # The holder writes its PID just after taking the lock; a run checking in between must
+    # name that PID, not "unknown". The holder here writes only once the loser has polled.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys\n"
+         "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+         "print('held', flush=True); sys.stdin.readline()\n"
+         "f.write(f'{os.getpid()}\\n'); f.flush(); print('written', flush=True)\n"
+         "sys.stdin.readline()\n", str(run_dir / ".lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    polled, refusal = threading.Event(), []
+    real_sleep = time.sleep
+    monkeypatch.setattr(runs.time, "sleep", lambda s: (polled.set(), real_sleep(s)))
+
+    def take_lock():
+        try:
+            runs.lock(run_dir)
+        except runs.RunDirBusy as error:
+            refusal.append(str(error))
+
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        loser = threading.Thread(target=take_lock)
+        loser.start()
+        while not polled.wait(0.05) and loser.is_alive():
+            pass
+        holder.stdin.write("write\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "written"
+        loser.join()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert polled.is_set()  # it found the file empty and waited
+    assert refusal and f"in use by another run (PID {holder.pid})" in refusal[0]
 
 
 def test_two_runs_started_together_on_one_dir_one_runs_one_is_refused(tmp_path):
