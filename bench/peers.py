@@ -12,9 +12,12 @@ tiny-math never writes an answer tag, so all rewards would be 0 and train_rl wou
 nothing. Every side runs in its own process, so imports and peak memory do not mix; ours runs
 train_sft.main / train_rl.main through the SDK and the embedded local server, as a user does.
 
-Measured per side: steady-state wall time per step (median of the steps after the first, and
-before the last, which carries train_sft's/train_rl's final checkpoint and samples table; all
-steps when there are fewer than three), tokens per second (median over those steps; SFT: trained
+Measured per side: steady-state wall time per step, twice: over the whole loop (one step's start
+to the next's, so what a side does between its steps counts: logging, fetching the next batch;
+the headline's steps/s) and in each side's own timed window (train_*.py's time/step; TRL's
+on_step_begin to on_step_end), each the median of the steps after the first, and before the
+last, which carries train_sft's/train_rl's final checkpoint and samples table (all steps when
+there are fewer than three); tokens per second (median over those steps; SFT: trained
 tokens; RL: sampled + trained tokens, each side counting what it really processed: train_rl
 skips groups whose rewards are all equal, TRL trains on every rollout), peak RSS of the process
 and its growth over the RSS after imports, and the final loss / mean reward.
@@ -83,12 +86,20 @@ def steady(step_s: list[float]) -> list[int]:
 
 
 def summarize(side: str, step_s: list[float], tokens: list[int], final: dict[str, float],
-              rss_after_imports: float, extra: dict | None = None) -> dict:
+              rss_after_imports: float, extra: dict | None = None,
+              step_starts: list[float] | None = None) -> dict:
+    """`step_s`: each step's own timed window; `step_starts`: a clock reading at the same point
+    of every step, whose differences time the whole loop (what the window leaves out included:
+    logging, the next batch, the progress bar)."""
     keep = steady(step_s)
+    starts = step_starts or []
+    loop_s = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     return {  # medians: other jobs on the machine make single steps slow at random
         "side": side,
         "steps": len(step_s),
         "s_per_step": statistics.median(step_s[i] for i in keep),
+        "loop_s_per_step": statistics.median(loop_s[i] for i in steady(loop_s)) if loop_s
+        else math.nan,
         "best_s_per_step": min(step_s[i] for i in keep),  # the least disturbed by other jobs
         "tokens_per_s": statistics.median(tokens[i] / step_s[i] for i in keep),
         "loop_s": sum(step_s),
@@ -140,11 +151,13 @@ def step_timer():
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
             self.step_s: list[float] = []
+            self.starts: list[float] = []
             self.losses: list[float] = []
             self._t0 = 0.0
 
         def on_step_begin(self, args, state, control, **kwargs):
             self._t0 = time.perf_counter()
+            self.starts.append(self._t0)
 
         def on_step_end(self, args, state, control, **kwargs):
             self.step_s.append(time.perf_counter() - self._t0)
@@ -217,7 +230,7 @@ def run_ours_sft(spec: dict, work: Path) -> dict:
     final, rows, rss = run_ours("ours-sft", "train_sft", sft_config, spec, work)
     return summarize("ours-sft", [r["time/step"] for r in rows],
                      [r["tokens/trained"] for r in rows], {"final_loss": final["train/loss"]}, rss,
-                     {"losses": [r["train/loss"] for r in rows]})
+                     {"losses": [r["train/loss"] for r in rows]}, [r["_time"] for r in rows])
 
 
 def run_trl_sft(spec: dict, work: Path) -> dict:
@@ -250,7 +263,7 @@ def run_trl_sft(spec: dict, work: Path) -> dict:
         callbacks=[timer])
     trainer.train()
     return summarize("trl-sft", timer.step_s, plan["tokens"], {"final_loss": timer.losses[-1]},
-                     rss, {"losses": timer.losses, "trl": trl.__version__})
+                     rss, {"losses": timer.losses, "trl": trl.__version__}, timer.starts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,7 +331,8 @@ def run_ours_rl(spec: dict, work: Path) -> dict:
                      {"losses": losses,
                       "rewards": [r["reward/mean"] for r in rows],
                       "sampled_tokens": sum(r["tokens/sampled"] for r in rows),
-                      "trained_tokens": sum(r["tokens/trained"] for r in rows)})
+                      "trained_tokens": sum(r["tokens/trained"] for r in rows)},
+                     [r["_time"] for r in rows])
 
 
 def run_trl_rl(spec: dict, work: Path) -> dict:
@@ -379,7 +393,7 @@ def run_trl_rl(spec: dict, work: Path) -> dict:
                      {"losses": timer.losses, "rewards": [s["reward"] for s in per_step],
                       "sampled_tokens": sum(s["sampled"] for s in per_step),
                       "trained_tokens": sum(s["trained"] for s in per_step),
-                      "trl": trl.__version__})
+                      "trl": trl.__version__}, timer.starts)
 
 
 RUNNERS = {"ours-sft": run_ours_sft, "trl-sft": run_trl_sft, "ours-rl": run_ours_rl,
@@ -436,28 +450,35 @@ def report(runs: dict[str, list[dict]], spec: dict, threads: str) -> None:
     print(f"torch threads {threads} on both sides, {os.cpu_count()} CPUs; 1-min load average "
           f"{min(loads):.1f}..{max(loads):.1f} before the sides' runs (other jobs share this "
           "machine)")
-    print(f"{'side':10}{'s/step':>9}{'best':>8}{'tok/s':>9}{'peak MB':>9}{'+MB':>7}"
+    print(f"{'side':10}{'loop s/step':>12}{'s/step':>9}{'best':>8}{'tok/s':>9}"
+          f"{'peak MB':>9}{'+MB':>7}"
           f"{'final loss':>12}{'reward':>8}{'mean':>7}{'acc':>6}{'tokens':>9}")
     for side, r in results.items():
-        print(f"{side:10}{fmt(r['s_per_step'], 3):>9}{fmt(r['best_s_per_step'], 3):>8}"
+        print(f"{side:10}{fmt(r['loop_s_per_step'], 3):>12}{fmt(r['s_per_step'], 3):>9}"
+              f"{fmt(r['best_s_per_step'], 3):>8}"
               f"{fmt(r['tokens_per_s'], 0):>9}"
               f"{fmt(r['peak_rss_mb'], 0):>9}{fmt(r['rss_growth_mb'], 0):>7}"
               f"{fmt(r.get('final_loss'), 4):>12}{fmt(r.get('final_reward')):>8}"
               f"{fmt(r.get('mean_reward')):>7}{fmt(r.get('final_accuracy')):>6}{r['tokens']:>9,}")
-    print("s/step and tok/s: medians over the steps after the first and before the last (best: "
-          "the fastest of them), of each side's median run; +MB: peak RSS over the RSS after "
-          "imports; reward/acc: last step, mean: over all steps")
+    print("loop s/step: the whole loop, one step's start to the next's (logging and the next "
+          "batch included); s/step: the step's own timed window (train_*.py's time/step, TRL's "
+          "on_step_begin to on_step_end); both medians over the steps after the first and before "
+          "the last (best: the fastest window), of each side's median run; +MB: peak RSS over the "
+          "RSS after imports; reward/acc: last step, mean: over all steps")
     lines = []
     for kind in ("sft", "rl"):
         ours, theirs = runs.get(f"ours-{kind}"), runs.get(f"trl-{kind}")
         if ours and theirs:
             work = (sum(r["tokens"] for r in ours), sum(r["tokens"] for r in theirs))
+            loop = speed_ratio([r["loop_s_per_step"] for r in ours],
+                               [r["loop_s_per_step"] for r in theirs], *work)
             steps = speed_ratio([r["s_per_step"] for r in ours],
                                 [r["s_per_step"] for r in theirs], *work)
             tokens = speed_ratio([1 / r["tokens_per_s"] for r in ours],
                                  [1 / r["tokens_per_s"] for r in theirs], *work)
             rss = results[f"ours-{kind}"]["peak_rss_mb"] / results[f"trl-{kind}"]["peak_rss_mb"]
-            lines.append(f"{kind.upper()}: ours {steps.text} TRL's steps/s, {tokens.text} its "
+            lines.append(f"{kind.upper()}: ours {loop.text} TRL's steps/s over the whole loop "
+                         f"({steps.text} in the steps' timed windows), {tokens.text} its "
                          f"tokens/s, {rss:.2f}x its peak RSS")
     print("headline: " + "; ".join(lines))
     for kind in ("rl",):
@@ -534,7 +555,8 @@ def main() -> None:
         for side in sides[shift:] + sides[:shift]:  # rotating order: load hits every side
             print(f"[{repeat + 1}/{args.repeats}] {side} ...", flush=True)
             r = run_side(side, spec_path, work, threads)
-            print(f"    {fmt(r['s_per_step'], 3)} s/step, {fmt(r['tokens_per_s'], 0)} tok/s, "
+            print(f"    loop {fmt(r['loop_s_per_step'], 3)} s/step, window "
+                  f"{fmt(r['s_per_step'], 3)} s/step, {fmt(r['tokens_per_s'], 0)} tok/s, "
                   f"process {r['process_s']:.0f} s, load {r['load_before']:.1f}", flush=True)
             runs[side].append(r)
     report(runs, spec, str(threads))

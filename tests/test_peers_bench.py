@@ -34,6 +34,7 @@ def test_peers_smoke(tmp_path):
     for side, r in results.items():
         assert r["steps"] == 2, side
         assert r["s_per_step"] > 0 and r["tokens_per_s"] > 0 and r["peak_rss_mb"] > 0, side
+        assert r["loop_s_per_step"] > 0, side  # step start to step start: two steps, one gap
         assert math.isfinite(r["final_loss"]), side
     # Same init, same first batch, same loss: the first SFT step's loss agrees.
     assert results["ours-sft"]["losses"][0] == pytest.approx(results["trl-sft"]["losses"][0],
