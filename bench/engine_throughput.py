@@ -14,8 +14,10 @@ backward, the same AdamW step. Both sides' losses are printed: they compute the 
 One process; one untimed warm-up call per side, then the sides alternate in rotating order so
 that load from other processes hits both alike (bench/guards.py). The ratio is the median of
 the per-round ratios of tokens per second, with its IQR, refused when noise swamps it; CPU-time
-ratios beside (steadier on a busy machine). Both sides compute on the same torch threads: the
-engine's worker takes --threads, and this process sets the same count for the baselines.
+ratios beside (steadier on a busy machine). Both sides compute on the server's worker thread,
+with the torch threads it takes (--threads, or the local backend's pick): the baselines are
+built and run there too (bench/guards.py `on_worker`), since torch on a second thread of a
+process runs small operations several times slower (docs/benchmarks.md).
 
     python bench/engine_throughput.py
     python bench/engine_throughput.py --threads 1 --skip_sampling
@@ -32,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -83,15 +86,19 @@ def main() -> None:
     with local_tinker.local_service(tempfile.mkdtemp(prefix="bench-engine-"),
                                     threads=args.threads) as (service, server):
         trainer = service.create_lora_training_client("tiny-chat", rank=32, seed=0).result()
-        torch.set_num_threads(server.scheduler.threads.threads or torch.get_num_threads())
+
+        def on_worker(call: Callable[[], Any]) -> Callable[[], Any]:
+            return lambda: guards.on_worker(server, "baseline", call)
+
         sampler = trainer.save_weights_and_get_sampling_client().result()
         prompts = [chat_tokens(trainer.get_tokenizer(),
                                build_messages(problem_at(TRAIN_STREAM, 0, i)), True)
                    for i in range(PROBLEMS)]
         rows = {}
         if not args.skip_sampling:
-            generate = generate_call(stock_peft(server.runtime.models[trainer.model_id].model),
-                                     server.runtime.models[trainer.model_id].base, prompts)
+            generate = on_worker(generate_call(
+                on_worker(lambda: stock_peft(server.runtime.models[trainer.model_id].model))(),
+                server.runtime.models[trainer.model_id].base, prompts))
             rows["sampling (vs model.generate)"] = alternate(
                 args.repeats, lambda: (sample_tokens(sampler, prompts), None), generate)
             rows["sampling, decode logprobs (vs generate)"] = alternate(
@@ -99,10 +106,12 @@ def main() -> None:
         data = rollout_data(sampler, prompts)
         # The baseline trains its own copy: the same LoRA init, made the same way.
         baseline = service.create_lora_training_client("tiny-chat", rank=32, seed=0).result()
+        plain = on_worker(lambda: stock_peft(server.runtime.models[baseline.model_id].model))()
         rows["train step (vs torch+peft loop)"] = alternate(
             args.repeats, engine_train_call(trainer, data),
-            plain_train_call(stock_peft(server.runtime.models[baseline.model_id].model), data))
-    report(rows, data)
+            on_worker(plain_train_call(plain, data)))
+        threads = on_worker(torch.get_num_threads)()
+    report(rows, data, threads)
 
 
 def sampling_params(seed: int) -> types.SamplingParams:
@@ -212,9 +221,10 @@ def plain_train_call(model: torch.nn.Module, data: list[types.Datum]) -> Call:
     return call
 
 
-def report(rows: dict[str, tuple[list[Timing], list[Timing]]], data: list[types.Datum]) -> None:
+def report(rows: dict[str, tuple[list[Timing], list[Timing]]], data: list[types.Datum],
+           threads: int) -> None:
     print(f"tiny-chat, {PROBLEMS} problems x {GROUP} samples, up to {MAX_TOKENS} tokens, "
-          f"{torch.get_num_threads()} torch threads; training batch: {len(data)} datums, "
+          f"{threads} torch threads; training batch: {len(data)} datums, "
           f"{sum(d.model_input.length for d in data)} tokens; {guards.load_note()}")
     print(f"{'(medians)':42}{'ours tok/s':>12}{'plain tok/s':>13}   ours over plain, per round")
     headline = []

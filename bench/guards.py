@@ -8,8 +8,12 @@
   finite number, an overhead comes out negative (it cannot be: the measurement is broken), or
   the spread of the per-round comparisons is wider than the effect.
 
-`bench/http_overhead.py` once printed "overhead -220 ms": its direct side ran on another thread
-with another torch thread count. tests/test_bench_guards.py holds these rules to account.
+- Same thread: a baseline measured in the server's process runs on the server's worker thread
+  (`on_worker`), where the engine computes. `bench/http_overhead.py` once printed "overhead
+  -220 ms" with its direct side on another thread: once a second thread of a process has run
+  torch's parallel operations, small operations run 2-9x slower (docs/benchmarks.md).
+
+tests/test_bench_guards.py holds these rules to account.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -128,6 +133,24 @@ def speed_ratio(ours_s: Sequence[float], theirs_s: Sequence[float], ours_work: f
     if straddles and (ratios.high - ratios.low) > 2 * abs(ratios.median - 1):
         return Verdict(None, f"refused: no difference beyond the noise, {shown}")
     return Verdict(ratios.median, shown)
+
+
+def on_worker(server: Any, lane: str, call: Callable[[], T]) -> T:
+    """Run `call` on `server`'s worker thread, as a request's job would, and wait for it."""
+    from local_tinker.scheduler import Job
+
+    finished = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def on_done(result: Any, exc: BaseException | None) -> None:
+        outcome.update(result=result, exc=exc)
+        finished.set()
+
+    server.scheduler.submit(Job(lane, lambda _: [call()], None, on_done))
+    finished.wait()
+    if outcome["exc"] is not None:
+        raise outcome["exc"]
+    return outcome["result"]
 
 
 def load_note() -> str:

@@ -22,7 +22,6 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,27 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tinker import types  # noqa: E402
 
 import local_tinker  # noqa: E402
-from bench.guards import Spread, alternate, load_note, overhead, timed  # noqa: E402
+from bench.guards import Spread, alternate, load_note, on_worker, overhead, timed  # noqa: E402
 from common.arithmetic import TRAIN_STREAM, build_messages, problem_at  # noqa: E402
 from common.datums import chat_tokens, conversation_datum  # noqa: E402
 from local_tinker.engine import SampleRequest  # noqa: E402
-from local_tinker.scheduler import Job  # noqa: E402
-
-
-def on_worker(server, lane: str, call: Callable[[], Any]) -> Any:
-    """Run `call` on the server's worker thread, as a request's job would, and wait for it."""
-    finished = threading.Event()
-    outcome: dict[str, Any] = {}
-
-    def on_done(result: Any, exc: BaseException | None) -> None:
-        outcome.update(result=result, exc=exc)
-        finished.set()
-
-    server.scheduler.submit(Job(lane, lambda _: [call()], None, on_done))
-    finished.wait()
-    if outcome["exc"] is not None:
-        raise outcome["exc"]
-    return outcome["result"]
 
 
 def per_call(rounds: int) -> dict[str, dict[str, list[float]]]:

@@ -1,10 +1,11 @@
 """bench/guards.py: the checks every benchmark runs before it prints a comparison."""
 
 import math
+import threading
 
 import pytest
 
-from bench.guards import Spread, alternate, overhead, speed_ratio
+from bench.guards import Spread, alternate, on_worker, overhead, speed_ratio
 
 
 def test_the_minus_220_ms_overhead_is_refused():
@@ -66,3 +67,18 @@ def test_spread_of_one_value_and_of_several():
     assert Spread.of([3.0]) == Spread(3.0, 3.0, 3.0, 1)
     spread = Spread.of([4.0, 1.0, 3.0, 2.0, 5.0])
     assert (spread.median, spread.low, spread.high, spread.n) == (3.0, 2.0, 4.0, 5)
+
+
+def test_a_baseline_runs_on_the_servers_worker_thread_and_its_errors_reach_the_caller(
+        local_server):
+    # Baselines compute where the engine does: on another thread, torch's small operations
+    # ran several times slower once the worker's had run (docs/benchmarks.md).
+    _, server = local_server
+    assert on_worker(server, "baseline", lambda: threading.current_thread().name) \
+        == "local-tinker-worker"
+
+    def fails() -> None:
+        raise ValueError("the baseline broke")
+
+    with pytest.raises(ValueError, match="the baseline broke"):
+        on_worker(server, "baseline", fails)
