@@ -87,7 +87,8 @@ def main() -> None:
                                     threads=args.threads) as (service, server):
         trainer = service.create_lora_training_client("tiny-chat", rank=32, seed=0).result()
 
-        def on_worker(call: Callable[[], Any]) -> Callable[[], Any]:
+        def worker_call(call: Callable[[], Any]) -> Callable[[], Any]:
+            """`call`, made to compute on the server's worker thread when called."""
             return lambda: guards.on_worker(server, "baseline", call)
 
         sampler = trainer.save_weights_and_get_sampling_client().result()
@@ -96,8 +97,8 @@ def main() -> None:
                    for i in range(PROBLEMS)]
         rows = {}
         if not args.skip_sampling:
-            generate = on_worker(generate_call(
-                on_worker(lambda: stock_peft(server.runtime.models[trainer.model_id].model))(),
+            generate = worker_call(generate_call(
+                worker_call(lambda: stock_peft(server.runtime.models[trainer.model_id].model))(),
                 server.runtime.models[trainer.model_id].base, prompts))
             rows["sampling (vs model.generate)"] = alternate(
                 args.repeats, lambda: (sample_tokens(sampler, prompts), None), generate)
@@ -106,11 +107,11 @@ def main() -> None:
         data = rollout_data(sampler, prompts)
         # The baseline trains its own copy: the same LoRA init, made the same way.
         baseline = service.create_lora_training_client("tiny-chat", rank=32, seed=0).result()
-        plain = on_worker(lambda: stock_peft(server.runtime.models[baseline.model_id].model))()
+        plain = worker_call(lambda: stock_peft(server.runtime.models[baseline.model_id].model))()
         rows["train step (vs torch+peft loop)"] = alternate(
             args.repeats, engine_train_call(trainer, data),
-            on_worker(plain_train_call(plain, data)))
-        threads = on_worker(torch.get_num_threads)()
+            worker_call(plain_train_call(plain, data)))
+        threads = worker_call(torch.get_num_threads)()
     report(rows, data, threads)
 
 

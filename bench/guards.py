@@ -11,7 +11,7 @@
 - Same thread: a baseline measured in the server's process runs on the server's worker thread
   (`on_worker`), where the engine computes. `bench/http_overhead.py` once printed "overhead
   -220 ms" with its direct side on another thread: once a second thread of a process has run
-  torch's parallel operations, small operations run 2-9x slower (docs/benchmarks.md).
+  torch's parallel operations, small operations run up to 9x slower (docs/benchmarks.md).
 
 tests/test_bench_guards.py holds these rules to account.
 """
