@@ -93,13 +93,13 @@ def summarize(side: str, step_s: list[float], tokens: list[int], final: dict[str
     logging, the next batch, the progress bar)."""
     keep = steady(step_s)
     starts = step_starts or []
-    loop_s = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    intervals = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     return {  # medians: other jobs on the machine make single steps slow at random
         "side": side,
         "steps": len(step_s),
         "s_per_step": statistics.median(step_s[i] for i in keep),
-        "loop_s_per_step": statistics.median(loop_s[i] for i in steady(loop_s)) if loop_s
-        else math.nan,
+        "loop_s_per_step": statistics.median(intervals[i] for i in steady(intervals))
+        if intervals else math.nan,
         "best_s_per_step": min(step_s[i] for i in keep),  # the least disturbed by other jobs
         "tokens_per_s": statistics.median(tokens[i] / step_s[i] for i in keep),
         "loop_s": sum(step_s),
