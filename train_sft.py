@@ -4,7 +4,8 @@ Each conversation becomes one datum whose loss weights are 0 on the prompt and 1
 assistant turn (the seed's make_datum). Mini-batches come from a seeded shuffle per epoch; the
 ragged last batch of an epoch is dropped so every step averages over the same number of
 conversations (the next epoch reshuffles, so no row is left out for good). Each step submits
-forward_backward and optim_step together, then waits once; held-out loss, samples from the current
+forward_backward and optim_step together, then waits once; on Tinker the next step's calls go out
+before this step's results are read (--submit_ahead). Held-out loss, samples from the current
 weights and checkpoints follow on their own schedules. Loss is reported per completion token.
 
 Differences from the seed's notebook: mini-batches instead of one full batch, a held-out split,
@@ -16,11 +17,12 @@ a learning-rate schedule, resumable checkpoints, and every step tracked in W&B a
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import time
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from common.backend import refusals_name, tokenizer_for, types
 from common.cli import run_main
@@ -49,6 +51,12 @@ from common.runs import Run, claim_run, due, start_run
 from common.seeding import derive_seed, seeded_rng
 
 SEED_LR, TINY_MODEL_LR = 5e-4, 2e-3  # --lr's default on Tinker models / the local tiny models
+# --submit_ahead's default per backend. Against Tinker, a step whose calls went out while the one
+# before ran does not wait a round trip for the script (Tinker's docs: overlap requests; against
+# the local server with 0.4 s of injected latency a call: 0.21 s a step instead of 0.41). The
+# embedded local server has no round trip to hide, and the next step's calls, sent while this one
+# computes, take CPU from it: no gain there (0.88x, then 1.01x; bench/sft_ahead.py, 2 idle cores).
+SUBMIT_AHEAD = {"tinker": 1, "local": 0}
 
 
 @dataclass
@@ -82,6 +90,10 @@ class Config(ServiceConfig, TrainingConfig, TrackingConfig, CheckpointConfig):
     """Passes over the training rows (the shipped foo set: 2 steps per epoch)."""
     max_steps: int | None = None
     """Stop after this many steps (default: epochs x steps per epoch)."""
+    submit_ahead: int | None = None
+    """Later steps whose calls go to the backend before this step's results are read, so the
+    backend does not wait on the script between steps; results are the same (a client's calls
+    run in order). Default: 1 on Tinker, 0 on the local backend (SUBMIT_AHEAD)."""
     eval_every: int = 10
     """Held-out loss every N steps (and at the end)."""
     # --- samples table
@@ -98,7 +110,7 @@ def validate(cfg: Config) -> None:
     require(0 <= cfg.eval_fraction < 1, "eval_fraction",
             f"must be in [0, 1), got {cfg.eval_fraction}")
     require_at_least(cfg, epochs=1, warmup_steps=0, max_length=2, sample_prompts=0,
-                     dataset_size=1)
+                     dataset_size=1, submit_ahead=0)
     require(finite(cfg.temperature) and cfg.temperature >= 0, "temperature",
             f"must be a number >= 0, got {cfg.temperature}")
     require(cfg.max_steps is None or cfg.warmup_steps <= cfg.max_steps, "warmup_steps",
@@ -129,10 +141,14 @@ def epoch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
 
 def main(cfg: Config) -> dict[str, float]:
     cfg = resolved(cfg, os.environ, lr=SEED_LR, tiny_lr=TINY_MODEL_LR)
+    if cfg.submit_ahead is None:
+        cfg = replace(cfg, submit_ahead=SUBMIT_AHEAD[cfg.backend])
     validate(cfg)
-    # Besides length, cadence and tracking, a continued run may change its samples table.
+    # Besides length, cadence and tracking, a continued run may change its samples table and
+    # how far ahead it sends steps (neither changes the weights).
     claim = None if cfg.dry_run else claim_run(
-        cfg, "train_sft", may_change=("sample_prompts", "max_tokens", "temperature"),
+        cfg, "train_sft",
+        may_change=("sample_prompts", "max_tokens", "temperature", "submit_ahead"),
         recorded={"data_fingerprint": file_fingerprint(cfg.dataset)})
     data = load_chat_data(cfg.dataset, cfg.dataset_split, cfg.skip_invalid, cfg.seed,
                           cfg.dataset_size)
@@ -150,9 +166,8 @@ def main(cfg: Config) -> dict[str, float]:
         run.tracker.summary(**{"data/train_rows": len(train_idx), "data/eval_rows": len(eval_data),
                                "data/skipped_rows": split.skipped})
 
-        metrics: dict[str, float] = {}
-        for step in run.steps(total_steps, desc="sft"):
-            t0 = time.perf_counter()
+        def submit(step: int) -> Sent:
+            """The step's forward_backward, optim_step and (when due) held-out forward, sent."""
             epoch, slot = divmod(step - 1, steps_per_epoch)
             order = epoch_order(len(train_idx), cfg.seed, epoch)
             batch = [datums[train_idx[i]] for i in
@@ -161,20 +176,39 @@ def main(cfg: Config) -> dict[str, float]:
             fwd_bwd = training_client.forward_backward(batch, "cross_entropy")
             optim = training_client.optim_step(types.AdamParams(learning_rate=lr))
             evaluating = bool(eval_data) and due(step, cfg.eval_every, total_steps)
-            eval_future = (training_client.forward(eval_data, "cross_entropy")
-                           if evaluating else None)
-            nll, n_weighted = weighted_nll(fwd_bwd.result(), batch)
-            optim_metrics = optim.result().metrics or {}
-            tokens = sum(d.model_input.length for d in batch)
+            return Sent(step, batch, lr, fwd_bwd, optim,
+                        training_client.forward(eval_data, "cross_entropy") if evaluating else None)
+
+        def reads_weights(step: int) -> bool:
+            """The samples table or a checkpoint reads the weights after this step's update, so
+            no later step's calls may go out before it."""
+            return (bool(split.examples) and due(step, cfg.sample_every, total_steps)
+                    or due(step, cfg.save_every, total_steps))
+
+        metrics: dict[str, float] = {}
+        sent: collections.deque[Sent] = collections.deque()
+        for step in run.steps(total_steps, desc="sft"):
+            t0 = time.perf_counter()
+            if not sent:
+                sent.append(submit(step))
+            # Up to --submit_ahead later steps go out before this step's results are read.
+            while (len(sent) <= cfg.submit_ahead and sent[-1].step < total_steps
+                   and not reads_weights(sent[-1].step) and not run.stop.requested):
+                sent.append(submit(sent[-1].step + 1))
+            run.sent_through = sent[-1].step  # a signal stops the loop after this step
+            current = sent.popleft()
+            nll, n_weighted = weighted_nll(current.fwd_bwd.result(), current.batch)
+            optim_metrics = current.optim.result().metrics or {}
+            tokens = sum(d.model_input.length for d in current.batch)
             run.meter.add(trained=tokens)
-            metrics = {"train/loss": nll / n_weighted, "train/lr": lr, "train/tokens": tokens,
-                       "progress/step": step,
+            metrics = {"train/loss": nll / n_weighted, "train/lr": current.lr,
+                       "train/tokens": tokens, "progress/step": step,
                        "progress/epoch": (step - 1) / steps_per_epoch,
                        "progress/done_frac": step / total_steps}
             if "grad_norm" in optim_metrics:
                 metrics["train/grad_norm"] = optim_metrics["grad_norm"]
-            if eval_future is not None:
-                eval_nll, eval_weighted = weighted_nll(eval_future.result(), eval_data)
+            if current.eval_future is not None:
+                eval_nll, eval_weighted = weighted_nll(current.eval_future.result(), eval_data)
                 metrics["eval/loss"] = eval_nll / eval_weighted
                 run.meter.add(prompt=sum(d.model_input.length for d in eval_data))  # a prefill
             if split.examples and due(step, cfg.sample_every, total_steps):
@@ -183,9 +217,21 @@ def main(cfg: Config) -> dict[str, float]:
             metrics["time/step"] = time.perf_counter() - t0
             run.log(metrics, step)
             run.save_if_due(step)
-            run.show(loss=f"{metrics['train/loss']:.4f}", lr=f"{lr:.2e}")
+            run.show(loss=f"{metrics['train/loss']:.4f}", lr=f"{current.lr:.2e}")
         run.finish(metrics, ["train/loss", "eval/loss"])
     return metrics
+
+
+@dataclass
+class Sent:
+    """A step whose calls went to the backend; its results are read when its turn comes."""
+
+    step: int
+    batch: list[types.Datum]
+    lr: float
+    fwd_bwd: Any  # futures of the SDK
+    optim: Any
+    eval_future: Any  # None when no held-out loss is due
 
 
 @dataclass

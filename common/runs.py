@@ -224,8 +224,9 @@ def due(step: int, every: int, last_step: int) -> bool:
 
 class GracefulStop:
     """SIGINT (Ctrl-C), SIGTERM (`wandb agent`, Slurm, `docker stop`) and SIGHUP finish the
-    current step, save a checkpoint and end the run as stopped: exit code 128 + the signal
-    (130, 143, 129), in W&B too, marked preempting. A second signal stops at once."""
+    steps under way (the current one and any sent ahead), save a checkpoint and end the run as
+    stopped: exit code 128 + the signal (130, 143, 129), in W&B too, marked preempting. A
+    second signal stops at once."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -250,7 +251,7 @@ class GracefulStop:
             raise Interrupted(signum)
         self.requested, self.signum = True, signum
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(f"\n{name}: finishing this step, then saving a checkpoint "
+        print(f"\n{name}: finishing the steps under way, then saving a checkpoint "
               "(Ctrl-C again to stop at once)", flush=True)
 
 
@@ -291,20 +292,24 @@ class Run:
     before_save: list[Callable[[int], None]] = field(default_factory=list)
     """Called with the step before its training state is saved (state a resume also needs)."""
     total_steps: int = 0
+    sent_through: int = 0
+    """The last step whose calls went to the backend (train_sft sends steps ahead): a signal
+    ends the loop after that step, so the checkpoint holds the weights of the step it names."""
     stopped_early: bool = False  # a signal ended the loop before the last step
     _bar: Any = None
 
     def steps(self, total_steps: int, desc: str) -> Iterator[int]:
         """Steps done_steps+1 .. total_steps under a progress bar. After a step in which a
-        signal arrived, saves a checkpoint and ends the loop (the run then exits with the
-        signal's code once its files are closed)."""
+        signal arrived (or after the last step already sent, `sent_through`), saves a
+        checkpoint and ends the loop (the run then exits with the signal's code once its files
+        are closed)."""
         self.total_steps = total_steps
         self._bar = tqdm(range(self.done_steps + 1, total_steps + 1), initial=self.done_steps,
                          total=total_steps, desc=desc, dynamic_ncols=True,
                          mininterval=PROGRESS_REDRAW_S)
         for step in self._bar:
             yield step
-            if self.stop.requested and step < total_steps:
+            if self.stop.requested and step < total_steps and self.sent_through <= step:
                 if (last_checkpoint(self.tracker.run_dir, "state") or {}).get("step") != step:
                     self._save(step, checkpoint_name(step))
                 self.tracker.stopped(self.stop.exit_code)

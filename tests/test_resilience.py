@@ -107,7 +107,7 @@ def test_sigterm_saves_the_step_and_ends_the_run_with_exit_code_143(tmp_path):
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=HANG_CAP_S)
     assert process.returncode == 143, output
-    assert "SIGTERM: finishing this step, then saving a checkpoint" in output
+    assert "SIGTERM: finishing the steps under way, then saving a checkpoint" in output
     stopped = json.loads((log_dir / "summary.json").read_text())["interrupted_at_step"]
     assert stopped == read_jsonl(log_dir / "metrics.jsonl")[-1]["step"]
     saved = [(c["step"], c["kind"]) for c in read_jsonl(log_dir / "checkpoints.jsonl")]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 import train_sft
 from common.config import ConfigError
 from common.data import DatasetError
+from common.runs import Run
 from tests.wandb_records import read_offline_run
 
 SECRETS = {"TINKER_API_KEY": "tml-PLANTED-tinker-secret-123", "WANDB_API_KEY": "planted0wandb0key0"}
@@ -108,12 +110,87 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
     assert len(groups) == 2 and groups[0] == groups[1] == recorded
 
 
+def training_record(run_dir: Path) -> tuple[list, list]:
+    """What the weights decided: each step's losses and gradient norm, each sampled answer."""
+    steps = [(m["step"], m["train/loss"], m.get("eval/loss"), m["train/grad_norm"])
+             for m in read_jsonl(run_dir / "metrics.jsonl")]
+    samples = [(s["step"], s["prompt"], s["completion"])
+               for s in read_jsonl(run_dir / "samples.jsonl")]
+    return steps, samples
+
+
+def test_steps_sent_ahead_train_exactly_as_steps_sent_one_at_a_time(tmp_path, monkeypatch):
+    """--submit_ahead changes when calls go out, never what they compute: losses, answers
+    sampled from the weights, and a checkpoint (the one a crashed run resumes from) agree bit
+    for bit with a run that sends each step after the one before."""
+    flags = dict(max_steps=9, save_every=4, sample_every=3, eval_every=2, sample_prompts=2,
+                 wandb_mode="disabled")
+    train_sft.main(sft_config(tmp_path, log_dir=tmp_path / "one", submit_ahead=0, **flags))
+    log = Run.log
+
+    def crash_at_step_7(run, metrics, step):
+        if step == 7:
+            raise RuntimeError("crashed at step 7")
+        log(run, metrics, step)
+
+    monkeypatch.setattr(Run, "log", crash_at_step_7)
+    with pytest.raises(RuntimeError, match="crashed at step 7"):
+        train_sft.main(sft_config(tmp_path, log_dir=tmp_path / "ahead", submit_ahead=2, **flags))
+    monkeypatch.setattr(Run, "log", log)
+    train_sft.main(sft_config(tmp_path, log_dir=tmp_path / "ahead", submit_ahead=2, resume=True,
+                              **flags))  # from the step-4 checkpoint: steps 5-9 again
+    expected = training_record(tmp_path / "one")
+    assert [s[0] for s in expected[0]] == list(range(1, 10))
+    assert [s[0] for s in expected[1]] == [3, 3, 6, 6, 9, 9]
+    assert training_record(tmp_path / "ahead") == expected
+
+
+def test_steps_sent_ahead_overlap_the_services_round_trips(tmp_path, monkeypatch):
+    """Against a service whose calls each take 1.5 s to come back (Tinker's round trips,
+    injected), a loop that waits for each step needs >= 1.5 s a step; one step ahead runs two
+    at a time."""
+    monkeypatch.setenv("LOCAL_TINKER_LATENCY_S", "1.5")
+    train_sft.main(sft_config(tmp_path, max_steps=8, save_every=0, sample_every=0,
+                              eval_fraction=0.0, submit_ahead=1, wandb_mode="disabled"))
+    recorded = [m["_time"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
+    # Steps 3-7 (the last one also samples and saves): >= 7.5 s one at a time, ~4.5 s two.
+    assert recorded[6] - recorded[1] < 5 * 1.5
+
+
+def test_a_signal_finishes_the_step_sent_ahead_and_saves_its_weights(tmp_path, monkeypatch):
+    """Ctrl-C during step 5 with step 6 already sent: the run finishes 6 and saves it as 6 (not
+    step 6's weights under step 5's name), so that --resume continues exactly."""
+    flags = dict(max_steps=10, save_every=8, sample_every=0, eval_every=5, submit_ahead=1,
+                 wandb_mode="disabled")
+    log = Run.log
+
+    def log_then_signal(run, metrics, step):
+        log(run, metrics, step)
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Run, "log", log_then_signal)
+    with pytest.raises(SystemExit) as stopped:
+        train_sft.main(sft_config(tmp_path, log_dir=tmp_path / "stopped", **flags))
+    assert stopped.value.code == 130
+    monkeypatch.setattr(Run, "log", log)
+    summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
+    assert summary["interrupted_at_step"] == 6
+    states = [c["step"] for c in read_jsonl(tmp_path / "stopped" / "checkpoints.jsonl")
+              if c["kind"] == "state"]
+    assert states == [6]
+    train_sft.main(sft_config(tmp_path, log_dir=tmp_path / "stopped", resume=True, **flags))
+    train_sft.main(sft_config(tmp_path, log_dir=tmp_path / "straight", **flags))
+    assert training_record(tmp_path / "stopped") == training_record(tmp_path / "straight")
+
+
 @pytest.mark.parametrize("overrides, error, message", [
     ({"lr": -1.0}, ConfigError, "--lr: must be a positive number"),
     ({"batch_size": 0}, ConfigError, "--batch_size: must be >= 1"),
     ({"batch_size": 30}, ConfigError, "--batch_size: 30 is more than the 18 training rows"),
     ({"eval_fraction": 1.0}, ConfigError, "--eval_fraction: must be in"),
     ({"max_steps": 0}, ConfigError, "--max_steps: must be >= 1"),
+    ({"submit_ahead": -1}, ConfigError, "--submit_ahead: must be >= 0"),
     ({"lora_rank": 0}, ConfigError, r"--lora_rank: must be in \[1, 1024\]"),
     ({"max_length": 20}, Exception, "foo row 1: .* over --max_length 20"),
     ({"dataset": "missing.jsonl"}, DatasetError, "no such file"),
