@@ -13,7 +13,7 @@ saves the final checkpoint). Every side must end with the same losses, step by s
 in order whatever the depth, so a difference would mean the sides did not do the same work, and the
 bench refuses to compare.
 
-    python bench/sft_ahead.py                          # about four minutes on 2 idle cores
+    python bench/sft_ahead.py                          # about six minutes on 2 idle cores
     python bench/sft_ahead.py --latencies 0.4 --steps 12 --repeats 2
 """
 
