@@ -554,11 +554,15 @@ class LocalTinkerServer:
 
     async def heartbeat(self, request: Request) -> Response:
         body = await _parse(request, types.SessionHeartbeatRequest)
-        if self._finished_by(body.session_id, self._owner(request)):
-            # The SDK stops heartbeating a session answered with 410.
-            return JSONResponse({"detail": f"session {body.session_id} has finished"},
+        session = self._sessions.get(body.session_id)
+        if session is None or not hmac.compare_digest(session.owner, self._owner(request)):
+            # The SDK stops heartbeating a session answered with 410. Any other answer (a 404
+            # for a session this server never had: it restarted, or another took its port)
+            # makes it heartbeat forever, warning every 10 s that "Tinker is down".
+            return JSONResponse({"detail": f"session {body.session_id} is not open on this "
+                                           "server (it finished, or the server restarted)"},
                                 status_code=410)
-        self._session(body.session_id, self._owner(request)).last_seen = time.monotonic()
+        session.last_seen = time.monotonic()
         self._reap_silent_sessions()
         return _json(types.SessionHeartbeatResponse())
 

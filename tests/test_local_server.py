@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import tinker
 from tinker import types
@@ -92,6 +93,17 @@ def test_embedded_server_binds_loopback_only(local_server):
     assert host == "127.0.0.1"
     with socket.create_connection((host, int(port))):
         pass
+
+
+def test_a_heartbeat_for_a_session_the_server_does_not_have_is_told_to_stop(local_server):
+    """410 is the one answer on which the SDK stops a session's heartbeats. A session this server
+    never had (it restarted, or a later server took the port) used to get 404s, and the SDK
+    then warned "Tinker is down" every 10 s for the rest of the process."""
+    with httpx.Client(base_url=local_server[0],
+                      headers={"X-API-Key": local_tinker.LOCAL_API_KEY}) as raw:
+        answer = raw.post("/api/v1/session_heartbeat", json={"session_id": "local-never-had"})
+    assert answer.status_code == 410, answer.text
+    assert "not open on this server" in answer.json()["detail"]
 
 
 def test_scripts_finish_their_session_so_the_server_frees_its_models(local_server, tmp_path):
