@@ -36,7 +36,7 @@ from bench.guards import Spread, alternate, load_note, speed_ratio  # noqa: E402
 def run_sft(depth: int, latency: float, steps: int, work: Path) -> tuple[float, list[float]]:
     """(mean seconds a step over the steady steps, the losses) of one train_sft.py run."""
     log_dir = Path(tempfile.mkdtemp(dir=work)) / "run"
-    env = {**os.environ, "LOCAL_TINKER_LATENCY_S": str(latency), "WANDB_MODE": "disabled"}
+    env = {**os.environ, "LOCAL_TINKER_LATENCY_S": str(latency)}
     subprocess.run([sys.executable, str(ROOT / "train_sft.py"), "--backend", "local",
                     "--model", "tiny-chat", "--dataset", "foo", "--eval_fraction", "0",
                     "--epochs", "1000000", "--max_steps", str(steps), "--sample_every", "0",

@@ -153,7 +153,8 @@ def test_steps_sent_ahead_overlap_the_services_round_trips(tmp_path, monkeypatch
     train_sft.main(sft_config(tmp_path, max_steps=8, save_every=0, sample_every=0,
                               eval_fraction=0.0, submit_ahead=1, wandb_mode="disabled"))
     recorded = [m["_time"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
-    # Steps 3-7 (the last one also samples and saves): >= 7.5 s one at a time, ~4.5 s two.
+    # Step 2's record to step 7's (step 8, the last, also samples and saves): >= 7.5 s one
+    # step at a time, ~4.5 s two at a time.
     assert recorded[6] - recorded[1] < 5 * 1.5
 
 
