@@ -179,11 +179,13 @@ def main(cfg: Config) -> dict[str, float]:
             return Sent(step, batch, lr, fwd_bwd, optim,
                         training_client.forward(eval_data, "cross_entropy") if evaluating else None)
 
+        def samples_at(step: int) -> bool:
+            return bool(split.examples) and due(step, cfg.sample_every, total_steps)
+
         def reads_weights(step: int) -> bool:
             """The samples table or a checkpoint reads the weights after this step's update, so
             no later step's calls may go out before it."""
-            return (bool(split.examples) and due(step, cfg.sample_every, total_steps)
-                    or due(step, cfg.save_every, total_steps))
+            return samples_at(step) or run.saves_at(step)
 
         metrics: dict[str, float] = {}
         sent: collections.deque[Sent] = collections.deque()
@@ -211,7 +213,7 @@ def main(cfg: Config) -> dict[str, float]:
                 eval_nll, eval_weighted = weighted_nll(current.eval_future.result(), eval_data)
                 metrics["eval/loss"] = eval_nll / eval_weighted
                 run.meter.add(prompt=sum(d.model_input.length for d in eval_data))  # a prefill
-            if split.examples and due(step, cfg.sample_every, total_steps):
+            if samples_at(step):
                 with refusals_name(f"--max_tokens {cfg.max_tokens}"):
                     log_samples(training_client, tokenizer, split.examples, cfg, run, step)
             metrics["time/step"] = time.perf_counter() - t0

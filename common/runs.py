@@ -332,9 +332,13 @@ class Run:
                 metrics["tokens/sampled"] + metrics["tokens/trained"]) / metrics["time/step"]
         self.tracker.log(metrics, step)
 
+    def saves_at(self, step: int) -> bool:
+        """A checkpoint is due after this step: every --save_every steps, and at the end."""
+        return due(step, self.cfg.save_every, self.total_steps)
+
     def save_if_due(self, step: int) -> None:
-        """The step's checkpoint when one is due: every --save_every steps, `final` at the end."""
-        if due(step, self.cfg.save_every, self.total_steps):
+        """The step's checkpoint when one is due (saves_at), `final` at the end."""
+        if self.saves_at(step):
             path = self._save(step, "final" if step == self.total_steps
                               else checkpoint_name(step))
             if step == self.total_steps:

@@ -504,9 +504,13 @@ class LocalTinkerServer:
         if not hmac.compare_digest(self._owners.get(object_id, ""), owner):
             raise NotFound(missing)
 
-    def _session(self, session_id: str, owner: str) -> _Session:
+    def _open_session(self, session_id: str, owner: str) -> _Session | None:
         session = self._sessions.get(session_id)
-        if session is None or not hmac.compare_digest(session.owner, owner):
+        return session if session and hmac.compare_digest(session.owner, owner) else None
+
+    def _session(self, session_id: str, owner: str) -> _Session:
+        session = self._open_session(session_id, owner)
+        if session is None:
             raise NotFound(f"session {session_id} not found (was its ServiceClient closed, or "
                            "the server restarted?)")
         return session
@@ -554,8 +558,8 @@ class LocalTinkerServer:
 
     async def heartbeat(self, request: Request) -> Response:
         body = await _parse(request, types.SessionHeartbeatRequest)
-        session = self._sessions.get(body.session_id)
-        if session is None or not hmac.compare_digest(session.owner, self._owner(request)):
+        session = self._open_session(body.session_id, self._owner(request))
+        if session is None:
             # The SDK stops heartbeating a session answered with 410. Any other answer (a 404
             # for a session this server never had: it restarted, or another took its port)
             # makes it heartbeat forever, warning every 10 s that "Tinker is down".
