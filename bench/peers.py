@@ -12,6 +12,10 @@ tiny-math never writes an answer tag, so all rewards would be 0 and train_rl wou
 nothing. Every side runs in its own process, so imports and peak memory do not mix; ours runs
 train_sft.main / train_rl.main through the SDK and the embedded local server, as a user does.
 
+With --interleave N the two SFT sides run at once, taking turns of N steps (each waits while the
+other runs), and the headline pairs adjacent turns: this machine's speed drifts by up to a third
+from minute to minute, which whole runs minutes apart cannot tell from a difference of a few %.
+
 Measured per side: steady-state wall time per step, twice: over the whole loop (one step's start
 to the next's, so what a side does between its steps counts: logging, fetching the next batch;
 the headline's steps/s) and in each side's own timed window (train_*.py's time/step; TRL's
@@ -34,6 +38,7 @@ different samples.
     python3 -m venv .venv-bench && .venv-bench/bin/pip install -r requirements.txt \\
         -r bench/requirements.txt
     .venv-bench/bin/python bench/peers.py --sides ours-sft,trl-sft     # ~2 min
+    .venv-bench/bin/python bench/peers.py --sides ours-sft,trl-sft --interleave 50 --turns 16
     .venv-bench/bin/python bench/peers.py       # + RL 5 steps, 3 rounds: ~40 min on 2 busy cores
     .venv-bench/bin/python bench/peers.py --rl_steps 10 --max_tokens 128 --repeats 2
 """
@@ -55,7 +60,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.guards import speed_ratio  # noqa: E402
+from bench.guards import Spread, speed_ratio  # noqa: E402
 
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_var, "1")  # no hub here: a lookup would retry for tens of seconds
@@ -150,12 +155,14 @@ def step_timer():
 
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
+            self.turns = Turns()
             self.step_s: list[float] = []
             self.starts: list[float] = []
             self.losses: list[float] = []
             self._t0 = 0.0
 
         def on_step_begin(self, args, state, control, **kwargs):
+            self.turns.step()
             self._t0 = time.perf_counter()
             self.starts.append(self._t0)
 
@@ -172,6 +179,25 @@ def step_timer():
 def read_metrics(log_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()
             if line.strip()]
+
+
+class Turns:
+    """In a child under --interleave: at the start of step 1 and of every `every` steps after
+    it, tell the parent and wait for its go. The two SFT sides then run in alternating turns of
+    steps within one stretch of time, instead of in whole runs minutes apart, so this machine's
+    drifting speed (a third from minute to minute) hits both sides alike."""
+
+    def __init__(self) -> None:
+        given = os.environ.get("PEERS_TURNS")  # "read fd,write fd,steps per turn"
+        self.read_fd, self.write_fd, self.every = map(int, given.split(",")) if given else (0,) * 3
+        self.steps = 0
+
+    def step(self) -> None:
+        if self.every and self.steps % self.every == 0:
+            os.write(self.write_fd, b".")
+            if os.read(self.read_fd, 1) != b"g":
+                raise SystemExit("peers: the parent went away")
+        self.steps += 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +253,15 @@ def run_ours(name: str, script: str, make_config, spec: dict, work: Path):
 
 
 def run_ours_sft(spec: dict, work: Path) -> dict:
+    import tinker
+
+    turns, send = Turns(), tinker.TrainingClient.forward_backward
+
+    def forward_backward(self, *args, **kwargs):  # one a step: no held-out set, no samples
+        turns.step()
+        return send(self, *args, **kwargs)
+
+    tinker.TrainingClient.forward_backward = forward_backward
     final, rows, rss = run_ours("ours-sft", "train_sft", sft_config, spec, work)
     return summarize("ours-sft", [r["time/step"] for r in rows],
                      [r["tokens/trained"] for r in rows], {"final_loss": final["train/loss"]}, rss,
@@ -424,6 +459,68 @@ def run_side(side: str, spec_path: Path, work: Path, threads: int) -> dict:
     return result
 
 
+def run_interleaved(spec: dict, spec_path: Path, work: Path, threads: int, every: int,
+                    turns: int) -> None:
+    """Both SFT sides started together, then run in alternating turns of `every` steps (Turns),
+    the order flipping each turn; the headline pairs each turn of ours with the adjacent one of
+    TRL's. The first turn (warm-up) is not timed."""
+    sides = ("ours-sft", "trl-sft")
+    procs, go, done = {}, {}, {}
+    for side in sides:
+        go_read, go[side] = os.pipe()
+        done[side], done_write = os.pipe()
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+               "PEERS_TURNS": f"{go_read},{done_write},{every}"}
+        env.pop("LOCAL_TINKER_THREADS", None)
+        with open(work / f"{side}.log", "w") as log:
+            procs[side] = subprocess.Popen(
+                [sys.executable, __file__, "--one", side, "--spec", str(spec_path),
+                 "--out", str(work / f"{side}.json")], cwd=ROOT, env=env, stdout=log,
+                stderr=subprocess.STDOUT, pass_fds=(go_read, done_write))
+        os.close(go_read)
+        os.close(done_write)
+
+    def turn_ended(side: str) -> None:
+        if os.read(done[side], 1) != b".":  # the child ended without reaching its turn
+            procs[side].wait()
+            sys.stderr.write((work / f"{side}.log").read_text()[-8000:])
+            raise SystemExit(f"{side} failed (exit {procs[side].returncode})")
+
+    for side in sides:
+        turn_ended(side)  # loaded and at its first step
+    load_before = os.getloadavg()[0]
+    s_per_step: dict[str, list[float]] = {side: [] for side in sides}
+    for turn in range(turns + 1):
+        for side in sides if turn % 2 == 0 else sides[::-1]:
+            started = time.perf_counter()
+            os.write(go[side], b"g")
+            turn_ended(side)
+            s_per_step[side].append((time.perf_counter() - started) / every)
+    for side in sides:  # the last step, then the child writes its result and exits
+        os.write(go[side], b"g")
+        if procs[side].wait() != 0:
+            sys.stderr.write((work / f"{side}.log").read_text()[-8000:])
+            raise SystemExit(f"{side} failed (exit {procs[side].returncode})")
+    results = {side: json.loads((work / f"{side}.json").read_text()) for side in sides}
+    for side, result in results.items():  # a side that skipped steps timed other work
+        if result["steps"] != spec["sft_steps"]:
+            raise SystemExit(f"refused: {side} ran {result['steps']} steps, not "
+                             f"{spec['sft_steps']}")
+    ours, theirs = s_per_step["ours-sft"][1:], s_per_step["trl-sft"][1:]
+    tokens = sum(spec["sft_plan"]["tokens"])
+    print(f"\nSFT: {spec['sft_model']}, foo, batch {spec['sft_batch']}, LoRA rank "
+          f"{spec['lora_rank']}, lr {spec['sft_lr']:g}; {turns} turns of {every} steps a side, "
+          f"taking turns (after one untimed turn each)")
+    print(f"torch threads {threads} on both sides, {os.cpu_count()} CPUs; 1-min load average "
+          f"{load_before:.1f} before the turns, {os.getloadavg()[0]:.1f} after")
+    for side, times in (("ours-sft", ours), ("trl-sft", theirs)):
+        spread = Spread.of(times)
+        print(f"{side:10} {spread.median:.4f} s/step (IQR {spread.low:.4f}..{spread.high:.4f}), "
+              f"final loss {results[side]['final_loss']:.4f}")
+    print(f"headline: SFT: ours {speed_ratio(ours, theirs, tokens, tokens).text} TRL's steps/s, "
+          "turn by turn over the whole loop")
+
+
 def fmt(value: float, digits: int = 2) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) \
         else f"{value:,.{digits}f}"
@@ -517,6 +614,10 @@ def main() -> None:
                         help="torch threads for both sides (default: what the local backend "
                              "picks from cores and load, measured once at the start)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--interleave", type=int, default=0, metavar="STEPS",
+                        help="SFT sides only: run both at once in alternating turns of STEPS "
+                             "steps (--turns of them, timed) instead of whole runs in turn")
+    parser.add_argument("--turns", type=int, default=30, help="timed turns with --interleave")
     parser.add_argument("--one", choices=[*SIDES, "warm-start"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -537,6 +638,11 @@ def main() -> None:
                                           "rl_steps", "rl_problems", "group", "max_tokens",
                                           "temperature", "rl_model", "rl_lr", "lora_rank", "seed",
                                           "warm_steps", "warm_rows")}
+    if args.interleave:
+        if sorted(sides) != ["ours-sft", "trl-sft"]:
+            parser.error("--interleave takes --sides ours-sft,trl-sft")
+        # an untimed turn, the timed ones, and one last step after the last pause
+        spec["sft_steps"] = args.interleave * (args.turns + 1) + 1
     if "trl-sft" in sides:
         spec["sft_plan"] = sft_plan(spec)
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
@@ -549,6 +655,9 @@ def main() -> None:
         print(f"    final loss {warm['final_loss']:.3f}, {warm['process_s']:.0f} s", flush=True)
     spec_path.write_text(json.dumps(spec))
     threads = args.threads or picked_threads()
+    if args.interleave:
+        run_interleaved(spec, spec_path, work, threads, args.interleave, args.turns)
+        return
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     for repeat in range(args.repeats):
         shift = repeat % len(sides)

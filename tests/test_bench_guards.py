@@ -1,6 +1,7 @@
 """bench/guards.py: the checks every benchmark runs before it prints a comparison."""
 
 import math
+import os
 import threading
 
 import pytest
@@ -82,3 +83,33 @@ def test_a_baseline_runs_on_the_servers_worker_thread_and_its_errors_reach_the_c
 
     with pytest.raises(ValueError, match="the baseline broke"):
         on_worker(server, "baseline", fails)
+
+
+def test_peers_turns_pause_every_n_steps_and_stop_when_the_parent_goes(monkeypatch):
+    # bench/peers.py --interleave: a side tells the parent at the start of steps 1, 4, 7, ...
+    # and runs on only when the parent says go.
+    from bench.peers import Turns
+
+    go_read, go_write = os.pipe()
+    done_read, done_write = os.pipe()
+    monkeypatch.setenv("PEERS_TURNS", f"{go_read},{done_write},3")
+    os.set_blocking(go_read, False)  # a wait the parent did not grant fails instead of hanging
+    turns = Turns()
+    os.write(go_write, b"gg")  # two turns granted ahead
+    for _ in range(6):
+        turns.step()
+    assert os.read(done_read, 100) == b".."  # paused before steps 1 and 4, not in between
+    os.close(go_write)
+    with pytest.raises(SystemExit, match="the parent went away"):
+        turns.step()  # step 7's turn: the parent is gone, so the side stops
+    assert os.read(done_read, 100) == b"."
+
+
+def test_peers_turns_never_wait_outside_interleave(monkeypatch):
+    from bench.peers import Turns
+
+    monkeypatch.delenv("PEERS_TURNS", raising=False)
+    turns = Turns()
+    for _ in range(50):
+        turns.step()  # would block on fd 0 (or fail) if it waited
+    assert turns.steps == 50

@@ -44,3 +44,15 @@ def test_peers_smoke(tmp_path):
     assert results["ours-rl"]["sampled_tokens"] <= 2 * 2 * 2 * 64
     assert results["trl-rl"]["sampled_tokens"] <= 2 * 2 * 2 * 64
     assert 0 <= results["trl-rl"]["final_reward"] and 0 <= results["ours-rl"]["final_reward"]
+
+
+@pytest.mark.e2e
+def test_peers_interleaved_smoke():
+    # Both SFT sides at once, in turns of 2 steps: 2 timed turns each after an untimed one.
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "peers.py"), "--sides", "ours-sft,trl-sft",
+         "--sft_batch", "4", "--interleave", "2", "--turns", "2", "--threads", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 turns of 2 steps a side" in proc.stdout
+    assert "headline: SFT: ours" in proc.stdout and "turn by turn" in proc.stdout
