@@ -439,17 +439,26 @@ RUNNERS = {"ours-sft": run_ours_sft, "trl-sft": run_trl_sft, "ours-rl": run_ours
 # The parent: one subprocess per side, then the table
 
 
+def side_command(side: str, spec_path: Path, work: Path) -> list[str]:
+    """A child running one side, its result written to work/<side>.json."""
+    return [sys.executable, __file__, "--one", side, "--spec", str(spec_path),
+            "--out", str(work / f"{side}.json")]
+
+
+def side_env(threads: int, **extra: str) -> dict[str, str]:
+    # Both sides compute on the same torch threads (OMP_NUM_THREADS, which torch reads and the
+    # local backend honours): the comparison is of the engines, not of thread defaults.
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), **extra}
+    env.pop("LOCAL_TINKER_THREADS", None)
+    return env
+
+
 def run_side(side: str, spec_path: Path, work: Path, threads: int) -> dict:
     out = work / f"{side}.json"
     started = time.perf_counter()
     load = os.getloadavg()[0]
-    # Both sides compute on the same torch threads (OMP_NUM_THREADS, which torch reads and the
-    # local backend honours): the comparison is of the engines, not of thread defaults.
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    env.pop("LOCAL_TINKER_THREADS", None)
-    proc = subprocess.run([sys.executable, __file__, "--one", side, "--spec", str(spec_path),
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          env=env)
+    proc = subprocess.run(side_command(side, spec_path, work), cwd=ROOT, capture_output=True,
+                          text=True, env=side_env(threads))
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
         raise SystemExit(f"{side} failed (exit {proc.returncode})")
@@ -469,22 +478,22 @@ def run_interleaved(spec: dict, spec_path: Path, work: Path, threads: int, every
     for side in sides:
         go_read, go[side] = os.pipe()
         done[side], done_write = os.pipe()
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads),
-               "PEERS_TURNS": f"{go_read},{done_write},{every}"}
-        env.pop("LOCAL_TINKER_THREADS", None)
         with open(work / f"{side}.log", "w") as log:
             procs[side] = subprocess.Popen(
-                [sys.executable, __file__, "--one", side, "--spec", str(spec_path),
-                 "--out", str(work / f"{side}.json")], cwd=ROOT, env=env, stdout=log,
-                stderr=subprocess.STDOUT, pass_fds=(go_read, done_write))
+                side_command(side, spec_path, work), cwd=ROOT, stdout=log,
+                stderr=subprocess.STDOUT, pass_fds=(go_read, done_write),
+                env=side_env(threads, PEERS_TURNS=f"{go_read},{done_write},{every}"))
         os.close(go_read)
         os.close(done_write)
 
+    def failed(side: str) -> SystemExit:
+        procs[side].wait()
+        sys.stderr.write((work / f"{side}.log").read_text()[-8000:])
+        return SystemExit(f"{side} failed (exit {procs[side].returncode})")
+
     def turn_ended(side: str) -> None:
         if os.read(done[side], 1) != b".":  # the child ended without reaching its turn
-            procs[side].wait()
-            sys.stderr.write((work / f"{side}.log").read_text()[-8000:])
-            raise SystemExit(f"{side} failed (exit {procs[side].returncode})")
+            raise failed(side)
 
     for side in sides:
         turn_ended(side)  # loaded and at its first step
@@ -499,8 +508,7 @@ def run_interleaved(spec: dict, spec_path: Path, work: Path, threads: int, every
     for side in sides:  # the last step, then the child writes its result and exits
         os.write(go[side], b"g")
         if procs[side].wait() != 0:
-            sys.stderr.write((work / f"{side}.log").read_text()[-8000:])
-            raise SystemExit(f"{side} failed (exit {procs[side].returncode})")
+            raise failed(side)
     results = {side: json.loads((work / f"{side}.json").read_text()) for side in sides}
     for side, result in results.items():  # a side that skipped steps timed other work
         if result["steps"] != spec["sft_steps"]:
