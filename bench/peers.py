@@ -261,7 +261,8 @@ def run_ours_sft(spec: dict, work: Path) -> dict:
         turns.step()
         return send(self, *args, **kwargs)
 
-    tinker.TrainingClient.forward_backward = forward_backward
+    if turns.every:  # only under --interleave: whole runs time the SDK as it ships
+        tinker.TrainingClient.forward_backward = forward_backward
     final, rows, rss = run_ours("ours-sft", "train_sft", sft_config, spec, work)
     return summarize("ours-sft", [r["time/step"] for r in rows],
                      [r["tokens/trained"] for r in rows], {"final_loss": final["train/loss"]}, rss,
