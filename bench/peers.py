@@ -67,6 +67,9 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 os.environ.setdefault("WANDB_SILENT", "true")
 
 SIDES = ("ours-sft", "trl-sft", "ours-rl", "trl-rl")
+# A paused side may use this much of a core while the other side's turn runs (heartbeats, a
+# logger's flush); more, and the turns time both sides' work together.
+PAUSED_CPU_LIMIT = 0.05
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +149,7 @@ def trainer_args(spec: dict, out_dir: str, lr: float, batch: int, steps: int) ->
         bf16=False, fp16=False, gradient_checkpointing=False,  # fp32 like the local backend
         use_cpu=True, seed=spec["seed"], logging_steps=1, save_strategy="no",
         eval_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        torch_compile=spec["trl_compile"],
     )
 
 
@@ -191,13 +195,20 @@ class Turns:
         given = os.environ.get("PEERS_TURNS")  # "read fd,write fd,steps per turn"
         self.read_fd, self.write_fd, self.every = map(int, given.split(",")) if given else (0,) * 3
         self.steps = 0
+        self.paused_s = self.paused_cpu_s = 0.0  # this process's CPU while the other side ran
 
     def step(self) -> None:
         if self.every and self.steps % self.every == 0:
             os.write(self.write_fd, b".")
+            wall, cpu = time.perf_counter(), time.process_time()
             if os.read(self.read_fd, 1) != b"g":
                 raise SystemExit("peers: the parent went away")
+            self.paused_s += time.perf_counter() - wall
+            self.paused_cpu_s += time.process_time() - cpu
         self.steps += 1
+
+    def record(self) -> dict[str, float]:
+        return {"paused_s": self.paused_s, "paused_cpu_s": self.paused_cpu_s}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,6 +258,8 @@ def run_ours(name: str, script: str, make_config, spec: dict, work: Path):
     import torch  # noqa: F401  (imported before the baseline, as on the TRL side)
 
     main = importlib.import_module(script).main
+    if spec["compile"]:  # the embedded server's setting (common/backend.py reads it)
+        os.environ["LOCAL_TINKER_COMPILE"] = "1"
     rss = rss_now_mb()
     final = main(make_config(spec, work / name))
     return final, read_metrics(work / name), rss
@@ -266,7 +279,8 @@ def run_ours_sft(spec: dict, work: Path) -> dict:
     final, rows, rss = run_ours("ours-sft", "train_sft", sft_config, spec, work)
     return summarize("ours-sft", [r["time/step"] for r in rows],
                      [r["tokens/trained"] for r in rows], {"final_loss": final["train/loss"]}, rss,
-                     {"losses": [r["train/loss"] for r in rows]}, [r["_time"] for r in rows])
+                     {"losses": [r["train/loss"] for r in rows], **turns.record()},
+                     [r["_time"] for r in rows])
 
 
 def run_trl_sft(spec: dict, work: Path) -> dict:
@@ -299,7 +313,8 @@ def run_trl_sft(spec: dict, work: Path) -> dict:
         callbacks=[timer])
     trainer.train()
     return summarize("trl-sft", timer.step_s, plan["tokens"], {"final_loss": timer.losses[-1]},
-                     rss, {"losses": timer.losses, "trl": trl.__version__}, timer.starts)
+                     rss, {"losses": timer.losses, "trl": trl.__version__, **timer.turns.record()},
+                     timer.starts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,6 +484,11 @@ def run_side(side: str, spec_path: Path, work: Path, threads: int) -> dict:
     return result
 
 
+def paused_cpu_share(result: dict) -> float:
+    """Cores' worth of CPU a side used while paused for the other's turn."""
+    return result["paused_cpu_s"] / result["paused_s"] if result["paused_s"] else 0.0
+
+
 def run_interleaved(spec: dict, spec_path: Path, work: Path, threads: int, every: int,
                     turns: int) -> None:
     """Both SFT sides started together, then run in alternating turns of `every` steps (Turns),
@@ -520,14 +540,26 @@ def run_interleaved(spec: dict, spec_path: Path, work: Path, threads: int, every
     print(f"\nSFT: {spec['sft_model']}, foo, batch {spec['sft_batch']}, LoRA rank "
           f"{spec['lora_rank']}, lr {spec['sft_lr']:g}; {turns} turns of {every} steps a side, "
           f"taking turns (after one untimed turn each)")
-    print(f"torch threads {threads} on both sides, {os.cpu_count()} CPUs; 1-min load average "
+    print(f"torch threads {threads} on both sides{compiled(spec)}, {os.cpu_count()} CPUs; "
+          "1-min load average "
           f"{load_before:.1f} before the turns, {os.getloadavg()[0]:.1f} after")
     for side, times in (("ours-sft", ours), ("trl-sft", theirs)):
         spread = Spread.of(times)
         print(f"{side:10} {spread.median:.4f} s/step (IQR {spread.low:.4f}..{spread.high:.4f}), "
-              f"final loss {results[side]['final_loss']:.4f}")
+              f"final loss {results[side]['final_loss']:.4f}, "
+              f"{paused_cpu_share(results[side]):.0%} of a core while paused")
+    busy = [side for side in sides if paused_cpu_share(results[side]) > PAUSED_CPU_LIMIT]
+    if busy:  # it took CPU from the other side's turns: the ratio would time both at once
+        raise SystemExit(f"refused: {', '.join(busy)} kept over {PAUSED_CPU_LIMIT:.0%} of a core "
+                         "busy while paused")
     print(f"headline: SFT: ours {speed_ratio(ours, theirs, tokens, tokens).text} TRL's steps/s, "
           "turn by turn over the whole loop")
+
+
+def compiled(spec: dict) -> str:
+    sides = [name for name, on in (("ours", spec["compile"]), ("TRL's", spec["trl_compile"]))
+             if on]
+    return f"; torch.compile: {' and '.join(sides)}" if sides else ""
 
 
 def fmt(value: float, digits: int = 2) -> str:
@@ -553,7 +585,8 @@ def report(runs: dict[str, list[dict]], spec: dict, threads: str) -> None:
           f"<= {spec['max_tokens']} tokens, T={spec['temperature']}, {spec['rl_steps']} steps, "
           f"lr {spec['rl_lr']:g}")
     loads = [r["load_before"] for rs in runs.values() for r in rs]
-    print(f"torch threads {threads} on both sides, {os.cpu_count()} CPUs; 1-min load average "
+    print(f"torch threads {threads} on both sides{compiled(spec)}, {os.cpu_count()} CPUs; "
+          "1-min load average "
           f"{min(loads):.1f}..{max(loads):.1f} before the sides' runs (other jobs share this "
           "machine)")
     print(f"{'side':10}{'loop s/step':>12}{'s/step':>9}{'best':>8}{'tok/s':>9}"
@@ -627,6 +660,12 @@ def main() -> None:
                         help="SFT sides only: run both at once in alternating turns of STEPS "
                              "steps (--turns of them, timed) instead of whole runs in turn")
     parser.add_argument("--turns", type=int, default=30, help="timed turns with --interleave")
+    parser.add_argument("--compile", action="store_true",
+                        help="our sides' training passes through torch.compile (the local "
+                             "backend's LOCAL_TINKER_COMPILE); the first step, which compiles, "
+                             "is left out of the timings as always")
+    parser.add_argument("--trl_compile", action="store_true",
+                        help="TRL's sides with TrainingArguments(torch_compile=True)")
     parser.add_argument("--one", choices=[*SIDES, "warm-start"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -646,7 +685,8 @@ def main() -> None:
     spec = {k: getattr(args, k) for k in ("sft_steps", "sft_batch", "sft_model", "sft_lr",
                                           "rl_steps", "rl_problems", "group", "max_tokens",
                                           "temperature", "rl_model", "rl_lr", "lora_rank", "seed",
-                                          "warm_steps", "warm_rows")}
+                                          "warm_steps", "warm_rows", "compile",
+                                          "trl_compile")}
     if args.interleave:
         if sorted(sides) != ["ours-sft", "trl-sft"]:
             parser.error("--interleave takes --sides ours-sft,trl-sft")

@@ -81,6 +81,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                             "own, so they never depend on its batch mates; 'decode' takes the "
                             "generation's own, equal up to float rounding, about a fifth less "
                             "sampling time (also LOCAL_TINKER_SAMPLE_LOGPROBS)")
+    serve.add_argument("--compile", action="store_true",
+                       default=os.environ.get("LOCAL_TINKER_COMPILE", "") not in ("", "0"),
+                       help="run training passes through torch.compile: a one-off 20-60 s "
+                            "compile on a model's first step, then faster steps (needs a C++ "
+                            "compiler; without one, training runs eagerly; also "
+                            "LOCAL_TINKER_COMPILE=1)")
     return parser.parse_args(argv)
 
 
@@ -97,7 +103,7 @@ def serve(args: argparse.Namespace) -> int:
     server = LocalTinkerServer(args.root, device=args.device, latency_s=args.latency_s,
                                fault_rate=args.fault_rate, preload=args.model, api_keys=keys,
                                any_model_path=False, threads=args.threads,
-                               sample_logprobs=args.sample_logprobs)
+                               sample_logprobs=args.sample_logprobs, compile=args.compile)
     serve_forever(server, args.host, args.port)
     return 0
 

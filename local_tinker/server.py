@@ -307,7 +307,8 @@ class LocalTinkerServer:
                  latency_s: float = 0.0, fault_rate: float = 0.0, fault_seed: int = 0,
                  preload: list[str] | None = None, api_keys: Sequence[str] | None = None,
                  any_model_path: bool = True, max_body_bytes: int = MAX_BODY_BYTES,
-                 threads: int | None = None, sample_logprobs: str = "exact") -> None:
+                 threads: int | None = None, sample_logprobs: str = "exact",
+                 compile: bool = False) -> None:
         _check_unit_interval("--fault_rate", fault_rate)
         if sample_logprobs not in engine.SAMPLE_LOGPROBS:
             raise SettingsError(f"--sample_logprobs must be one of "
@@ -318,6 +319,10 @@ class LocalTinkerServer:
         self.root = prepare_root(Path(root) if root else default_root())
         self.runtime = Runtime(self.root, resolve_device(device))
         self.runtime.sample_logprobs = sample_logprobs
+        self.runtime.compile = compile
+        if compile:  # the first step then takes a minute: say why before it starts
+            print("local backend: training passes through torch.compile (each model's first "
+                  "forward_backward compiles, ~20-60 s)", file=sys.stderr, flush=True)
         thread_policy = ThreadPolicy(threads)  # None: chosen from cores and load (threads.py)
         self.latency_s = latency_s
         self.fault_rate = fault_rate

@@ -113,3 +113,38 @@ def test_peers_turns_never_wait_outside_interleave(monkeypatch):
     for _ in range(50):
         turns.step()  # would block on fd 0 (or fail) if it waited
     assert turns.steps == 50
+
+
+def test_peers_turns_measure_the_cpu_a_side_uses_while_paused(monkeypatch):
+    # A side whose threads keep working while the other side has its turn would slow that turn;
+    # the parent refuses the comparison when a side's paused CPU passes PAUSED_CPU_LIMIT.
+    from bench.peers import PAUSED_CPU_LIMIT, Turns, paused_cpu_share
+
+    def pause(spin: bool) -> float:
+        go_read, go_write = os.pipe()
+        done_read, done_write = os.pipe()
+        monkeypatch.setenv("PEERS_TURNS", f"{go_read},{done_write},1")
+        turns = Turns()
+        stop = threading.Event()
+
+        def busy() -> None:
+            while not stop.is_set():
+                sum(range(1000))
+
+        def grant() -> None:
+            os.read(done_read, 1)  # the side is paused: let it wait a while, then go
+            stop.wait(0.5)
+            os.write(go_write, b"g")
+
+        threads = [threading.Thread(target=grant)] + ([threading.Thread(target=busy)] if spin
+                                                      else [])
+        for thread in threads:
+            thread.start()
+        turns.step()
+        stop.set()
+        for thread in threads:
+            thread.join()
+        return paused_cpu_share(turns.record())
+
+    assert pause(spin=True) > PAUSED_CPU_LIMIT
+    assert pause(spin=False) < PAUSED_CPU_LIMIT

@@ -51,8 +51,10 @@ def test_peers_interleaved_smoke():
     # Both SFT sides at once, in turns of 2 steps: 2 timed turns each after an untimed one.
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "peers.py"), "--sides", "ours-sft,trl-sft",
-         "--sft_batch", "4", "--interleave", "2", "--turns", "2", "--threads", "1"],
+         "--sft_batch", "4", "--interleave", "2", "--turns", "2", "--threads", "1", "--compile"],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 turns of 2 steps a side" in proc.stdout
+    assert "torch.compile: ours," in proc.stdout  # and the first step (compiling) went untimed
+    assert proc.stdout.count("of a core while paused") == 2
     assert "headline: SFT: ours" in proc.stdout and "turn by turn" in proc.stdout
