@@ -132,8 +132,11 @@ class CompiledLogprobs:
         try:  # the first call compiles; nothing has run on the model if it fails
             picked = self.run(ids_BT, targets_BT)
         except Exception as exc:
+            cause = exc  # dynamo wraps the compiler's error; name the one at the root
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
             log.warning("torch.compile failed, training runs eagerly: %s: %s",
-                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                        type(cause).__name__, (str(cause).strip().splitlines() or [""])[0])
             self.run = None
             return all_logprobs(self.model, ids_BT, targets_BT)
         self.compiled = True
@@ -149,7 +152,8 @@ def padded_logprobs(model: torch.nn.Module, ids_BT: torch.Tensor, targets_BT: to
     """
     if not shared:
         compiled = getattr(model, "compiled_logprobs", None)
-        if compiled is not None and torch.is_grad_enabled():
+        # A dimension of 1 would make dynamo compile a second graph (it specialises sizes 0/1).
+        if compiled is not None and torch.is_grad_enabled() and min(ids_BT.shape) > 1:
             return compiled(ids_BT, targets_BT)
         return all_logprobs(model, ids_BT, targets_BT)
     rows = ids_BT.shape[0]
