@@ -186,7 +186,7 @@ def start_local_server(threads: int | None = None) -> tuple[str, str]:
                    "fault_rate": float(env.get("LOCAL_TINKER_FAULT_RATE", 0)),
                    "device": env.get("LOCAL_TINKER_DEVICE"), "threads": threads,
                    "sample_logprobs": env.get("LOCAL_TINKER_SAMPLE_LOGPROBS", "exact"),
-                   "compile": env.get("LOCAL_TINKER_COMPILE", "") not in ("", "0")}
+                   "compile": local_tinker.compile_requested()}
         key = tuple(sorted(options.items()))
         if key not in _started:
             _started[key], _ = _servers.enter_context(local_tinker.embedded(**options))

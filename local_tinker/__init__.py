@@ -28,7 +28,7 @@ _LAZY = {
 
 __all__ = ["API_KEY_ENV", "LOCAL_API_KEY", "TINY_CHAT", "LocalTinkerServer", "PortInUse",
            "SettingsError", "UnknownModelError", "available_models", "client_api_key",
-           "embedded", "local_service"]
+           "compile_requested", "embedded", "local_service"]
 
 
 def client_api_key() -> str:
@@ -36,6 +36,11 @@ def client_api_key() -> str:
     operator gives a server beyond loopback), else the loopback placeholder."""
     keys = [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
     return keys[0] if keys else LOCAL_API_KEY
+
+
+def compile_requested() -> bool:
+    """$LOCAL_TINKER_COMPILE asks for torch.compile'd training passes (any value but "" or "0")."""
+    return os.environ.get("LOCAL_TINKER_COMPILE", "") not in ("", "0")
 
 
 def __getattr__(name: str) -> Any:

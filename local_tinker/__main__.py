@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from . import API_KEY_ENV
+from . import API_KEY_ENV, compile_requested
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,7 +82,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                             "generation's own, equal up to float rounding, about a fifth less "
                             "sampling time (also LOCAL_TINKER_SAMPLE_LOGPROBS)")
     serve.add_argument("--compile", action="store_true",
-                       default=os.environ.get("LOCAL_TINKER_COMPILE", "") not in ("", "0"),
+                       default=compile_requested(),
                        help="run training passes through torch.compile: a one-off 20-60 s "
                             "compile on a model's first step, then faster steps (needs a C++ "
                             "compiler; without one, training runs eagerly; also "

@@ -4,6 +4,7 @@ training goes on eagerly and the log says why. Compiling takes a minute on a col
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def test_compile_failure_trains_eagerly(tmp_path):
     done = subprocess.run([sys.executable, "-c", script, str(ROOT), str(tmp_path)], env=env,
                           capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["fell_back"]
     assert result["tried"] == result["eager"]  # eager, bit for bit
     warnings = [line for line in done.stderr.splitlines() if "torch.compile failed" in line]
@@ -106,7 +107,7 @@ def test_the_scripts_server_compiles_when_the_environment_says_so(tmp_path):
     assert compiled.returncode == 0 and eager.returncode == 0, compiled.stderr[-3000:]
     assert "training passes through torch.compile" in compiled.stderr
     assert "torch.compile" not in eager.stderr
-    final = [__import__("json").loads(line)["train/loss"]
+    final = [json.loads(line)["train/loss"]
              for line in [(tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1]
                           for name in ("compiled", "eager")]]
     assert final[0] == pytest.approx(final[1], rel=1e-4)
